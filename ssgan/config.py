@@ -1,0 +1,175 @@
+"""Typed configuration: the schema every YAML file in configs/ is checked against.
+
+Only ``cli.py`` sees an OmegaConf ``DictConfig``; it converts it once into these dataclasses with
+``OmegaConf.to_object``, so a mistyped key or a value of the wrong type fails at start-up.
+Each hyperparameter of the method is one field here; the published recipes set them in
+``configs/dataset/*.yaml`` (per data set) and ``configs/recipe/*.yaml`` (where a method changes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+DATASETS = ("digits", "mnist", "cifar10", "svhn")
+SOURCES = ("builtin", "torchvision", "folder", "npz")
+SCALINGS = ("unit", "cifar", "symmetric")
+METHODS = ("improved_gan", "ct_gan")
+ARCHS = ("mlp", "cnn")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared (METHOD.md sec. 3)."""
+
+    name: str = "digits"
+    # builtin: scikit-learn's digits; torchvision: the torchvision data set class; folder / npz: user data.
+    source: str = "builtin"
+    root: str = "data"
+    path: Optional[str] = None  # the folder or .npz for source=folder|npz
+    download: bool = False
+    labels: int = 50  # total labeled examples, balanced over the classes
+    n_classes: int = 10
+    # (C, H, W) the recipe's network expects; user data of another size needs resize=true.
+    image_shape: List[int] = field(default_factory=lambda: [1, 8, 8])
+    resize: bool = False
+    # unit: x / max -> [0, 1]; cifar: (x - 127.5) / 128; symmetric: (x - 127.5) / 127.5
+    scaling: str = "unit"
+    # Held out of the train split for model selection: a fraction if < 1, else a count. 0 as in the papers.
+    val_size: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """Which discriminator / generator pair to build (models.py) and its sizes."""
+
+    arch: str = "mlp"
+    # mlp: hidden widths of D; cnn: [width of block 1, width of block 2, last conv, NiN 1, NiN 2]
+    d_widths: List[int] = field(default_factory=lambda: [256, 128, 128])
+    # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
+    g_widths: List[int] = field(default_factory=lambda: [256, 256])
+    z_dim: int = 100
+    weight_init_std: float = 0.1  # std of the direction parameters v before normalisation
+    input_noise: float = 0.3  # mlp: Gaussian noise std on the input
+    hidden_noise: float = 0.5  # mlp: Gaussian noise std after each hidden layer
+    input_dropout: float = 0.2  # cnn: dropout on the input
+    hidden_dropout: float = 0.5  # cnn: dropout after each stride-2 block
+    out_init_std: float = 1.0  # data-dependent init target std of D's and G's output layers
+    # Stabilisers that change the networks (off by default; Salimans et al. 2016, Miyato et al. 2018)
+    norm: str = "weight"  # weight | spectral
+    minibatch_discrimination: bool = False
+    mbd_kernels: int = 100
+    mbd_kernel_dim: int = 5
+    virtual_batch_norm: bool = False
+
+
+@dataclass
+class MethodConfig:
+    """What the method switches on (METHOD.md sec. 1, 2)."""
+
+    name: str = "improved_gan"
+    unl_weight: float = 1.0  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
+    ct_weight: float = 0.0  # lambda of the consistency term; 0 disables it
+    ct_feat_weight: float = 0.1  # weight of the second-to-last-layer term inside CT
+    ct_margin: float = 0.0  # M'
+    fm_norm: int = 1  # feature matching: 1 = mean absolute, 2 = mean squared difference
+    # Options from the same family, off by default
+    label_smoothing: float = 0.0  # one-sided: real target 1 - label_smoothing
+    historical_averaging: float = 0.0  # weight of ||theta - mean of past theta||^2
+    gradient_penalty: float = 0.0  # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe (METHOD.md sec. 3, 6)."""
+
+    epochs: int = 300
+    iters_per_epoch: Optional[int] = None  # None: len(unlabeled pool) // batch_size
+    batch_size: int = 100
+    lr: float = 0.003
+    lr_d: Optional[float] = None  # separate D / G rates (TTUR); None: lr
+    lr_g: Optional[float] = None
+    decay_start: Optional[int] = None  # epoch where the linear decay to 0 starts; None: no decay
+    beta1: float = 0.5
+    beta2: float = 0.999
+    optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
+    adam_eps: float = 1e-8
+    ema_decay: float = 0.9999  # Polyak averaging of D for evaluation
+    init_batch: int = 500  # images for the data-dependent initialisation
+    augment: bool = False  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
+    translate: int = 2
+    flip: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = 1000
+    progress: bool = True
+    tensorboard: bool = False
+    sample_grid: bool = True  # write samples.png at the end
+
+
+@dataclass
+class Config:
+    dataset: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    run_dir: str = "runs/default"
+    overwrite: bool = False
+
+
+def register_configs() -> None:
+    """Register the schema so that config.yaml's defaults list can extend it."""
+    cs = ConfigStore.instance()
+    cs.store(name="ssgan_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration that parses but cannot run: reported as one line, exit code 2."""
+
+
+def validate(cfg: Config) -> None:
+    """Check the values that the types alone do not; raise ConfigError with one clear line."""
+    d, m, me, t = cfg.dataset, cfg.model, cfg.method, cfg.train
+    checks = [
+        (d.name in DATASETS, f"dataset.name={d.name!r}: expected one of {', '.join(DATASETS)}"),
+        (d.source in SOURCES, f"dataset.source={d.source!r}: expected one of {', '.join(SOURCES)}"),
+        (d.scaling in SCALINGS, f"dataset.scaling={d.scaling!r}: expected one of {', '.join(SCALINGS)}"),
+        (d.labels > 0, f"dataset.labels={d.labels}: must be a positive number of labeled examples"),
+        (d.n_classes >= 2, f"dataset.n_classes={d.n_classes}: must be at least 2"),
+        (len(d.image_shape) == 3 and min(d.image_shape) > 0,
+         f"dataset.image_shape={list(d.image_shape)}: expected [C, H, W] with positive sizes"),
+        (d.val_size >= 0, f"dataset.val_size={d.val_size}: must be >= 0"),
+        (d.source not in ("folder", "npz") or d.path, f"dataset.source={d.source} needs dataset.path=..."),
+        (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
+        (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
+        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
+        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
+        (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),
+        (m.norm in ("weight", "spectral"), f"model.norm={m.norm!r}: expected weight or spectral"),
+        (m.z_dim > 0, f"model.z_dim={m.z_dim}: must be positive"),
+        (m.arch != "cnn" or len(m.d_widths) == 5, "model.d_widths: the cnn needs 5 widths"),
+        (m.arch != "cnn" or len(m.g_widths) == 3, "model.g_widths: the cnn generator needs 3 widths"),
+        (t.epochs >= 0, f"train.epochs={t.epochs}: must be >= 0"),
+        (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
+        (t.iters_per_epoch is None or t.iters_per_epoch > 0,
+         f"train.iters_per_epoch={t.iters_per_epoch}: must be positive"),
+        (t.lr > 0, f"train.lr={t.lr}: must be > 0"),
+        (t.lr_d is None or t.lr_d > 0, f"train.lr_d={t.lr_d}: must be > 0"),
+        (t.lr_g is None or t.lr_g > 0, f"train.lr_g={t.lr_g}: must be > 0"),
+        (t.decay_start is None or 0 <= t.decay_start <= t.epochs,
+         f"train.decay_start={t.decay_start}: must lie in [0, train.epochs]"),
+        (0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay}: must be in [0, 1)"),
+        (t.optimizer in ("official_adam", "torch_adam"),
+         f"train.optimizer={t.optimizer!r}: expected official_adam or torch_adam"),
+        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+         f"train.device={t.device!r}: expected auto, cpu or cuda"),
+        (t.eval_every > 0, f"train.eval_every={t.eval_every}: must be positive"),
+        (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
+        (cfg.seed >= 0, f"seed={cfg.seed}: must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

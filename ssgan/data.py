@@ -1,0 +1,382 @@
+"""Data: loading every source into arrays, scaling, the balanced labeled subset, the epoch order and the
+translate / flip augmentation (METHOD.md sec. 3, 5).
+
+Sources: scikit-learn's digits (``builtin``); torchvision's MNIST, CIFAR10 and SVHN classes
+(``torchvision``, with ``dataset.root`` and ``dataset.download``); an image folder (``folder``:
+train/<class>/*, test/<class>/*, optional unlabeled/*) and an .npz (``npz``: x_train, y_train, x_test,
+y_test, optional x_unlabeled and classes). Whatever the source, the recipe (network, scaling, schedule)
+is that of the named data set, and images must have its size unless ``dataset.resize=true``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import DataConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DataError(ValueError):
+    """Data that cannot be used as asked: reported as one line, exit code 2."""
+
+
+@dataclass
+class ImageData:
+    """Scaled float32 images in (N, C, H, W) and int64 labels in 0..K-1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: List[str]
+    x_extra: Optional[np.ndarray] = None  # unlabeled-only images (folder unlabeled/, npz x_unlabeled)
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    val_indices: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def x_unlabeled(self) -> np.ndarray:
+        """The unlabeled pool: the whole train split (labeled examples included, as in the official code)
+        plus the unlabeled-only images."""
+        if self.x_extra is None or len(self.x_extra) == 0:
+            return self.x_train
+        return np.concatenate([self.x_train, self.x_extra])
+
+
+# ----------------------------------------------------------------------------------------------- scaling
+
+def scale_images(x: np.ndarray, scaling: str, value_max: float = 255.0) -> np.ndarray:
+    """Scale raw pixel values to the recipe's input range (METHOD.md sec. 3).
+
+    unit: x / value_max -> [0, 1] (MNIST; digits with value_max 16); cifar: (x - 127.5) / 128;
+    symmetric: (x - 127.5) / 127.5 -> [-1, 1] (SVHN). Values are first brought to 0..255.
+    """
+    x = x.astype(np.float32)
+    if scaling == "unit":
+        return x / np.float32(value_max)
+    x = x * np.float32(255.0 / value_max)
+    if scaling == "cifar":
+        return (x - 127.5) / 128.0
+    if scaling == "symmetric":
+        return (x - 127.5) / 127.5
+    raise DataError(f"unknown scaling {scaling!r}")
+
+
+def unscale_images(x: np.ndarray, scaling: str) -> np.ndarray:
+    """Inverse of ``scale_images`` to [0, 1], for writing sample grids."""
+    if scaling == "unit":
+        out = x
+    elif scaling == "cifar":
+        out = (x * 128.0 + 127.5) / 255.0
+    else:
+        out = (x * 127.5 + 127.5) / 255.0
+    return np.clip(out, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W)."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        channels_last = x.shape[-1] in (1, 3, 4) and not (x.shape[1] == channels != x.shape[-1])
+        if channels_last:
+            x = x.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{what}: expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    if x.shape[1] != channels:
+        if x.shape[1] == 1 and channels == 3:
+            x = np.repeat(x, 3, axis=1)
+        elif x.shape[1] in (3, 4) and channels == 1:
+            x = x[:, :3].mean(axis=1, keepdims=True)
+        elif x.shape[1] == 4 and channels == 3:
+            x = x[:, :3]
+        else:
+            raise DataError(f"{what}: images have {x.shape[1]} channels, the recipe needs {channels}")
+    return x
+
+
+def _resize(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True,
+                                           align_corners=False).numpy()
+
+
+def _check_size(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
+    _, height, width = cfg.image_shape
+    if x.shape[2:] == (height, width):
+        return x
+    if not cfg.resize:
+        raise DataError(f"{what}: images are {x.shape[2]}x{x.shape[3]}, the {cfg.name} recipe needs "
+                        f"{height}x{width}; pass dataset.resize=true to resize them")
+    return _resize(x, (height, width))
+
+
+def _load_digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=0.25, stratify=digits.target,
+                                              random_state=0)
+    names = [str(c) for c in digits.target_names]
+    return x_tr, y_tr, x_te, y_te, names, None, 16.0
+
+
+def _missing(cfg: DataConfig, where: str) -> DataError:
+    return DataError(f"{cfg.name} not found under {where}: pass dataset.download=true to download it, "
+                     f"or dataset.root=DIR to point at an existing copy")
+
+
+def _load_torchvision(cfg: DataConfig):
+    import torchvision.datasets as tvd
+
+    root = os.path.expanduser(cfg.root)
+    try:
+        if cfg.name == "mnist":
+            train = tvd.MNIST(root, train=True, download=cfg.download)
+            test = tvd.MNIST(root, train=False, download=cfg.download)
+            return (train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy(),
+                    list(train.classes), None, 255.0)
+        if cfg.name == "cifar10":
+            train = tvd.CIFAR10(root, train=True, download=cfg.download)
+            test = tvd.CIFAR10(root, train=False, download=cfg.download)
+            return (train.data, np.asarray(train.targets), test.data, np.asarray(test.targets),
+                    list(train.classes), None, 255.0)
+        if cfg.name == "svhn":
+            train = tvd.SVHN(root, split="train", download=cfg.download)
+            test = tvd.SVHN(root, split="test", download=cfg.download)
+            return (train.data, np.asarray(train.labels), test.data, np.asarray(test.labels),
+                    [str(i) for i in range(10)], None, 255.0)
+    except RuntimeError as error:
+        if "not found" in str(error).lower() or "corrupted" in str(error).lower():
+            where = {"mnist": os.path.join(root, "MNIST", "raw"),
+                     "cifar10": os.path.join(root, "cifar-10-batches-py"),
+                     "svhn": os.path.join(root, "{train,test}_32x32.mat")}[cfg.name]
+            raise _missing(cfg, where) from None
+        raise DataError(f"{cfg.name} under {root}: {error}") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{cfg.name} under {root} could not be read: {error}") from None
+    raise DataError(f"dataset.source=torchvision has no data set {cfg.name!r}; use digits, mnist, cifar10 "
+                    f"or svhn, or dataset.source=folder|npz")
+
+
+def _read_image(path: Path, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error.__class__.__name__}: {error}") from None
+
+
+def _image_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(paths: List[Path], cfg: DataConfig) -> np.ndarray:
+    """Read image files into (N, C, H, W) uint8 at the recipe's size (resized only with resize=true)."""
+    channels = cfg.image_shape[0]
+    images = [_read_image(p, channels) for p in paths]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1 and not cfg.resize:
+        raise DataError(f"images of different sizes {sorted(shapes)[:3]} ...: pass dataset.resize=true")
+    if cfg.resize:
+        return np.concatenate([_check_size(_to_nchw(im[None], channels, str(p)), cfg, str(p))
+                               for im, p in zip(images, paths)]) if images else np.zeros((0, *cfg.image_shape))
+    return _check_size(_to_nchw(np.stack(images), channels, str(paths[0].parent)), cfg, str(paths[0].parent))
+
+
+def _load_split_folder(folder: Path, class_names: List[str], cfg: DataConfig):
+    paths, labels = [], []
+    for k, name in enumerate(class_names):
+        files = _image_files(folder / name) if (folder / name).is_dir() else []
+        paths += files
+        labels += [k] * len(files)
+    if not paths:
+        raise DataError(f"{folder}: no images found in its class folders")
+    return read_images(paths, cfg), np.asarray(labels, dtype=np.int64)
+
+
+def _load_folder(cfg: DataConfig):
+    root = Path(os.path.expanduser(cfg.path))
+    if not root.is_dir():
+        raise DataError(f"dataset.path={cfg.path}: no such folder")
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise DataError(f"dataset.path={cfg.path}: expected train/<class>/ and test/<class>/ folders")
+    class_names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if len(class_names) < 2:
+        raise DataError(f"{root / 'train'}: expected at least 2 class folders, found {len(class_names)}")
+    unknown = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in class_names)
+    if unknown:
+        raise DataError(f"{root / 'test'}: classes {unknown} are not in train/")
+    x_tr, y_tr = _load_split_folder(root / "train", class_names, cfg)
+    x_te, y_te = _load_split_folder(root / "test", class_names, cfg)
+    extra = None
+    if (root / "unlabeled").is_dir():
+        files = [p for p in sorted((root / "unlabeled").rglob("*"))
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        extra = read_images(files, cfg) if files else None
+    return x_tr, y_tr, x_te, y_te, class_names, extra, 255.0
+
+
+def _load_npz(cfg: DataConfig):
+    path = Path(os.path.expanduser(cfg.path))
+    if not path.is_file():
+        raise DataError(f"dataset.path={cfg.path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npz ({error})") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test")
+    channels = cfg.image_shape[0]
+
+    def images(key: str) -> np.ndarray:
+        x = arrays[key]
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{path}: {key} has dtype {x.dtype}, expected integers or floats")
+        if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
+            x = x * 255.0  # floats in [0, 1]
+        return _check_size(_to_nchw(x, channels, f"{path}: {key}"), cfg, f"{path}: {key}")
+
+    def labels(key: str, n: int) -> np.ndarray:
+        y = arrays[key]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: {key} must be a 1-d integer array, got {y.dtype} {y.shape}")
+        if len(y) != n:
+            raise DataError(f"{path}: {key} has {len(y)} labels for {n} images")
+        return y.astype(np.int64)
+
+    x_tr, x_te = images("x_train"), images("x_test")
+    y_tr, y_te = labels("y_train", len(x_tr)), labels("y_test", len(x_te))
+    if "classes" in arrays:
+        names = [str(c) for c in arrays["classes"]]
+    else:
+        names = [str(k) for k in range(int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1)]
+    extra = images("x_unlabeled") if "x_unlabeled" in arrays else None
+    return x_tr, y_tr, x_te, y_te, names, extra, 255.0
+
+
+LOADERS = {"builtin": _load_digits, "torchvision": _load_torchvision, "folder": _load_folder,
+           "npz": _load_npz}
+
+
+def load_data(cfg: DataConfig, seed: int = 0) -> ImageData:
+    """Load, check and scale the data set that ``cfg`` names; hold out a validation split if asked."""
+    if cfg.source == "builtin" and cfg.name != "digits":
+        raise DataError(f"dataset.source=builtin is only scikit-learn's digits, not {cfg.name}")
+    x_tr, y_tr, x_te, y_te, names, extra, value_max = LOADERS[cfg.source](cfg)
+    channels = cfg.image_shape[0]
+    x_tr = _check_size(_to_nchw(np.asarray(x_tr), channels, "train images"), cfg, "train images")
+    x_te = _check_size(_to_nchw(np.asarray(x_te), channels, "test images"), cfg, "test images")
+    y_tr, y_te = np.asarray(y_tr, dtype=np.int64), np.asarray(y_te, dtype=np.int64)
+    k = len(names)
+    for what, y in (("train", y_tr), ("test", y_te)):
+        if len(y) and (y.min() < 0 or y.max() >= k):
+            raise DataError(f"{what} labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
+    data = ImageData(scale_images(x_tr, cfg.scaling, value_max), y_tr, scale_images(x_te, cfg.scaling,
+                     value_max), y_te, names,
+                     None if extra is None else scale_images(extra, cfg.scaling, value_max))
+    if cfg.val_size > 0:
+        data = hold_out_validation(data, cfg.val_size, seed)
+    return data
+
+
+def hold_out_validation(data: ImageData, val_size: float, seed: int) -> ImageData:
+    """Move a stratified validation split (a fraction if < 1, else a count) out of the train split."""
+    from sklearn.model_selection import train_test_split
+
+    n_val = int(round(val_size * len(data.y_train))) if val_size < 1 else int(val_size)
+    if not 0 < n_val < len(data.y_train):
+        raise DataError(f"dataset.val_size={val_size}: leaves no train or no validation images")
+    idx = np.arange(len(data.y_train))
+    train_idx, val_idx = train_test_split(idx, test_size=n_val, stratify=data.y_train, random_state=seed)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    return ImageData(data.x_train[train_idx], data.y_train[train_idx], data.x_test, data.y_test,
+                     data.class_names, data.x_extra, data.x_train[val_idx], data.y_train[val_idx], val_idx)
+
+
+# ------------------------------------------------------------------------------- labeled subset, order
+
+def balanced_labeled_subset(y: np.ndarray, n_labels: int, n_classes: int, seed: int) -> np.ndarray:
+    """Indices of a class-balanced labeled subset: n_labels / K per class (METHOD.md sec. 3, 5).
+
+    As in the official code, the train set is permuted with a RNG seeded by ``seed`` and the first
+    n_labels / K examples of each class in that order are taken: the same seed gives the same subset.
+    """
+    if n_labels % n_classes:
+        raise DataError(f"dataset.labels={n_labels} is not a multiple of the {n_classes} classes "
+                        f"(the labeled subset is balanced)")
+    per_class = n_labels // n_classes
+    counts = np.bincount(y, minlength=n_classes)
+    if per_class > counts.min():
+        raise DataError(f"dataset.labels={n_labels} asks {per_class} per class, but class "
+                        f"{int(counts.argmin())} has only {int(counts.min())} training examples")
+    order = np.random.RandomState(seed).permutation(len(y))
+    chosen = [order[y[order] == k][:per_class] for k in range(n_classes)]
+    return np.sort(np.concatenate(chosen))
+
+
+def tiled_permutation(rng: np.random.RandomState, n: int, length: int) -> np.ndarray:
+    """Concatenated fresh permutations of range(n), cut to ``length``: each pass sees every example."""
+    reps = math.ceil(length / n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:length]
+
+
+def epoch_order(rng: np.random.RandomState, n_lab: int, n_unl: int, iters: int,
+                batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index batches of one epoch, each (iters, batch_size) (METHOD.md sec. 3).
+
+    Labeled: the labeled set tiled, reshuffled per tile, to the length of the epoch. Unlabeled: one
+    permutation for the discriminator and a second, independent one for feature matching.
+    """
+    length = iters * batch_size
+    lab = tiled_permutation(rng, n_lab, length).reshape(iters, batch_size)
+    unl = tiled_permutation(rng, n_unl, length).reshape(iters, batch_size)
+    unl_fm = tiled_permutation(rng, n_unl, length).reshape(iters, batch_size)
+    return lab, unl, unl_fm
+
+
+# ---------------------------------------------------------------------------------------- augmentation
+
+def augment(x: Tensor, translate: int = 2, flip: bool = True,
+            generator: Optional[torch.Generator] = None) -> Tensor:
+    """Random translation by up to ``translate`` pixels (reflect padding, then a crop) and random
+    horizontal flips, per example, on the tensor's device (CT-GAN's CIFAR-10 augmentation).
+
+    x: (B, C, H, W).
+    """
+    b, c, h, w = x.shape
+    out = x
+    if translate:
+        padded = torch.nn.functional.pad(x, (translate,) * 4, mode="reflect")
+        shifts = torch.randint(0, 2 * translate + 1, (2, b), device=x.device, generator=generator)
+        rows = torch.arange(h, device=x.device)[None] + shifts[0][:, None]  # (B, H)
+        cols = torch.arange(w, device=x.device)[None] + shifts[1][:, None]  # (B, W)
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        out = padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        flips = torch.rand(b, device=x.device, generator=generator) < 0.5
+        out = torch.where(flips[:, None, None, None], out.flip(3), out)
+    return out

@@ -1,0 +1,93 @@
+"""The losses of the method, one function per equation (METHOD.md sec. 1, 2).
+
+The discriminator outputs K logits l_1..l_K; the logit of the extra "generated" class is fixed at 0, so
+with Z(x) = sum_k exp(l_k(x)), D(x) = p(real | x) = Z / (Z + 1) and log Z = LSE(l(x)) (Salimans et al.
+2016, sec. 5). Every loss is computed in float32 with logsumexp / softplus, never exp followed by log.
+Losses take tensors and numbers only; they never touch a network.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def supervised_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """K-way cross-entropy of the labeled batch, the fake class excluded.
+
+    logits: (B, K), y: (B,) class indices.
+    """
+    return F.cross_entropy(logits.float(), y)
+
+
+def unlabeled_loss(logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """-E log D(x_unl) = E[softplus(LSE) - LSE] (Salimans et al. 2016, sec. 5).
+
+    With one-sided label smoothing a (sec. 3.4) the real target is 1 - a:
+    -E[(1 - a) log D(x) + a log(1 - D(x))], and log(1 - D) = -softplus(LSE).
+    logits: (B, K) class logits of unlabeled real images.
+    """
+    lse = torch.logsumexp(logits.float(), dim=1)  # (B,)
+    loss = F.softplus(lse) - lse
+    if label_smoothing:
+        loss = loss + label_smoothing * lse  # (1-a)(sp - lse) + a sp = sp - lse + a lse
+    return loss.mean()
+
+
+def fake_loss(logits: Tensor) -> Tensor:
+    """-E log(1 - D(x_gen)) = E[softplus(LSE)], with the fake-class logit fixed at 0 (Salimans et al. 2016).
+
+    logits: (B, K) class logits of generated images.
+    """
+    lse = torch.logsumexp(logits.float(), dim=1)  # (B,)
+    return F.softplus(lse).mean()
+
+
+def discriminator_loss(sup: Tensor, unl: Tensor, fake: Tensor, ct: Tensor | float = 0.0, w: float = 1.0,
+                       ct_weight: float = 0.0) -> Tensor:
+    """L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2.
+
+    The consistency term is added to the unlabeled part, so it shares the factor 1/2, as in the official
+    CT-GAN code (Wei et al. 2018).
+    """
+    return sup + w * (unl + fake + ct_weight * ct) / 2
+
+
+def feature_matching_loss(f_real: Tensor, f_fake: Tensor, p: int = 1) -> Tensor:
+    """|| E f(x_unl) - E f(G(z)) || (Salimans et al. 2016, sec. 3.1).
+
+    p = 1: mean absolute difference of the batch means (official CIFAR-10 / SVHN code);
+    p = 2: mean squared difference (official MNIST code). f_real, f_fake: (B, F).
+    """
+    diff = f_real.float().mean(dim=0) - f_fake.float().mean(dim=0)  # (F,)
+    return diff.abs().mean() if p == 1 else diff.pow(2).mean()
+
+
+def consistency_loss(probs_a: Tensor, probs_b: Tensor, feats_a: Tensor, feats_b: Tensor,
+                     feat_weight: float = 0.1, margin: float = 0.0) -> Tensor:
+    """CT = E_x max(0, d(D(x'), D(x'')) + feat_weight d(D_(x'), D_(x'')) - M') (Wei et al. 2018, sec. 3).
+
+    x' and x'' are two stochastic passes (dropout / noise) of the same real batch. As in the official
+    semi-supervised code, d on the last layer is the mean over the classes of the squared difference of the
+    softmax probabilities, d on D_ (the second-to-last layer) the mean squared difference of the features,
+    both per example; the hinge is applied per example, then the batch mean is taken.
+    probs_*: (B, K); feats_*: (B, F).
+    """
+    d_out = (probs_a.float() - probs_b.float()).pow(2).mean(dim=1)  # (B,)
+    d_feat = (feats_a.float() - feats_b.float()).pow(2).mean(dim=1)  # (B,)
+    return F.relu(d_out + feat_weight * d_feat - margin).mean()
+
+
+def gradient_penalty(grad: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E (||grad_x D(x_hat)||_2 - 1)^2 on real/fake interpolates x_hat.
+
+    grad: (B, ...) gradient of the critic's output with respect to x_hat.
+    """
+    norm = grad.float().flatten(1).norm(dim=1)  # (B,)
+    return (norm - 1).pow(2).mean()
+
+
+def historical_averaging_loss(params: list[Tensor], averages: list[Tensor]) -> Tensor:
+    """Historical averaging (Salimans et al. 2016, sec. 3.3): ||theta - (1/t) sum_i theta_i||^2."""
+    return sum(((p.float() - a.float()) ** 2).sum() for p, a in zip(params, averages))

@@ -1,0 +1,317 @@
+"""Training: one discriminator step then one generator step per iteration (Salimans et al. 2016, sec. 5;
+Wei et al. 2018), the official schedules, Polyak averaging, and ``fit``, the one path that the CLI and the
+estimator both call.
+
+Only this module calls both a network and a loss, ``backward()`` and ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import losses
+from .config import Config, ConfigError, MethodConfig, validate
+from .data import ImageData, augment, balanced_labeled_subset, epoch_order, load_data
+from .evaluate import error_rate, predict_proba
+from .layers import data_dependent_init
+from .models import build_models
+from .optim import make_optimizer
+from .checkpoint import save_checkpoint
+
+# ------------------------------------------------------------------------------------- pure functions
+
+def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -> float:
+    """The official schedule: constant, then linear from ``decay_start`` to 0 at ``epochs``.
+
+    CIFAR-10: lr * min(1, (1200 - epoch) / 400), i.e. decay_start 800 of 1200 epochs. None: constant.
+    """
+    if decay_start is None or epoch < decay_start or epochs <= decay_start:
+        return base_lr
+    return base_lr * max(0.0, (epochs - epoch) / (epochs - decay_start))
+
+
+@torch.no_grad()
+def polyak_update(avg: nn.Module, model: nn.Module, decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * model for every parameter; buffers are copied."""
+    avg_params = [p for p in avg.parameters()]
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(avg_params, params, 1.0 - decay)
+    for b_avg, b in zip(avg.buffers(), model.buffers()):
+        b_avg.copy_(b)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def _forward_parts(model: nn.Module, parts: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
+    """Run the discriminator on several batches. Without batch-dependent layers one concatenated pass
+    gives the same distribution of outputs as separate passes (dropout and noise are per example)."""
+    if getattr(model, "batch_dependent", False):
+        return [model(x) for x in parts]
+    logits, feats = model(torch.cat(parts))
+    sizes = [len(x) for x in parts]
+    return list(zip(logits.split(sizes), feats.split(sizes)))
+
+
+class HistoricalAverage:
+    """Running mean of a network's parameters over the steps so far (Salimans et al. 2016, sec. 3.3)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.means = [p.detach().clone() for p in self.params]
+        self.count = 1
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.count += 1
+        torch._foreach_lerp_(self.means, [p.detach() for p in self.params], 1.0 / self.count)
+
+    def penalty(self) -> Tensor:
+        return losses.historical_averaging_loss(self.params, self.means)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
+                       y_lab: Tensor, x_unl: Tensor, z: Tensor, method: MethodConfig,
+                       history: Optional[HistoricalAverage] = None) -> Dict[str, Tensor]:
+    """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms)."""
+    with torch.no_grad():
+        x_gen = gen(z)  # (B, C, H, W)
+    (logits_lab, _), (logits_unl, feats_unl), (logits_gen, _) = _forward_parts(disc, [x_lab, x_unl, x_gen])
+    sup = losses.supervised_loss(logits_lab, y_lab)
+    unl = losses.unlabeled_loss(logits_unl, method.label_smoothing)
+    fake = losses.fake_loss(logits_gen)
+    ct = torch.zeros((), device=x_lab.device)
+    if method.ct_weight > 0:
+        # Second pass of the same unlabeled batch under fresh dropout / noise; the first is the one above.
+        logits_unl2, feats_unl2 = disc(x_unl)
+        ct = losses.consistency_loss(logits_unl.float().softmax(1), logits_unl2.float().softmax(1), feats_unl,
+                                     feats_unl2, method.ct_feat_weight, method.ct_margin)
+    loss = losses.discriminator_loss(sup, unl, fake, ct, method.unl_weight, method.ct_weight)
+    if method.gradient_penalty > 0:
+        eps = torch.rand(len(x_gen), *([1] * (x_gen.dim() - 1)), device=x_gen.device)
+        n = min(len(x_unl), len(x_gen))
+        x_hat = (eps[:n] * x_unl[:n] + (1 - eps[:n]) * x_gen[:n]).requires_grad_(True)
+        realness = torch.logsumexp(disc(x_hat)[0].float(), dim=1)  # log Z(x_hat), the logit of D(x_hat)
+        (grad,) = torch.autograd.grad(realness.sum(), x_hat, create_graph=True)
+        loss = loss + method.gradient_penalty * losses.gradient_penalty(grad)
+    if history is not None:
+        loss = loss + method.historical_averaging * history.penalty()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if history is not None:
+        history.update()
+    with torch.no_grad():
+        acc = (logits_lab.argmax(1) == y_lab).float().mean()
+    return {"loss_d": loss.detach(), "loss_sup": sup.detach(), "loss_unl": unl.detach(),
+            "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}
+
+
+def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
+                   z: Tensor, fm_norm: int, history_weight: float = 0.0,
+                   history: Optional[HistoricalAverage] = None) -> Tensor:
+    """One update of G by feature matching against a second, independently drawn unlabeled batch."""
+    disc.requires_grad_(False)  # no gradients for D's parameters in the G step
+    try:
+        x_gen = gen(z)
+        with torch.no_grad():
+            _, feats_real = disc(x_unl)  # D in training mode, as in the official code
+        _, feats_gen = disc(x_gen)
+        loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+        if history is not None:
+            loss = loss + history_weight * history.penalty()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if history is not None:
+            history.update()
+    finally:
+        disc.requires_grad_(True)
+    return loss.detach()
+
+
+# ------------------------------------------------------------------------------------------------- fit
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the final test error (%) of the averaged discriminator and the networks."""
+
+    test_error: float
+    discriminator: nn.Module  # Polyak-averaged weights, the classifier
+    generator: nn.Module
+    labeled_indices: np.ndarray
+    class_names: List[str]
+    history: List[Dict[str, float]] = field(default_factory=list)
+    run_dir: Optional[Path] = None
+    val_error: Optional[float] = None
+
+
+def _epoch_means(stats: List[Dict[str, Tensor]]) -> Dict[str, float]:
+    keys = stats[0].keys()
+    stacked = {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in keys}
+    return stacked
+
+
+def _write_samples(path: Path, gen: nn.Module, scaling: str, device: torch.device, n: int = 100) -> None:
+    import torchvision.utils as vutils
+
+    from .data import unscale_images
+
+    with torch.no_grad():
+        x = gen(gen.sample_z(n, device)).float().cpu().numpy()
+    images = torch.from_numpy(unscale_images(x, scaling))
+    vutils.save_image(images, str(path), nrow=int(math.sqrt(n)), padding=1)
+
+
+def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] = None,
+        log=print) -> FitResult:
+    """Train one model as ``cfg`` says; write the run directory if one is given.
+
+    The labeled subset, the initialisation, the data order and the noise all follow from ``cfg.seed``.
+    Returns the test error (%) of the Polyak-averaged discriminator after the last epoch.
+    """
+    validate(cfg)
+    device = resolve_device(cfg.train.device)
+    if data is None:
+        data = load_data(cfg.dataset, cfg.seed)
+    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes))
+    t, method = cfg.train, cfg.method
+    torch.manual_seed(cfg.seed)
+    order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
+
+    lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
+    x_lab_all = torch.from_numpy(data.x_train[lab_idx]).to(device)  # (L, C, H, W)
+    y_lab_all = torch.from_numpy(data.y_train[lab_idx]).to(device)  # (L,)
+    x_unl_all = torch.from_numpy(data.x_unlabeled).to(device)  # (U, C, H, W) the whole train split
+    iters = t.iters_per_epoch or max(1, len(x_unl_all) // t.batch_size)
+
+    disc, gen = build_models(cfg.dataset, cfg.model)
+    disc, gen = disc.to(device), gen.to(device)
+    # Data-dependent initialisation on a first batch of training images / of generated images.
+    init_idx = torch.from_numpy(np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:t.init_batch])
+    data_dependent_init(disc, x_unl_all[init_idx.to(device)])
+    data_dependent_init(gen, gen.sample_z(t.init_batch, device))
+    disc_avg = copy.deepcopy(disc).eval()  # Polyak average, started from the initial weights
+    for p in disc_avg.parameters():
+        p.requires_grad_(False)
+
+    betas = (t.beta1, t.beta2)
+    opt_d = make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps)
+    opt_g = make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps)
+    hist_d = HistoricalAverage(disc) if method.historical_averaging > 0 else None
+    hist_g = HistoricalAverage(gen) if method.historical_averaging > 0 else None
+
+    writer, metrics_file = None, None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if t.tensorboard:
+            writer = _tensorboard_writer(run_dir)
+
+    progress = _progress(t.epochs * iters, t.progress, f"{cfg.dataset.name} {cfg.dataset.labels} labels "
+                                                         f"seed {cfg.seed}")
+    history: List[Dict[str, float]] = []
+    test_error = float("nan")
+    start = time.time()
+    try:
+        for epoch in range(t.epochs):
+            lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
+            lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
+            for group in opt_d.param_groups:
+                group["lr"] = lr_d
+            for group in opt_g.param_groups:
+                group["lr"] = lr_g
+            lab, unl, unl_fm = (torch.from_numpy(a).to(device) for a in
+                                epoch_order(order_rng, len(lab_idx), len(x_unl_all), iters, t.batch_size))
+            disc.train()
+            gen.train()
+            stats = []
+            for it in range(iters):
+                x_lab, y_lab = x_lab_all[lab[it]], y_lab_all[lab[it]]  # (B, C, H, W), (B,)
+                x_unl, x_unl_fm = x_unl_all[unl[it]], x_unl_all[unl_fm[it]]
+                if t.augment:
+                    x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
+                z = gen.sample_z(t.batch_size, device)
+                step = discriminator_step(disc, gen, opt_d, x_lab, y_lab, x_unl, z, method, hist_d)
+                z = gen.sample_z(t.batch_size, device)
+                step["loss_g"] = generator_step(disc, gen, opt_g, x_unl_fm, z, method.fm_norm,
+                                                method.historical_averaging, hist_g)
+                polyak_update(disc_avg, disc, t.ema_decay)
+                stats.append(step)
+                progress.update(1)
+            record = {"epoch": epoch + 1, "lr": lr_d, **_epoch_means(stats)}
+            if not all(math.isfinite(v) for v in record.values()):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {record}")
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
+                record["test_error"] = test_error
+            record["seconds"] = round(time.time() - start, 3)
+            history.append(record)
+            progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_sup", "loss_unl", "loss_g", "test_error")
+                                  if k in record})
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch + 1)
+    finally:
+        progress.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if writer is not None:
+            writer.close()
+
+    if t.epochs == 0:
+        test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
+    val_error = None
+    if data.x_val is not None:
+        val_error = error_rate(predict_proba(disc_avg, data.x_val, t.eval_batch_size), data.y_val)
+    result = FitResult(test_error, disc_avg, gen, lab_idx, data.class_names, history, run_dir, val_error)
+    if run_dir is not None:
+        save_checkpoint(run_dir / "checkpoint.pt", cfg, t.epochs, disc, disc_avg, gen, opt_d, opt_g, order_rng,
+                        lab_idx, data.class_names)
+        if t.sample_grid:
+            _write_samples(run_dir / "samples.png", gen, cfg.dataset.scaling, device)
+        summary = {"test_error": test_error, "val_error": val_error, "seed": cfg.seed,
+                   "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": method.name,
+                   "epochs": t.epochs, "iters_per_epoch": iters, "device": str(device),
+                   "seconds": round(time.time() - start, 3), "torch": torch.__version__,
+                   "labeled_indices": [int(i) for i in lab_idx], "config": asdict(cfg)}
+        (run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return result
+
+
+def _progress(total: int, enabled: bool, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, file=sys.stderr, leave=False,
+                mininterval=1.0, unit="it")
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard=true needs the tensorboard extra: pip install 'ssgan[tensorboard]'"
+                          ) from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
