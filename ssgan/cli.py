@@ -213,7 +213,15 @@ def cmd_fit(argv: Sequence[str]) -> int:
         overrides.append(f"run_dir={_default_run_dir(cfg)}")
         cfg.run_dir = overrides[-1].split("=", 1)[1]
     _check_run_dir(cfg.run_dir, cfg.overwrite)
-    _run_hydra(overrides, multirun=False)
+    run_dir = Path(cfg.run_dir).absolute()
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        _run_hydra(overrides, multirun=False)
+    except SystemExit:
+        for path in created:  # deepest first: leave nothing behind for a run that could not start
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
     return 0
 
 

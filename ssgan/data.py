@@ -111,7 +111,7 @@ def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    t = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: arrays read by PIL are not writable
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True,
                                            align_corners=False).numpy()
 
@@ -170,8 +170,10 @@ def _load_torchvision(cfg: DataConfig):
                      "svhn": os.path.join(root, "{train,test}_32x32.mat")}[cfg.name]
             raise _missing(cfg, where) from None
         raise DataError(f"{cfg.name} under {root}: {error}") from None
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"{cfg.name} under {root} could not be read: {error}") from None
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
+        # torchvision's MNIST reader checks a corrupt idx header with assert and the dtype with TypeError
+        raise DataError(f"{cfg.name} under {root} could not be read: "
+                        f"{error.__class__.__name__}: {error}") from None
     raise DataError(f"dataset.source=torchvision has no data set {cfg.name!r}; use digits, mnist, cifar10 "
                     f"or svhn, or dataset.source=folder|npz")
 
@@ -270,7 +272,7 @@ def _load_npz(cfg: DataConfig):
     x_tr, x_te = images("x_train"), images("x_test")
     y_tr, y_te = labels("y_train", len(x_tr)), labels("y_test", len(x_te))
     if "classes" in arrays:
-        names = [str(c) for c in arrays["classes"]]
+        names = [c.decode() if isinstance(c, bytes) else str(c) for c in arrays["classes"]]
     else:
         names = [str(k) for k in range(int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1)]
     extra = images("x_unlabeled") if "x_unlabeled" in arrays else None
@@ -310,7 +312,11 @@ def hold_out_validation(data: ImageData, val_size: float, seed: int) -> ImageDat
     if not 0 < n_val < len(data.y_train):
         raise DataError(f"dataset.val_size={val_size}: leaves no train or no validation images")
     idx = np.arange(len(data.y_train))
-    train_idx, val_idx = train_test_split(idx, test_size=n_val, stratify=data.y_train, random_state=seed)
+    try:
+        train_idx, val_idx = train_test_split(idx, test_size=n_val, stratify=data.y_train, random_state=seed)
+    except ValueError as error:  # too few images per class, or fewer held out than there are classes
+        raise DataError(f"dataset.val_size={val_size}: no stratified split of {n_val} images: "
+                        f"{error}") from None
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     return ImageData(data.x_train[train_idx], data.y_train[train_idx], data.x_test, data.y_test,
                      data.class_names, data.x_extra, data.x_train[val_idx], data.y_train[val_idx], val_idx)

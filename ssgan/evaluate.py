@@ -44,10 +44,11 @@ def ensemble_proba(probs_per_model: Sequence[np.ndarray]) -> np.ndarray:
 
 def inception_score(probs: np.ndarray, n_splits: int = 10) -> Tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016, sec. 4), mean and std over ``n_splits``
-    equal splits of the samples. probs: (N, K) class probabilities of generated samples."""
+    equal splits of the samples (at most N splits, so that none is empty). probs: (N, K) class probabilities
+    of generated samples."""
     probs = np.asarray(probs, dtype=np.float64)
     scores = []
-    for part in np.array_split(probs, n_splits):
+    for part in np.array_split(probs, max(1, min(n_splits, len(probs)))):
         p_y = part.mean(axis=0, keepdims=True)  # (1, K) marginal over the split
         kl = np.sum(part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(p_y, 1e-12, None))), axis=1)
         scores.append(float(np.exp(kl.mean())))

@@ -69,7 +69,8 @@ class _WeightNormBase(nn.Module):
         self.g.fill_(1.0)
         t = self._apply_op(x, self.weight())  # (B, units, ...)
         dims = [0] + list(range(2, t.dim()))
-        mean, std = t.mean(dim=dims), t.std(dim=dims)
+        # The biased std (divide by the count), as in the official code's initialisation.
+        mean, std = t.mean(dim=dims), t.std(dim=dims, correction=0)
         scale = target_std / (std + 1e-8)
         self.g.copy_(scale)
         self.b.copy_(-mean * scale)

@@ -172,7 +172,9 @@ class CNNGenerator(_Generator):
         g0, g1, g2 = cfg.g_widths
         self.seed_shape = (g0, height // 8, width // 8)
         self.fc = nn.Linear(cfg.z_dim, math.prod(self.seed_shape), bias=False)
-        self.norm0 = self._norm(g0)
+        # Batch norm of the dense layer per unit (g0 * H/8 * W/8 of them), before the reshape, as in the
+        # official code; the transposed convolutions below are normalised per channel.
+        self.norm0 = self._norm(math.prod(self.seed_shape))
         self.up1 = nn.ConvTranspose2d(g0, g1, 5, stride=2, padding=2, output_padding=1, bias=False)
         self.norm1 = self._norm(g1)
         self.up2 = nn.ConvTranspose2d(g1, g2, 5, stride=2, padding=2, output_padding=1, bias=False)
@@ -185,8 +187,7 @@ class CNNGenerator(_Generator):
         self.activation = _output_activation(scaling)
 
     def body(self, z: Tensor) -> Tensor:
-        h = self.fc(z).view(-1, *self.seed_shape)  # (B, g0, H/8, W/8)
-        h = F.relu(self.norm0(h))
+        h = F.relu(self.norm0(self.fc(z))).view(-1, *self.seed_shape)  # (B, g0, H/8, W/8)
         h = F.relu(self.norm1(self.up1(h)))  # (B, g1, H/4, W/4)
         h = F.relu(self.norm2(self.up2(h)))  # (B, g2, H/2, W/2)
         return self.activation(self.out(h))  # (B, C, H, W)

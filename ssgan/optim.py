@@ -28,6 +28,10 @@ class OfficialAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -51,7 +55,7 @@ class OfficialAdam(torch.optim.Optimizer):
             torch._foreach_add_(denom, group["eps"])
             torch._foreach_sqrt_(denom)  # sqrt(v_hat + eps)
             torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - beta1 ** t))
-        return None
+        return loss
 
 
 def make_optimizer(params: Iterable[Tensor], kind: str, lr: float, betas: Tuple[float, float],

@@ -1,0 +1,155 @@
+"""The command line, called in-process: flags become overrides, bad input is one line and exit code 2,
+runs never overwrite each other, evaluate and predict read a trained run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssgan.cli import _fit_parser, fit_overrides, main
+from tests.conftest import TINY_OVERRIDES
+
+
+def test_labels_flag_lands_on_dataset_labels():
+    args = _fit_parser().parse_args(["--dataset", "cifar10", "--labels", "4000", "--seed", "3",
+                                     "--method", "ct_gan", "train.lr=1e-4"])
+    overrides = fit_overrides(args)
+    assert "dataset.labels=4000" in overrides and "dataset=cifar10" in overrides
+    assert "seed=3" in overrides and "method=ct_gan" in overrides
+    assert overrides[-1] == "train.lr=1e-4"  # explicit overrides come last and win
+
+
+@pytest.fixture
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    return run_dir
+
+
+def test_fit_writes_the_run_directory(trained_run, capsys):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "checkpoint.pt", "metrics.jsonl", "result.json", "samples.png"} <= names
+    result = json.loads((trained_run / "result.json").read_text())
+    assert result["labels"] == 20 and len(result["labeled_indices"]) == 20
+    assert "labels: 20" in (trained_run / "config.yaml").read_text()
+
+
+def test_fit_prints_the_test_error_last(tmp_path, capsys):
+    assert main(["fit", "--run-dir", str(tmp_path / "r"), *TINY_OVERRIDES]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("test error: ") and last.endswith(" %")
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert last == f"test error: {result['test_error']:.2f} %"
+
+
+def test_a_run_never_overwrites_another(trained_run, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()}
+    assert main(["fit", "--run-dir", str(trained_run), *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()} == before
+
+
+def test_overwrite_flag_allows_reuse(tmp_path):
+    run_dir = tmp_path / "r"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    assert main(["fit", "--run-dir", str(run_dir), "--overwrite", *TINY_OVERRIDES]) == 0
+
+
+def test_default_run_directories_do_not_collide(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY_OVERRIDES]) == 0
+    assert main(["fit", *TINY_OVERRIDES]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("digits-20-improved_gan-seed0-") for r in runs)
+
+
+def test_evaluate_recomputes_the_test_error(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads((trained_run / "result.json").read_text())
+    assert line == f"test error: {result['test_error']:.2f} %"
+
+
+def test_predict_npz_and_csv(trained_run, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:5] / 16.0  # floats in [0, 1]
+    np.savez(tmp_path / "x.npz", x=images)
+    assert main(["predict", str(trained_run), str(tmp_path / "x.npz"), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all(line.split("\t")[1] in [str(k) for k in range(10)] for line in lines)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_run), str(tmp_path / "x.npz"), "--proba", "--out", str(out)]) == 0
+    rows = out.read_text().strip().splitlines()
+    assert rows[0].startswith("input,class,p_0") and len(rows) == 6
+    probs = np.array([[float(v) for v in row.split(",")[2:]] for row in rows[1:]])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["fit", "dataset.nope=1"], "dataset.nope"),
+    (["fit", "--labels", "55"], "not a multiple"),
+    (["fit", "--labels", "5000"], "has only"),
+    (["fit", "--labels", "-10"], "labels"),
+    (["fit", "train.lr=-1"], "train.lr"),
+    (["fit", "--epochs", "-1"], "train.epochs"),
+    (["fit", "--dataset", "mnist", "dataset.root=/nonexistent"], "dataset.download"),
+    (["fit", "dataset.source=npz"], "dataset.path"),
+    (["fit", "method=nope"], "method"),
+    (["fit", "stray"], "KEY=VALUE"),
+    (["frobnicate"], "unknown command"),
+    (["evaluate", "/nonexistent/run"], "no such run directory"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert fragment in err
+    assert not (tmp_path / "runs").exists()  # no run directory left behind
+
+
+def test_help_lists_commands_and_options(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("fit", "evaluate", "predict", "cifar10"))
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--labels" in out and "--dataset" in out and "svhn" in out
+
+
+def test_multirun_runs_every_job(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "-m", "seed=0,1", *TINY_OVERRIDES]) == 0
+    jobs = sorted(p.name for p in next((tmp_path / "runs").glob("multirun-*")).iterdir() if p.is_dir())
+    assert jobs == ["digits-20-improved_gan-seed0", "digits-20-improved_gan-seed1"]
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "ssgan", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: ssgan" in out.stdout
+
+
+@pytest.mark.slow
+def test_default_fit_beats_supervised_baseline(tmp_path, capsys):
+    """The real default job (`ssgan fit`: digits, 50 labels) against logistic regression on the same
+    50 labeled images."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ssgan.config import DataConfig
+    from ssgan.data import load_data
+
+    assert main(["fit", "--run-dir", str(tmp_path / "default")]) == 0
+    result = json.loads((tmp_path / "default" / "result.json").read_text())
+    assert result["labels"] == 50 and result["method"] == "improved_gan"
+    data = load_data(DataConfig())
+    lab = np.asarray(result["labeled_indices"])
+    baseline = LogisticRegression(max_iter=2000).fit(data.x_train[lab].reshape(50, -1), data.y_train[lab])
+    baseline_error = 100 * np.mean(baseline.predict(data.x_test.reshape(len(data.x_test), -1)) != data.y_test)
+    assert result["test_error"] < baseline_error
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"test error: {result['test_error']:.2f} %"

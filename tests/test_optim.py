@@ -1,0 +1,141 @@
+"""Tests of ssgan/optim.py: the official improved-gan Adam, epsilon inside the square root (METHOD.md sec. 6)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from ssgan.optim import OfficialAdam, make_optimizer
+
+
+def reference_adam(p: torch.Tensor, grads: list[torch.Tensor], lr: float, beta1: float, beta2: float,
+                   eps: float) -> list[torch.Tensor]:
+    """improved-gan's nn.adam_updates, step by step: p -= lr * m_hat / sqrt(v_hat + eps). Returns p after
+    each step."""
+    m, v, out = torch.zeros_like(p), torch.zeros_like(p), []
+    p = p.clone()
+    for t, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        p = p - lr * m_hat / torch.sqrt(v_hat + eps)
+        out.append(p.clone())
+    return out
+
+
+def _run(optimizer_cls, p0: torch.Tensor, grads: list[torch.Tensor], **kwargs) -> list[torch.Tensor]:
+    p = torch.nn.Parameter(p0.clone())
+    opt = optimizer_cls([p], **kwargs)
+    out = []
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        out.append(p.detach().clone())
+    return out
+
+
+def _grads(n_steps: int, shape: tuple, scale: float, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=gen, dtype=torch.float64) * scale for _ in range(n_steps)]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5])
+def test_matches_improved_gan_reference(scale):
+    p0 = torch.randn(3, 4, dtype=torch.float64)
+    grads = _grads(6, (3, 4), scale)
+    settings = dict(lr=3e-3, betas=(0.5, 0.999), eps=1e-8)
+    ours = _run(OfficialAdam, p0, grads, **settings)
+    expected = reference_adam(p0, grads, settings["lr"], *settings["betas"], settings["eps"])
+    for step, (a, b) in enumerate(zip(ours, expected)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"step {step + 1}")
+
+
+def test_several_parameters_and_groups_match_reference():
+    p0s = [torch.randn(2, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [_grads(4, p.shape, 1e-3, seed=i) for i, p in enumerate(p0s)]
+    params = [torch.nn.Parameter(p.clone()) for p in p0s]
+    opt = OfficialAdam([{"params": [params[0]]}, {"params": [params[1]], "lr": 1e-2}], lr=3e-4)
+    for step in range(4):
+        for p, g in zip(params, grads):
+            p.grad = g[step].clone()
+        opt.step()
+    for p, p0, g, lr in zip(params, p0s, grads, (3e-4, 1e-2)):
+        torch.testing.assert_close(p.detach(), reference_adam(p0, g, lr, 0.5, 0.999, 1e-8)[-1])
+
+
+def test_epsilon_inside_the_sqrt_differs_from_torch_adam_on_tiny_gradients():
+    """With |g| ~ 1e-6, sqrt(v_hat + 1e-8) ~ 1e-4 damps the step ~100x; torch's sqrt(v_hat) + 1e-8 does not."""
+    p0 = torch.zeros(4, dtype=torch.float64)
+    grads = [torch.full((4,), 1e-6, dtype=torch.float64)] * 3
+    settings = dict(lr=1e-3, betas=(0.5, 0.999), eps=1e-8)
+    official = _run(OfficialAdam, p0, grads, **settings)[-1]
+    torch_adam = _run(torch.optim.Adam, p0, grads, **settings)[-1]
+    assert torch_adam[0].item() == pytest.approx(-3e-3, rel=0.02)  # ~lr per step
+    assert official[0].item() == pytest.approx(-3e-3 * 1e-6 / (1e-12 + 1e-8) ** 0.5, rel=0.02)
+    assert abs(official[0].item()) < abs(torch_adam[0].item()) / 50
+    # with large gradients the epsilon is negligible and the two agree
+    big = [torch.full((4,), 1.0, dtype=torch.float64)] * 3
+    torch.testing.assert_close(_run(OfficialAdam, p0, big, **settings)[-1],
+                               _run(torch.optim.Adam, p0, big, **settings)[-1], rtol=1e-6, atol=0)
+
+
+def test_state_dict_round_trip_continues_identically():
+    p0 = torch.randn(6, dtype=torch.float64)
+    grads = _grads(6, (6,), 0.1)
+    p = torch.nn.Parameter(p0.clone())
+    opt = OfficialAdam([p], lr=1e-2)
+    for g in grads[:3]:
+        p.grad = g.clone()
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save({"param": p.detach().clone(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    q = torch.nn.Parameter(saved["param"])
+    resumed = OfficialAdam([q], lr=1e-2)
+    resumed.load_state_dict(saved["opt"])
+    for g in grads[3:]:
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        resumed.step()
+        torch.testing.assert_close(q.detach(), p.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(p.detach(), reference_adam(p0, grads, 1e-2, 0.5, 0.999, 1e-8)[-1])
+    assert resumed.state[q]["step"] == 6
+
+
+def test_parameters_without_gradient_are_left_alone():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = OfficialAdam([a, b], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.step()
+    assert not torch.equal(a.detach(), torch.ones(2))
+    torch.testing.assert_close(b.detach(), torch.ones(2))
+    assert b not in opt.state
+
+
+def test_closure_is_evaluated_and_its_loss_returned():
+    p = torch.nn.Parameter(torch.tensor([2.0]))
+    opt = OfficialAdam([p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(4.0)
+    assert p.item() == pytest.approx(2.0 - 0.1, rel=1e-4)  # first step: lr * sign(g)
+
+
+def test_make_optimizer():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    assert isinstance(make_optimizer(p, "official_adam", 1e-3, (0.5, 0.999), 1e-8), OfficialAdam)
+    torch_adam = make_optimizer(p, "torch_adam", 1e-3, (0.5, 0.999), 1e-8)
+    assert type(torch_adam) is torch.optim.Adam and torch_adam.defaults["eps"] == 1e-8
+    with pytest.raises(ValueError):
+        make_optimizer(p, "sgd", 1e-3, (0.5, 0.999), 1e-8)
+    with pytest.raises(ValueError):
+        OfficialAdam(p, lr=0.0)

@@ -1,0 +1,130 @@
+"""Training loop: the schedule, Polyak averaging, one D and one G step, the consistency term in use, and
+two CPU iterations of fit on tiny data."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ssgan import losses
+from ssgan.config import DataConfig, MethodConfig, ModelConfig
+from ssgan.layers import data_dependent_init
+from ssgan.models import build_models
+from ssgan.optim import OfficialAdam
+from ssgan.train import discriminator_step, fit, generator_step, lr_at, polyak_update
+
+
+def test_lr_schedule_constant_then_linear_to_zero():
+    # CIFAR-10: lr * min(3 - epoch / 400, 1) over 1200 epochs.
+    for epoch in (0, 400, 799, 800, 1000, 1199):
+        assert lr_at(epoch, 3e-4, 800, 1200) == pytest.approx(3e-4 * min(3 - epoch / 400, 1.0))
+    assert lr_at(299, 0.003, None, 300) == 0.003
+
+
+def test_polyak_update_moves_towards_the_model():
+    avg, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = avg.weight.detach().clone()
+    polyak_update(avg, model, decay=0.9)
+    assert torch.allclose(avg.weight, 0.9 * before + 0.1 * model.weight.detach())
+
+
+def _tiny_models(seed=0, **model_kwargs):
+    torch.manual_seed(seed)
+    data_cfg = DataConfig(image_shape=[1, 8, 8])
+    disc, gen = build_models(data_cfg, ModelConfig(d_widths=[32, 16], g_widths=[32], z_dim=8, **model_kwargs))
+    x = torch.rand(40, 1, 8, 8)
+    data_dependent_init(disc, x)
+    data_dependent_init(gen, gen.sample_z(40))
+    return disc, gen, x
+
+
+def test_consistency_term_zero_without_noise_and_positive_with_it():
+    disc, _, x = _tiny_models()
+    disc.eval()  # noise off: the two passes agree
+    (la, fa), (lb, fb) = disc(x), disc(x)
+    assert losses.consistency_loss(la.softmax(1), lb.softmax(1), fa, fb).item() == 0.0
+    disc.train()  # Gaussian noise on: the two passes disagree
+    (la, fa), (lb, fb) = disc(x), disc(x)
+    assert losses.consistency_loss(la.softmax(1), lb.softmax(1), fa, fb).item() > 0.0
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"ct_weight": 1.0},
+    {"label_smoothing": 0.1},
+    {"gradient_penalty": 1.0},
+])
+def test_discriminator_step_updates_only_d(options):
+    disc, gen, x = _tiny_models()
+    opt = OfficialAdam(disc.parameters(), lr=1e-3)
+    d_before = copy.deepcopy(disc.state_dict())
+    g_before = copy.deepcopy(gen.state_dict())
+    y = torch.arange(20) % 10
+    stats = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), MethodConfig(**options))
+    assert all(torch.isfinite(v) for v in stats.values())
+    if options.get("ct_weight"):
+        assert stats["loss_ct"] > 0
+    assert any(not torch.equal(d_before[k], v) for k, v in disc.state_dict().items())
+    assert all(torch.equal(g_before[k], v) for k, v in gen.state_dict().items())
+
+
+def test_generator_step_updates_only_g_and_leaves_d_trainable():
+    disc, gen, x = _tiny_models()
+    opt = OfficialAdam(gen.parameters(), lr=1e-3)
+    d_before = copy.deepcopy(disc.state_dict())
+    g_before = copy.deepcopy(gen.state_dict())
+    loss = generator_step(disc, gen, opt, x[:20], gen.sample_z(20), fm_norm=1)
+    assert torch.isfinite(loss) and loss > 0
+    assert any(not torch.equal(g_before[k], v) for k, v in gen.state_dict().items())
+    assert all(torch.equal(d_before[k], v) for k, v in disc.state_dict().items())
+    assert all(p.grad is None for p in disc.parameters())
+    assert all(p.requires_grad for p in disc.parameters())
+
+
+def test_minibatch_discrimination_step_runs():
+    disc, gen, x = _tiny_models(minibatch_discrimination=True, mbd_kernels=4, mbd_kernel_dim=3)
+    opt = OfficialAdam(disc.parameters(), lr=1e-3)
+    stats = discriminator_step(disc, gen, opt, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
+                               MethodConfig())
+    assert torch.isfinite(stats["loss_d"])
+
+
+def test_fit_two_iterations_changes_parameters_and_average(tiny_config, tmp_path):
+    result = fit(tiny_config, run_dir=tmp_path / "run")
+    assert math.isfinite(result.test_error) and 0 <= result.test_error <= 100
+    record = result.history[-1]
+    assert all(math.isfinite(record[k]) for k in ("loss_sup", "loss_unl", "loss_fake", "loss_g"))
+    # The averaged discriminator moved away from the initial weights, and differs from the trained one.
+    init = fit(replace(tiny_config, train=replace(tiny_config.train, epochs=0)))
+    moved = [not torch.equal(a, b) for a, b in zip(result.discriminator.state_dict().values(),
+                                                   init.discriminator.state_dict().values())]
+    assert any(moved)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"checkpoint.pt", "metrics.jsonl", "result.json"} <= files
+    assert len(result.labeled_indices) == 20
+
+
+def test_fit_is_reproducible_and_seed_dependent(tiny_config):
+    a, b = fit(tiny_config), fit(tiny_config)
+    assert np.array_equal(a.labeled_indices, b.labeled_indices)
+    for pa, pb in zip(a.discriminator.parameters(), b.discriminator.parameters()):
+        assert torch.equal(pa, pb)
+    other = fit(replace(tiny_config, seed=1))
+    assert not np.array_equal(a.labeled_indices, other.labeled_indices)
+
+
+def test_fit_with_every_option(tiny_config):
+    cfg = copy.deepcopy(tiny_config)
+    cfg.method = MethodConfig(fm_norm=1, ct_weight=1.0, label_smoothing=0.1, historical_averaging=0.01,
+                              gradient_penalty=1.0)
+    cfg.model.virtual_batch_norm = True
+    cfg.train.lr_d, cfg.train.lr_g = 1e-3, 2e-3
+    cfg.train.optimizer = "torch_adam"
+    assert math.isfinite(fit(cfg).test_error)
+    cfg.model = ModelConfig(d_widths=[32, 16], g_widths=[32], z_dim=8, norm="spectral")
+    assert math.isfinite(fit(cfg).test_error)
