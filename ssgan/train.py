@@ -182,11 +182,12 @@ def _write_samples(path: Path, gen: nn.Module, scaling: str, device: torch.devic
 
 
 def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] = None,
-        log=print) -> FitResult:
+        labeled_indices: Optional[np.ndarray] = None) -> FitResult:
     """Train one model as ``cfg`` says; write the run directory if one is given.
 
-    The labeled subset, the initialisation, the data order and the noise all follow from ``cfg.seed``.
-    Returns the test error (%) of the Polyak-averaged discriminator after the last epoch.
+    The labeled subset (unless ``labeled_indices`` of ``data.x_train`` are given, as the estimator does),
+    the initialisation, the data order and the noise all follow from ``cfg.seed``. Returns the test error
+    (%) of the Polyak-averaged discriminator after the last epoch (NaN without test images).
     """
     validate(cfg)
     device = resolve_device(cfg.train.device)
@@ -197,7 +198,10 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     torch.manual_seed(cfg.seed)
     order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
 
-    lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
+    if labeled_indices is None:
+        lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
+    else:
+        lab_idx = np.asarray(labeled_indices, dtype=np.int64)
     x_lab_all = torch.from_numpy(data.x_train[lab_idx]).to(device)  # (L, C, H, W)
     y_lab_all = torch.from_numpy(data.y_train[lab_idx]).to(device)  # (L,)
     x_unl_all = torch.from_numpy(data.x_unlabeled).to(device)  # (U, C, H, W) the whole train split
@@ -260,7 +264,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
             record = {"epoch": epoch + 1, "lr": lr_d, **_epoch_means(stats)}
             if not all(math.isfinite(v) for v in record.values()):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {record}")
-            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            if len(data.y_test) and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
                 test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
                 record["test_error"] = test_error
             record["seconds"] = round(time.time() - start, 3)
@@ -281,7 +285,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         if writer is not None:
             writer.close()
 
-    if t.epochs == 0:
+    if t.epochs == 0 and len(data.y_test):
         test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
     val_error = None
     if data.x_val is not None:
