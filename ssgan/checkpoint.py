@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
     """A checkpoint or run directory that cannot be used: one line, exit code 2."""
 
 
-def _rng_state(order_rng: np.random.RandomState) -> Dict[str, Any]:
+def rng_state(order_rng: np.random.RandomState) -> Dict[str, Any]:
     _, keys, pos, has_gauss, cached = order_rng.get_state()
     state = {"torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -48,24 +48,10 @@ def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState) -> None
                          numpy_state["has_gauss"], numpy_state["cached"]))
 
 
-def save_checkpoint(path: Path, cfg: Config, epoch: int, disc: nn.Module, disc_avg: nn.Module,
-                    gen: nn.Module, opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
-                    order_rng: np.random.RandomState, labeled_indices: np.ndarray,
-                    class_names: List[str]) -> None:
-    """Write everything needed to evaluate or continue the run, atomically (temporary file, then rename)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": asdict(cfg),
-        "epoch": epoch,
-        "discriminator": disc.state_dict(),
-        "discriminator_avg": disc_avg.state_dict(),
-        "generator": gen.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "rng": _rng_state(order_rng),
-        "labeled_indices": torch.from_numpy(np.asarray(labeled_indices, dtype=np.int64)),
-        "class_names": list(class_names),
-    }
+def write_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, then a rename, so that a kill at
+    any moment leaves either the previous checkpoint or the new one, never a partial file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -1,4 +1,4 @@
-"""Command line: ``ssgan fit | evaluate | predict``.
+"""Command line: ``ssgan fit | evaluate | predict | sample``.
 
 ``ssgan fit`` is a real Hydra application: its flags are rewritten into Hydra overrides
 (``--dataset cifar10`` -> ``dataset=cifar10``, ``--labels 4000`` -> ``dataset.labels=4000``) before Hydra parses
@@ -27,6 +27,7 @@ COMMANDS = {
     "fit": "train a semi-supervised GAN; the averaged discriminator is the classifier",
     "evaluate": "recompute the test error of a trained run from its checkpoint",
     "predict": "predict the classes of image files, folders or an .npz with a trained run",
+    "sample": "write a grid of generator samples; --score: Inception Score (or the discriminator's score)",
 }
 
 
@@ -52,8 +53,15 @@ FIT_FLAGS = {"dataset": "dataset", "method": "method", "labels": "dataset.labels
              "device": "train.device", "epochs": "train.epochs", "run_dir": "run_dir"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (UsageError -> exit code 2), not usage text plus a line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def _fit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"{PROG} fit", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a semi-supervised GAN (Salimans et al. 2016; Wei et al. 2018). Extra KEY=VALUE "
                     "words are Hydra overrides of configs/ (e.g. train.lr=1e-4 method.ct_weight=0.5).",
@@ -73,6 +81,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
+                        "(KEY=VALUE words then change its saved config, e.g. train.epochs=600)")
     parser.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over sweeps (a=1,2)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     return parser
@@ -162,8 +172,6 @@ def _fit_task(dict_cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from .train import fit
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     created = not run_dir.exists() or not any(run_dir.iterdir())
     try:
@@ -171,17 +179,63 @@ def _fit_task(dict_cfg) -> float:
         cfg.run_dir = str(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
-        result = fit(cfg, run_dir=run_dir)
+        result = _fit_reporting(cfg, run_dir)
     except _known_errors() as error:
         if created and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"{PROG}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    return result.test_error
+
+
+def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
+    """Run ``train.fit`` and print its outcome; the last line is the test error of the averaged weights.
+
+    A diverged run exits with code 3 and an interrupted one with 128 + the signal number, each with one line
+    that says where the checkpoint is.
+    """
+    from .train import TrainingDiverged, TrainingInterrupted, fit
+
+    try:
+        result = fit(cfg, run_dir=run_dir, resume=resume)
+    except TrainingDiverged as error:
+        kept = run_dir / "checkpoint.pt"
+        where = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
+        print(f"{PROG}: error: {error}; {where}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except TrainingInterrupted as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        raise SystemExit(128 + error.signum) from None
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
         print(f"validation error: {result.val_error:.2f} %")
     print(f"test error: {result.test_error:.2f} %")
-    return result.test_error
+    return result
+
+
+def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
+    """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config."""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import CHECKPOINT_NAME, config_from_dict, load_checkpoint
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    payload = load_checkpoint(path / CHECKPOINT_NAME)
+    cfg = config_from_dict(payload["config"])
+    if overrides:
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.to_object(merged)
+        except Exception as error:
+            raise UsageError(_first_line(error)) from None
+    validate(cfg)
+    if payload["epoch"] >= cfg.train.epochs and not payload["iteration"]:
+        raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
+                         f"to train on")
+    _fit_reporting(cfg, path, resume=payload)
+    return 0
 
 
 def _run_hydra(overrides: List[str], multirun: bool) -> None:
@@ -202,6 +256,12 @@ def _run_hydra(overrides: List[str], multirun: bool) -> None:
 
 def cmd_fit(argv: Sequence[str]) -> int:
     args = _fit_parser().parse_args(argv)
+    if args.resume:
+        fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
+        if fixed or args.multirun or args.overwrite:
+            raise UsageError(f"--resume continues a run with its saved config; drop {' '.join(fixed) or '-m'} "
+                             f"(KEY=VALUE overrides such as train.epochs=N are allowed)")
+        return cmd_resume(args.resume, fit_overrides(args))
     overrides = fit_overrides(args)
     if args.multirun:
         for combo in _expand_sweeps(overrides):
@@ -233,7 +293,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     from .evaluate import error_rate, predict_proba
     from .train import resolve_device
 
-    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=COMMANDS["evaluate"])
+    parser = _Parser(prog=f"{PROG} evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -248,6 +308,7 @@ def read_inputs(inputs: Sequence[str], cfg) -> tuple[List[str], np.ndarray]:
     """Image files, folders of images, or .npz files (array x, x_test or the only array) -> names and
     (N, C, H, W) images scaled as the run's recipe scales them."""
     from .data import IMAGE_SUFFIXES, DataError, _check_size, _to_nchw, read_images, scale_images
+    from .evaluate import input_value_max
 
     names, batches = [], []
     for item in inputs:
@@ -255,17 +316,23 @@ def read_inputs(inputs: Sequence[str], cfg) -> tuple[List[str], np.ndarray]:
         if not path.exists():
             raise DataError(f"{item}: no such file or folder")
         if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                key = next((k for k in ("x", "x_test") if k in archive.files),
-                           archive.files[0] if len(archive.files) == 1 else None)
-                if key is None:
-                    raise DataError(f"{item}: expected an array named x or x_test")
-                x = archive[key]
-            if np.issubdtype(x.dtype, np.floating) and x.size and float(x.max()) <= 1.0:
-                x = x * 255.0
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    key = next((k for k in ("x", "x_test") if k in archive.files),
+                               archive.files[0] if len(archive.files) == 1 else None)
+                    if key is None:
+                        raise DataError(f"{item}: expected an array named x or x_test")
+                    x = archive[key]
+            except (OSError, ValueError, EOFError) as error:
+                if isinstance(error, DataError):
+                    raise
+                raise DataError(f"{item}: not a readable .npz ({error})") from None
+            if not np.issubdtype(x.dtype, np.number):
+                raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
             x = _check_size(_to_nchw(x, cfg.image_shape[0], item), cfg, item)
             names += [f"{item}[{i}]" for i in range(len(x))]
-            batches.append(scale_images(x, cfg.scaling))
+            # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
+            batches.append(scale_images(x, cfg.scaling, input_value_max(x, cfg)))
             continue
         files = ([p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
                  if path.is_dir() else [path])
@@ -281,7 +348,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
     from .evaluate import predict_proba
     from .train import resolve_device
 
-    parser = argparse.ArgumentParser(prog=f"{PROG} predict", description=COMMANDS["predict"])
+    parser = _Parser(prog=f"{PROG} predict", description=COMMANDS["predict"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("inputs", nargs="+", help="image files, folders or .npz files")
     parser.add_argument("--proba", action="store_true", help="also print the class probabilities")
@@ -289,6 +356,8 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists():
+        raise UsageError(f"{args.out} already exists; choose another --out")
     run = load_run(args.run_dir, resolve_device(args.device))
     names, x = read_inputs(args.inputs, run.config.dataset)
     probs = predict_proba(run.discriminator, x, args.batch_size)
@@ -297,9 +366,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
             for name, p in zip(names, probs)]
     if args.out:
         out = Path(args.out)
-        if out.exists():
-            raise UsageError(f"{out} already exists; choose another --out")
-        with open(out, "w", newline="", encoding="utf-8") as handle:
+        with open(out, "x", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([header] + rows)
         print(f"wrote {len(rows)} predictions to {out}")
     else:
@@ -308,7 +375,73 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
-HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_sample(argv: Sequence[str]) -> int:
+    """Generator samples as a PNG grid; with --score, exp(E_x KL(p(y|x) || p(y))) over --n-score samples in
+    --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits), with torchvision's Inception-v3
+    when its weights are in the torch hub cache, else the run's own discriminator (a classifier score)."""
+    import math
+
+    import torch
+    import torchvision.utils as vutils
+
+    from .checkpoint import load_run
+    from .data import unscale_images
+    from .evaluate import (discriminator_classifier, inception_classifier, inception_weights_path,
+                           sample_images, sample_score)
+    from .train import resolve_device
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} sample", description=COMMANDS["sample"])
+    parser.add_argument("run_dir", help="a run directory written by ssgan fit")
+    parser.add_argument("--n", type=int, default=100, help="samples in the grid (default 100: 10 x 10)")
+    parser.add_argument("--out", help="PNG file of the grid (default RUN_DIR/grid.png); never overwritten")
+    parser.add_argument("--no-grid", action="store_true", help="write no grid (with --score)")
+    parser.add_argument("--score", action="store_true", help="compute the Inception Score of the samples")
+    parser.add_argument("--n-score", type=int, default=50000, help="samples scored (default 50000)")
+    parser.add_argument("--splits", type=int, default=10, help="splits of the score's mean +- std (default 10)")
+    parser.add_argument("--classifier", choices=("auto", "inception", "discriminator"), default="auto",
+                        help="auto: Inception-v3 if its weights are cached locally, else the discriminator")
+    parser.add_argument("--batch-size", type=int, help="generator batch (default: the run's train.batch_size)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise z")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    for name in ("n", "n_score", "splits", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
+    if args.no_grid and not args.score:
+        raise UsageError("--no-grid writes nothing without --score")
+    run_path = Path(args.run_dir)
+    out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
+    if not args.no_grid and out.exists():
+        raise UsageError(f"{out} already exists; choose another --out")
+    device = resolve_device(args.device)
+    run = load_run(run_path, device)
+    batch_size = args.batch_size or run.config.train.batch_size
+    noise = torch.Generator(device=device).manual_seed(args.seed)
+    if not args.no_grid:
+        images = sample_images(run.generator, args.n, batch_size, noise).float().cpu().numpy()
+        grid = torch.from_numpy(unscale_images(images, run.config.dataset.scaling))  # (n, C, H, W) in [0, 1]
+        vutils.save_image(grid, str(out), nrow=math.ceil(math.sqrt(args.n)), padding=1)
+        print(f"wrote {args.n} samples to {out}")
+    if args.score:
+        classify = None
+        if args.classifier != "discriminator":
+            classify = inception_classifier(run.config.dataset.scaling, device)
+            if classify is None and args.classifier == "inception":
+                raise UsageError(f"no Inception-v3 weights in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
+                                 f"copy torchvision's inception_v3_google-*.pth there (nothing is downloaded)")
+        name, source = "Inception Score (torchvision Inception-v3)", f"Inception-v3 ({inception_weights_path()})"
+        if classify is None:
+            classify = discriminator_classifier(run.discriminator)
+            name = "classifier score (the run's own discriminator, not the Inception Score)"
+            source = "the run's discriminator" + ("" if args.classifier == "discriminator" else
+                                                  f" (no Inception-v3 weights in {torch.hub.get_dir()})")
+        print(f"scoring {args.n_score} samples in {args.splits} splits with {source}", file=sys.stderr)
+        mean, std = sample_score(run.generator, classify, args.n_score, args.splits, batch_size, noise)
+        print(f"{name}: {mean:.3f} +- {std:.3f}")
+    return 0
+
+
+HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample}
 
 
 def _usage() -> str:

@@ -102,6 +102,10 @@ class TrainConfig:
     translate: int = 2
     flip: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
+    channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
+    checkpoint_every: int = 10  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 1000
     progress: bool = True
@@ -167,6 +171,8 @@ def validate(cfg: Config) -> None:
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          f"train.device={t.device!r}: expected auto, cpu or cuda"),
         (t.eval_every > 0, f"train.eval_every={t.eval_every}: must be positive"),
+        (t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r}: expected fp32, bf16 or fp16"),
+        (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
         (cfg.seed >= 0, f"seed={cfg.seed}: must be >= 0"),
     ]

@@ -7,10 +7,13 @@ Only this module calls both a network and a loss, ``backward()`` and ``optimizer
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +30,7 @@ from .evaluate import error_rate, predict_proba
 from .layers import data_dependent_init
 from .models import build_models
 from .optim import make_optimizer
-from .checkpoint import save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, restore_rng, rng_state, write_checkpoint
 
 # ------------------------------------------------------------------------------------- pure functions
 
@@ -85,13 +88,44 @@ class HistoricalAverage:
     def penalty(self) -> Tensor:
         return losses.historical_averaging_loss(self.params, self.means)
 
+    def state_dict(self) -> Dict:
+        return {"means": [m.clone() for m in self.means], "count": self.count}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Dict) -> None:
+        for mean, saved in zip(self.means, state["means"]):
+            mean.copy_(saved)
+        self.count = int(state["count"])
+
 
 # ------------------------------------------------------------------------------------------ the steps
 
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """bf16 / fp16 autocast for the forward passes, or nothing. Losses are float32 whatever the networks'
+    precision (they cast the logits and features before logsumexp)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
                        y_lab: Tensor, x_unl: Tensor, z: Tensor, method: MethodConfig,
-                       history: Optional[HistoricalAverage] = None) -> Dict[str, Tensor]:
+                       history: Optional[HistoricalAverage] = None,
+                       amp_dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
     """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms)."""
+    with autocast(x_lab.device, amp_dtype):
+        loss, stats = _discriminator_loss(disc, gen, x_lab, y_lab, x_unl, z, method, history)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if history is not None:
+        history.update()
+    return stats
+
+
+def _discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
+                        z: Tensor, method: MethodConfig,
+                        history: Optional[HistoricalAverage]) -> Tuple[Tensor, Dict[str, Tensor]]:
     with torch.no_grad():
         x_gen = gen(z)  # (B, C, H, W)
     (logits_lab, _), (logits_unl, feats_unl), (logits_gen, _) = _forward_parts(disc, [x_lab, x_unl, x_gen])
@@ -114,28 +148,25 @@ def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.O
         loss = loss + method.gradient_penalty * losses.gradient_penalty(grad)
     if history is not None:
         loss = loss + method.historical_averaging * history.penalty()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if history is not None:
-        history.update()
     with torch.no_grad():
         acc = (logits_lab.argmax(1) == y_lab).float().mean()
-    return {"loss_d": loss.detach(), "loss_sup": sup.detach(), "loss_unl": unl.detach(),
-            "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}
+    return loss, {"loss_d": loss.detach(), "loss_sup": sup.detach(), "loss_unl": unl.detach(),
+                  "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}
 
 
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
                    z: Tensor, fm_norm: int, history_weight: float = 0.0,
-                   history: Optional[HistoricalAverage] = None) -> Tensor:
+                   history: Optional[HistoricalAverage] = None,
+                   amp_dtype: Optional[torch.dtype] = None) -> Tensor:
     """One update of G by feature matching against a second, independently drawn unlabeled batch."""
     disc.requires_grad_(False)  # no gradients for D's parameters in the G step
     try:
-        x_gen = gen(z)
-        with torch.no_grad():
-            _, feats_real = disc(x_unl)  # D in training mode, as in the official code
-        _, feats_gen = disc(x_gen)
-        loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+        with autocast(x_unl.device, amp_dtype):
+            x_gen = gen(z)
+            with torch.no_grad():
+                _, feats_real = disc(x_unl)  # D in training mode, as in the official code
+            _, feats_gen = disc(x_gen)
+            loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
         if history is not None:
             loss = loss + history_weight * history.penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -149,6 +180,18 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
 
 
 # ------------------------------------------------------------------------------------------------- fit
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or parameter: training stops and keeps the last good checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT / SIGTERM: a checkpoint of the exact position was written; ``--resume`` continues."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
 
 @dataclass
 class FitResult:
@@ -164,10 +207,81 @@ class FitResult:
     val_error: Optional[float] = None
 
 
+@dataclass
+class TrainState:
+    """Everything that changes during training; a checkpoint is this plus the config.
+
+    ``epoch`` counts finished epochs and ``iteration`` the finished iterations of the current one; mid-epoch
+    (after an interrupt) ``batches`` holds that epoch's data order and ``stats`` its per-iteration losses.
+    """
+
+    disc: nn.Module
+    disc_avg: nn.Module
+    gen: nn.Module
+    opt_d: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer
+    order_rng: np.random.RandomState
+    hist_d: Optional[HistoricalAverage] = None
+    hist_g: Optional[HistoricalAverage] = None
+    epoch: int = 0
+    iteration: int = 0
+    batches: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+    stats: List[Dict[str, Tensor]] = field(default_factory=list)
+
+    def state_dict(self) -> Dict:
+        """Plain tensors, numbers, lists and dicts only (loadable with weights_only=True)."""
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "discriminator": self.disc.state_dict(),
+            "discriminator_avg": self.disc_avg.state_dict(),
+            "generator": self.gen.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "rng": rng_state(self.order_rng),
+            "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
+            "stats": {k: torch.stack([s[k] for s in self.stats]).cpu() for k in self.stats[0]}
+            if self.stats else None,
+            "historical_average": None if self.hist_d is None else
+            {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()},
+        }
+
+    def load_state_dict(self, payload: Dict, device: torch.device) -> None:
+        self.disc.load_state_dict(payload["discriminator"])
+        self.disc_avg.load_state_dict(payload["discriminator_avg"])
+        self.gen.load_state_dict(payload["generator"])
+        self.opt_d.load_state_dict(payload["opt_d"])
+        self.opt_g.load_state_dict(payload["opt_g"])
+        self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
+        self.batches = None if payload["batches"] is None else tuple(b.numpy() for b in payload["batches"])
+        stats = payload["stats"]
+        n = self.iteration if stats else 0
+        self.stats = [{k: v[i].to(device) for k, v in stats.items()} for i in range(n)]
+        if self.hist_d is not None and payload.get("historical_average"):
+            self.hist_d.load_state_dict(payload["historical_average"]["d"])
+            self.hist_g.load_state_dict(payload["historical_average"]["g"])
+        restore_rng(payload["rng"], self.order_rng)
+
+
 def _epoch_means(stats: List[Dict[str, Tensor]]) -> Dict[str, float]:
-    keys = stats[0].keys()
-    stacked = {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in keys}
-    return stacked
+    return {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in stats[0]}
+
+
+def _check_finite(state: TrainState) -> None:
+    """Raise TrainingDiverged naming the first iteration whose loss was not finite, or a bad parameter."""
+    if state.stats:
+        losses_so_far = torch.stack([torch.stack([s["loss_d"], s["loss_g"]]) for s in state.stats])  # (I, 2)
+        bad = (~torch.isfinite(losses_so_far)).any(dim=1).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            raise TrainingDiverged(f"training diverged at epoch {state.epoch + 1}, iteration {first + 1}: "
+                                   f"non-finite loss (loss_d={float(losses_so_far[first, 0])}, "
+                                   f"loss_g={float(losses_so_far[first, 1])})")
+    for name, module in (("discriminator", state.disc), ("generator", state.gen)):
+        for key, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(f"training diverged at epoch {state.epoch + 1}, iteration "
+                                       f"{state.iteration}: non-finite {name} parameter {key}")
 
 
 def _write_samples(path: Path, gen: nn.Module, scaling: str, device: torch.device, n: int = 100) -> None:
@@ -181,15 +295,63 @@ def _write_samples(path: Path, gen: nn.Module, scaling: str, device: torch.devic
     vutils.save_image(images, str(path), nrow=int(math.sqrt(n)), padding=1)
 
 
+class _StopSignals:
+    """Turn SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.signum: Optional[int] = None
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous: Dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_history(path: Path, up_to_epoch: int) -> List[Dict[str, float]]:
+    """The metrics of epochs 1..up_to_epoch from metrics.jsonl; later lines (work lost to a kill that the
+    resumed run redoes) are dropped from the file."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in records if r["epoch"] <= up_to_epoch]
+    if len(kept) != len(records):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(path)
+    return kept
+
+
 def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] = None,
-        labeled_indices: Optional[np.ndarray] = None) -> FitResult:
+        labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None) -> FitResult:
     """Train one model as ``cfg`` says; write the run directory if one is given.
 
     The labeled subset (unless ``labeled_indices`` of ``data.x_train`` are given, as the estimator does),
-    the initialisation, the data order and the noise all follow from ``cfg.seed``. Returns the test error
-    (%) of the Polyak-averaged discriminator after the last epoch (NaN without test images).
+    the initialisation, the data order and the noise all follow from ``cfg.seed``. ``resume`` is a
+    checkpoint payload (``checkpoint.load_checkpoint``) to continue from exactly where it was written.
+    Returns the test error (%) of the Polyak-averaged discriminator after the last epoch (NaN without
+    test images).
     """
     validate(cfg)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic or was_deterministic)
+    try:
+        return _fit(cfg, data, run_dir, labeled_indices, resume)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labeled_indices: Optional[np.ndarray],
+         resume: Optional[Dict]) -> FitResult:
     device = resolve_device(cfg.train.device)
     if data is None:
         data = load_data(cfg.dataset, cfg.seed)
@@ -198,7 +360,9 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     torch.manual_seed(cfg.seed)
     order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
 
-    if labeled_indices is None:
+    if resume is not None:
+        lab_idx = resume["labeled_indices"].numpy()
+    elif labeled_indices is None:
         lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
     else:
         lab_idx = np.asarray(labeled_indices, dtype=np.int64)
@@ -209,6 +373,11 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
 
     disc, gen = build_models(cfg.dataset, cfg.model)
     disc, gen = disc.to(device), gen.to(device)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+    if t.channels_last:
+        disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
+        x_lab_all = x_lab_all.contiguous(memory_format=torch.channels_last)
+        x_unl_all = x_unl_all.contiguous(memory_format=torch.channels_last)
     # Data-dependent initialisation on a first batch of training images / of generated images.
     init_idx = torch.from_numpy(np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:t.init_batch])
     data_dependent_init(disc, x_unl_all[init_idx.to(device)])
@@ -218,66 +387,86 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         p.requires_grad_(False)
 
     betas = (t.beta1, t.beta2)
-    opt_d = make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps)
-    opt_g = make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps)
-    hist_d = HistoricalAverage(disc) if method.historical_averaging > 0 else None
-    hist_g = HistoricalAverage(gen) if method.historical_averaging > 0 else None
+    state = TrainState(
+        disc, disc_avg, gen,
+        make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps),
+        make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps),
+        order_rng,
+        HistoricalAverage(disc) if method.historical_averaging > 0 else None,
+        HistoricalAverage(gen) if method.historical_averaging > 0 else None)
+    if resume is not None:
+        state.load_state_dict(resume, device)
 
-    writer, metrics_file = None, None
+    def save(path: Path) -> None:
+        _check_finite(state)  # never write a diverged state over the last good one
+        write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state.state_dict(),
+                                "labeled_indices": torch.from_numpy(lab_idx),
+                                "class_names": list(data.class_names)})
+
+    writer, metrics_file, history = None, None, []
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        history = _read_history(run_dir / "metrics.jsonl", state.epoch)
         metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if t.tensorboard:
             writer = _tensorboard_writer(run_dir)
 
     progress = _progress(t.epochs * iters, t.progress, f"{cfg.dataset.name} {cfg.dataset.labels} labels "
                                                          f"seed {cfg.seed}")
-    history: List[Dict[str, float]] = []
-    test_error = float("nan")
+    progress.update(state.epoch * iters + state.iteration)
+    test_error = history[-1].get("test_error", float("nan")) if history else float("nan")
     start = time.time()
     try:
-        for epoch in range(t.epochs):
-            lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
-            lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
-            for group in opt_d.param_groups:
-                group["lr"] = lr_d
-            for group in opt_g.param_groups:
-                group["lr"] = lr_g
-            lab, unl, unl_fm = (torch.from_numpy(a).to(device) for a in
-                                epoch_order(order_rng, len(lab_idx), len(x_unl_all), iters, t.batch_size))
-            disc.train()
-            gen.train()
-            stats = []
-            for it in range(iters):
-                x_lab, y_lab = x_lab_all[lab[it]], y_lab_all[lab[it]]  # (B, C, H, W), (B,)
-                x_unl, x_unl_fm = x_unl_all[unl[it]], x_unl_all[unl_fm[it]]
-                if t.augment:
-                    x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
-                z = gen.sample_z(t.batch_size, device)
-                step = discriminator_step(disc, gen, opt_d, x_lab, y_lab, x_unl, z, method, hist_d)
-                z = gen.sample_z(t.batch_size, device)
-                step["loss_g"] = generator_step(disc, gen, opt_g, x_unl_fm, z, method.fm_norm,
-                                                method.historical_averaging, hist_g)
-                polyak_update(disc_avg, disc, t.ema_decay)
-                stats.append(step)
-                progress.update(1)
-            record = {"epoch": epoch + 1, "lr": lr_d, **_epoch_means(stats)}
-            if not all(math.isfinite(v) for v in record.values()):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {record}")
-            if len(data.y_test) and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
-                test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
-                record["test_error"] = test_error
-            record["seconds"] = round(time.time() - start, 3)
-            history.append(record)
-            progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_sup", "loss_unl", "loss_g", "test_error")
-                                  if k in record})
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            if writer is not None:
-                for key, value in record.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, value, epoch + 1)
+        with _StopSignals(run_dir is not None) as signals:
+            while state.epoch < t.epochs:
+                epoch = state.epoch
+                lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
+                lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
+                for group in state.opt_d.param_groups:
+                    group["lr"] = lr_d
+                for group in state.opt_g.param_groups:
+                    group["lr"] = lr_g
+                if state.batches is None:
+                    state.batches = epoch_order(order_rng, len(lab_idx), len(x_unl_all), iters, t.batch_size)
+                lab, unl, unl_fm = (torch.from_numpy(b).to(device) for b in state.batches)  # (iters, B) each
+                disc.train()
+                gen.train()
+                for it in range(state.iteration, iters):
+                    if signals.signum is not None:
+                        raise _interrupt(signals.signum, state, run_dir, save)
+                    x_lab, y_lab = x_lab_all[lab[it]], y_lab_all[lab[it]]  # (B, C, H, W), (B,)
+                    x_unl, x_unl_fm = x_unl_all[unl[it]], x_unl_all[unl_fm[it]]
+                    if t.augment:
+                        x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
+                    z = gen.sample_z(t.batch_size, device)
+                    step = discriminator_step(disc, gen, state.opt_d, x_lab, y_lab, x_unl, z, method, state.hist_d,
+                                              amp_dtype)
+                    z = gen.sample_z(t.batch_size, device)
+                    step["loss_g"] = generator_step(disc, gen, state.opt_g, x_unl_fm, z, method.fm_norm,
+                                                    method.historical_averaging, state.hist_g, amp_dtype)
+                    polyak_update(disc_avg, disc, t.ema_decay)
+                    state.stats.append(step)
+                    state.iteration = it + 1
+                    progress.update(1)
+                _check_finite(state)
+                record = {"epoch": epoch + 1, "lr": lr_d, **_epoch_means(state.stats)}
+                state.epoch, state.iteration, state.batches, state.stats = epoch + 1, 0, None, []
+                if len(data.y_test) and (state.epoch % t.eval_every == 0 or state.epoch == t.epochs):
+                    test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
+                    record["test_error"] = test_error
+                record["seconds"] = round(time.time() - start, 3)
+                history.append(record)
+                progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_sup", "loss_unl", "loss_g",
+                                                                      "test_error") if k in record})
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        if key != "epoch":
+                            writer.add_scalar(key, value, state.epoch)
+                if run_dir is not None and state.epoch % t.checkpoint_every == 0 and state.epoch < t.epochs:
+                    save(run_dir / CHECKPOINT_NAME)
     finally:
         progress.close()
         if metrics_file is not None:
@@ -285,24 +474,30 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         if writer is not None:
             writer.close()
 
-    if t.epochs == 0 and len(data.y_test):
+    if not history and len(data.y_test):
         test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
     val_error = None
     if data.x_val is not None:
         val_error = error_rate(predict_proba(disc_avg, data.x_val, t.eval_batch_size), data.y_val)
     result = FitResult(test_error, disc_avg, gen, lab_idx, data.class_names, history, run_dir, val_error)
     if run_dir is not None:
-        save_checkpoint(run_dir / "checkpoint.pt", cfg, t.epochs, disc, disc_avg, gen, opt_d, opt_g, order_rng,
-                        lab_idx, data.class_names)
+        save(run_dir / CHECKPOINT_NAME)
         if t.sample_grid:
             _write_samples(run_dir / "samples.png", gen, cfg.dataset.scaling, device)
         summary = {"test_error": test_error, "val_error": val_error, "seed": cfg.seed,
                    "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": method.name,
                    "epochs": t.epochs, "iters_per_epoch": iters, "device": str(device),
-                   "seconds": round(time.time() - start, 3), "torch": torch.__version__,
+                   "seconds": round(sum(r["seconds"] for r in history[-1:]), 3), "torch": torch.__version__,
                    "labeled_indices": [int(i) for i in lab_idx], "config": asdict(cfg)}
         (run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return result
+
+
+def _interrupt(signum: int, state: TrainState, run_dir: Path, save) -> TrainingInterrupted:
+    save(run_dir / CHECKPOINT_NAME)
+    return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at epoch {state.epoch + 1}, "
+                               f"iteration {state.iteration}; checkpoint written, continue with: "
+                               f"ssgan fit --resume {run_dir}", signum)
 
 
 def _progress(total: int, enabled: bool, description: str):

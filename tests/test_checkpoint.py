@@ -1,0 +1,161 @@
+"""Checkpoints (issue "Never lose a run"): exact resume after SIGKILL and SIGINT, the divergence guard, and
+weights-only loading that refuses pickled code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssgan import losses
+from ssgan.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_run, write_checkpoint
+from ssgan.cli import main
+from tests.conftest import TINY_OVERRIDES
+
+# Long enough to be killed part-way (a few seconds), short enough for CI.
+RESUMABLE = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+    "train.epochs=6", "train.iters_per_epoch=40", "train.checkpoint_every=1", "train.deterministic=true"]
+
+
+def _start(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ssgan", "fit", "--run-dir", str(run_dir), *RESUMABLE],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    keys = ("discriminator", "discriminator_avg", "generator")
+    return all(torch.equal(ca[k][name], cb[k][name]) for k in keys for name in ca[k])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *RESUMABLE]) == 0
+    return run_dir
+
+
+def _test_error_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(uninterrupted, tmp_path, capsys):
+    run_dir = tmp_path / "killed"
+    process = _start(run_dir)
+    _wait_for(run_dir / "checkpoint.pt", process)  # the first epoch is done: kill somewhere after it
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    resumed_line = _test_error_line(capsys)
+    assert _same_weights(run_dir, uninterrupted)
+    reference = (uninterrupted / "result.json").read_text()
+    import json
+
+    assert json.loads((run_dir / "result.json").read_text())["test_error"] == json.loads(reference)["test_error"]
+    assert resumed_line.startswith("test error:")
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # work redone after the kill is logged once
+
+
+def test_sigint_writes_a_checkpoint_mid_epoch_and_resume_is_exact(uninterrupted, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    process = _start(run_dir)
+    _wait_for(run_dir / "checkpoint.pt", process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "interrupted by SIGINT" in err and "--resume" in err and "Traceback" not in err
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
+    assert payload["epoch"] >= 1
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    assert _same_weights(run_dir, uninterrupted)
+
+
+def test_resume_can_extend_the_epochs(uninterrupted, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "extended"
+    shutil.copytree(uninterrupted, run_dir)
+    assert main(["fit", "--resume", str(run_dir)]) == 2  # already finished
+    assert "already finished" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=7"]) == 0
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 7
+
+
+def test_divergence_stops_with_epoch_and_iteration_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
+                                                                                       monkeypatch):
+    calls = {"n": 0}
+    original = losses.feature_matching_loss
+
+    def poisoned(f_real, f_fake, p=1):
+        calls["n"] += 1
+        loss = original(f_real, f_fake, p)
+        return loss * float("nan") if calls["n"] == 40 + 7 else loss  # epoch 2, iteration 7
+
+    monkeypatch.setattr(losses, "feature_matching_loss", poisoned)
+    run_dir = tmp_path / "diverged"
+    assert main(["fit", "--run-dir", str(run_dir), *RESUMABLE]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "diverged at epoch 2, iteration 7" in err and "last good checkpoint" in err
+    assert len(err.splitlines()) == 1
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(run_dir / "checkpoint.pt")["discriminator"].values()
+               if v.is_floating_point())
+
+
+class _Payload:
+    """Unpickling this would run code (os.system) if the loader allowed arbitrary objects."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "payload": _Payload()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(plain)
+
+
+def test_write_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "epoch": 1})
+
+    def failing_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
+
+
+def test_load_run_round_trip(uninterrupted):
+    run = load_run(uninterrupted)
+    assert run.epoch == 6 and run.config.train.epochs == 6 and len(run.class_names) == 10
+    logits, feats = run.discriminator(torch.zeros(2, 1, 8, 8))
+    assert logits.shape == (2, 10)

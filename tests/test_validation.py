@@ -1,0 +1,127 @@
+"""Bad input, in one table: each case is one clear line on stderr, exit code 2, no traceback, and no file
+that existed before is changed or removed (issue "Never lose a run", item 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssgan.checkpoint import load_checkpoint, write_checkpoint
+from ssgan.cli import main
+from tests.conftest import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A trained run and the malformed files the table refers to, under one folder."""
+    root = tmp_path_factory.mktemp("inputs")
+    assert main(["fit", "--run-dir", str(root / "run"), *TINY_OVERRIDES]) == 0
+
+    def image(path: Path, size=(8, 8)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.RandomState(0).randint(0, 255, size, dtype=np.uint8)).save(path)
+
+    for split in ("train", "test"):  # a folder whose one image is corrupt
+        for k in ("a", "b"):
+            image(root / "corrupt" / split / k / "0.png")
+    (root / "corrupt" / "train" / "a" / "1.png").write_bytes(b"\x89PNG not really an image")
+    (root / "empty" / "train").mkdir(parents=True)
+    (root / "empty" / "test").mkdir(parents=True)
+    for split in ("train", "test"):  # images of another size
+        for k in ("a", "b"):
+            image(root / "big" / split / k / "0.png", size=(16, 16))
+
+    good = dict(x_train=np.zeros((20, 8, 8), np.uint8), y_train=np.arange(20) % 2,
+                x_test=np.zeros((4, 8, 8), np.uint8), y_test=np.arange(4) % 2)
+    np.savez(root / "missing.npz", x_train=good["x_train"], y_train=good["y_train"])
+    np.savez(root / "flat.npz", **{**good, "x_train": np.zeros(20, np.uint8)})
+    np.savez(root / "float_labels.npz", **{**good, "y_train": np.zeros(20, np.float32)})
+    np.savez(root / "label_range.npz", **{**good, "y_test": np.array([0, 1, -3, 1])})
+    np.savez(root / "count.npz", **{**good, "y_train": np.zeros(19, np.int64)})
+    np.savez(root / "strings.npz", **{**good, "x_train": np.array(["a"] * 20)})
+    (root / "not_an_archive.npz").write_bytes(b"PK broken")
+
+    checkpoint = (root / "run" / "checkpoint.pt").read_bytes()
+    (root / "truncated").mkdir()
+    (root / "truncated" / "checkpoint.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    payload = load_checkpoint(root / "run" / "checkpoint.pt")
+    payload["config"]["model"]["d_widths"] = [64, 64]
+    (root / "other_arch").mkdir()
+    write_checkpoint(root / "other_arch" / "checkpoint.pt", payload)
+    (root / "no_checkpoint").mkdir()
+    (root / "notes.txt").write_text("not an image")
+    (root / "taken.csv").write_text("keep me")
+    return root
+
+
+CASES = [
+    (["fit", "--dataset", "imagenet"], "invalid choice"),
+    (["fit", "--method", "wgan"], "invalid choice"),
+    (["fit", "method=nope"], "method"),
+    (["fit", "dataset=nope"], "dataset/nope"),
+    (["fit", "--labels", "55"], "not a multiple"),
+    (["fit", "--labels", "5000"], "has only"),
+    (["fit", "--labels", "0"], "dataset.labels=0"),
+    (["fit", "--labels", "-10"], "dataset.labels=-10"),
+    (["fit", "--labels", "ten"], "invalid int"),
+    (["fit", "--epochs", "-1"], "train.epochs=-1"),
+    (["fit", "train.lr=0"], "train.lr=0"),
+    (["fit", "train.lr=-0.1"], "train.lr=-0.1"),
+    (["fit", "train.lr=fast"], "train.lr"),
+    (["fit", "train.ema_decay=1.5"], "train.ema_decay"),
+    (["fit", "train.device=tpu"], "train.device"),
+    (["fit", "dataset.nope=1"], "dataset.nope"),
+    (["fit", "stray"], "KEY=VALUE"),
+    (["fit", "--dataset", "mnist", "dataset.root={root}/nowhere"], "dataset.download"),
+    (["fit", "dataset.source=npz"], "dataset.path"),
+    (["fit", "dataset.source=folder", "dataset.path={root}/nowhere"], "no such folder"),
+    (["fit", "dataset.source=folder", "dataset.path={root}/corrupt", "dataset.labels=2"], "1.png"),
+    (["fit", "dataset.source=folder", "dataset.path={root}/empty", "dataset.labels=2"], "class folders"),
+    (["fit", "dataset.source=folder", "dataset.path={root}/big", "dataset.labels=2"], "dataset.resize=true"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/missing.npz"], "missing arrays"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/flat.npz"], "expected images"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/float_labels.npz"], "integer"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/label_range.npz", "dataset.labels=2"], "labels must lie"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/count.npz"], "19 labels for 20"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/strings.npz"], "dtype"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/not_an_archive.npz"], "not a readable"),
+    (["fit", "--run-dir", "{root}/run"], "already exists"),
+    (["fit", "--resume", "{root}/nowhere"], "no such run directory"),
+    (["fit", "--resume", "{root}/truncated"], "truncated or corrupt"),
+    (["fit", "--resume", "{root}/run", "--labels", "20"], "--resume continues"),
+    (["evaluate", "{root}/nowhere"], "no such run directory"),
+    (["evaluate", "{root}/no_checkpoint"], "no checkpoint"),
+    (["evaluate", "{root}/truncated"], "truncated or corrupt"),
+    (["evaluate", "{root}/other_arch"], "do not fit the architecture"),
+    (["predict", "{root}/run", "{root}/nowhere.png"], "no such file"),
+    (["predict", "{root}/run", "{root}/notes.txt"], "cannot read image"),
+    (["predict", "{root}/run", "{root}/big/train/a/0.png"], "dataset.resize=true"),
+    (["predict", "{root}/run", "{root}/run/samples.png", "--out", "{root}/taken.csv"], "already exists"),
+    (["frobnicate"], "unknown command"),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, fragment", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, fragment, inputs, tmp_path, monkeypatch,
+                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(inputs)
+    argv = [a.replace("{root}", str(inputs)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert fragment in err, err
+    assert _snapshot(inputs) == before
+    assert not (tmp_path / "runs").exists()  # no run directory left behind
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 25
