@@ -1,14 +1,38 @@
-"""Evaluation: class probabilities of the discriminator, error rates, ensembles over seeds and the
-Inception Score (METHOD.md sec. 1, 5).
+"""Evaluation: class probabilities of the discriminator, error rates, ensembles over seeds, generator samples
+and the Inception Score with a pluggable classifier (METHOD.md sec. 1, 5).
+
+A classifier for sample quality is any function from a batch of generated images, in the recipe's scale,
+to class probabilities (B, K): torchvision's Inception-v3 (the score of Salimans et al. 2016, sec. 4) when its
+weights are already in the torch hub cache, or the run's own discriminator, whose score is then a
+"classifier score" and not comparable with published Inception Scores.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .config import DataConfig
+
+# (B, C, H, W) generated images in the recipe's scale -> (B, K) class probabilities
+Classifier = Callable[[Tensor], Tensor]
+
+
+def input_value_max(x: np.ndarray, data: DataConfig) -> float:
+    """The pixel value that stands for white in images given for prediction (or to the estimator), when
+    none is stated: uint8: 255; floats of at most 1: 1 (already in [0, 1]); otherwise the raw range of the
+    run's source, 16 for scikit-learn's digits (``load_digits`` gives 0..16) and 255 for every other."""
+    if x.dtype == np.uint8:
+        return 255.0
+    if np.issubdtype(x.dtype, np.floating) and x.size and float(np.max(x)) <= 1.0:
+        return 1.0
+    return 16.0 if data.source == "builtin" else 255.0
 
 
 @torch.no_grad()
@@ -24,11 +48,11 @@ def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 100
     out = []
     for start in range(0, len(x), batch_size):
         logits, _ = disc(x[start:start + batch_size].to(device, torch.float32))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+        out.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: rows sum to 1 to ~1e-16
     disc.train(was_training)
     if not out:
         return np.zeros((0, 0))
-    return torch.cat(out).double().numpy()
+    return torch.cat(out).numpy()
 
 
 def error_rate(probs: np.ndarray, y: np.ndarray) -> float:
@@ -53,3 +77,107 @@ def inception_score(probs: np.ndarray, n_splits: int = 10) -> Tuple[float, float
         kl = np.sum(part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(p_y, 1e-12, None))), axis=1)
         scores.append(float(np.exp(kl.mean())))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# ------------------------------------------------------------------------------- samples and their score
+
+@torch.no_grad()
+def generate(gen: nn.Module, n: int, batch_size: int = 100,
+             generator: Optional[torch.Generator] = None) -> Iterator[Tensor]:
+    """Yield ``n`` samples G(z), z ~ U[0, 1)^z_dim, in batches of (at most) ``batch_size``.
+
+    Every batch is drawn full and the last one cut: the generator normalises with batch statistics also
+    when sampling (METHOD.md sec. 6), so a batch of a few images would not look like training batches.
+    """
+    device = next(gen.parameters()).device
+    for start in range(0, n, batch_size):
+        z = gen.sample_z(batch_size, device, generator)  # (batch_size, z_dim)
+        yield gen(z)[: n - start]  # (b, C, H, W)
+
+
+def sample_images(gen: nn.Module, n: int, batch_size: int = 100,
+                  generator: Optional[torch.Generator] = None) -> Tensor:
+    """``n`` generator samples in the recipe's scale, (n, C, H, W), on the generator's device."""
+    return torch.cat(list(generate(gen, n, batch_size, generator)))
+
+
+@torch.no_grad()
+def sample_class_probs(gen: nn.Module, classify: Classifier, n: int, batch_size: int = 100,
+                       generator: Optional[torch.Generator] = None) -> np.ndarray:
+    """p(y | x) of ``n`` generated samples, classified batch by batch (no (n, C, H, W) array is kept).
+
+    Returns (n, K) float64 rows.
+    """
+    probs = [classify(x).float().cpu() for x in generate(gen, n, batch_size, generator)]
+    return torch.cat(probs).double().numpy()
+
+
+def discriminator_classifier(disc: nn.Module) -> Classifier:
+    """The run's own discriminator as the score's classifier: softmax over its K real classes, in eval mode
+    (the fake class is left out, so p(y|x) is the same as in ``predict_proba``)."""
+    disc.eval()
+
+    @torch.no_grad()
+    def classify(x: Tensor) -> Tensor:
+        logits, _ = disc(x.float())  # (B, K)
+        return torch.softmax(logits.float(), dim=1)
+
+    return classify
+
+
+def inception_weights_path() -> Optional[Path]:
+    """The local file of torchvision's ImageNet Inception-v3 weights in the torch hub cache
+    (``torch.hub.get_dir()/checkpoints``), or None. Nothing is ever downloaded."""
+    from torchvision.models import Inception_V3_Weights
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(Inception_V3_Weights.IMAGENET1K_V1.url)
+    return path if path.is_file() else None
+
+
+def inception_input(x: Tensor, scaling: str) -> Tensor:
+    """Generated images (B, C, H, W) in the recipe's scale -> Inception-v3's input (B, 3, 299, 299):
+    back to [0, 1], grey replicated to 3 channels, bilinear resize to 299 x 299 and the ImageNet mean / std
+    that torchvision's weights expect (the network's ``transform_input`` maps that to its own range)."""
+    from .data import unscale_images
+
+    x01 = torch.from_numpy(unscale_images(x.float().cpu().numpy(), scaling)).to(x.device)
+    if x01.shape[1] == 1:
+        x01 = x01.expand(-1, 3, -1, -1)
+    x01 = nn.functional.interpolate(x01, size=(299, 299), mode="bilinear", align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def inception_classifier(scaling: str, device: torch.device | str = "cpu",
+                         model: Optional[nn.Module] = None) -> Optional[Classifier]:
+    """torchvision's Inception-v3 as the score's classifier: softmax over its 1000 ImageNet classes.
+
+    ``model`` defaults to Inception-v3 with the weights of ``inception_weights_path()``; returns None when
+    that file is absent. Salimans et al. used TensorFlow's Inception graph, so scores from torchvision's
+    weights are close to, not identical with, published Inception Scores. Not tested without the weights.
+    """
+    if model is None:
+        path = inception_weights_path()
+        if path is None:
+            return None
+        from torchvision.models import inception_v3
+
+        # The architecture torchvision builds for these weights (aux head kept so the state dict fits).
+        model = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def classify(x: Tensor) -> Tensor:
+        return torch.softmax(model(inception_input(x, scaling)).float(), dim=1)  # (B, 1000)
+
+    return classify
+
+
+def sample_score(gen: nn.Module, classify: Classifier, n_samples: int = 50000, n_splits: int = 10,
+                 batch_size: int = 100, generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) over ``n_samples`` generated samples in ``n_splits`` splits, mean and std
+    over the splits: the Inception Score protocol of Salimans et al. 2016, sec. 4 (50,000 samples, 10
+    splits) with any classifier."""
+    return inception_score(sample_class_probs(gen, classify, n_samples, batch_size, generator), n_splits)
