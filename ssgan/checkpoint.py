@@ -57,21 +57,33 @@ def write_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a checkpoint with weights-only unpickling; refuse anything else with one clear line."""
+def read_payload(path: Path) -> Dict[str, Any]:
+    """torch.load with weights-only unpickling; a missing, corrupt or code-carrying file is one clear line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no central directory
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt, or not written by "
+                              f"torch.save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        raise CheckpointError(f"{path}: refused, the file holds more than weights ({first})") from None
+        # torch names the offending object on a line "WeightsUnpickler error: Unsupported global: ..."
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        reason = lines[0].split("error: ", 1)[-1].split(" was not")[0] if lines else "unsupported content"
+        raise CheckpointError(f"{path}: refused, the file holds more than weights ({reason})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
-                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
-                              ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+                              f"{type(error).__name__})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not an ssgan file (a {type(payload).__name__}, not a dict)")
+    return payload
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a run's checkpoint (``read_payload``) and check its format."""
+    payload = read_payload(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an ssgan checkpoint (expected format {CHECKPOINT_FORMAT})")
     return payload
 

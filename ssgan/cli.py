@@ -307,8 +307,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 def read_inputs(inputs: Sequence[str], cfg) -> tuple[List[str], np.ndarray]:
     """Image files, folders of images, or .npz files (array x, x_test or the only array) -> names and
     (N, C, H, W) images scaled as the run's recipe scales them."""
-    from .data import IMAGE_SUFFIXES, DataError, _check_size, _to_nchw, read_images, scale_images
-    from .evaluate import input_value_max
+    from .data import IMAGE_SUFFIXES, DataError, input_value_max, prepare_images, read_images, scale_images
 
     names, batches = [], []
     for item in inputs:
@@ -329,7 +328,7 @@ def read_inputs(inputs: Sequence[str], cfg) -> tuple[List[str], np.ndarray]:
                 raise DataError(f"{item}: not a readable .npz ({error})") from None
             if not np.issubdtype(x.dtype, np.number):
                 raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
-            x = _check_size(_to_nchw(x, cfg.image_shape[0], item), cfg, item)
+            x = prepare_images(x, cfg, item)
             names += [f"{item}[{i}]" for i in range(len(x))]
             # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
             batches.append(scale_images(x, cfg.scaling, input_value_max(x, cfg)))
@@ -379,18 +378,14 @@ def cmd_sample(argv: Sequence[str]) -> int:
     """Generator samples as a PNG grid; with --score, exp(E_x KL(p(y|x) || p(y))) over --n-score samples in
     --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits), with torchvision's Inception-v3
     when its weights are in the torch hub cache, else the run's own discriminator (a classifier score)."""
-    import math
-
     import torch
-    import torchvision.utils as vutils
 
     from .checkpoint import load_run
-    from .data import unscale_images
     from .evaluate import (discriminator_classifier, inception_classifier, inception_weights_path,
-                           sample_images, sample_score)
+                           sample_score, save_sample_grid)
     from .train import resolve_device
 
-    parser = argparse.ArgumentParser(prog=f"{PROG} sample", description=COMMANDS["sample"])
+    parser = _Parser(prog=f"{PROG} sample", description=COMMANDS["sample"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--n", type=int, default=100, help="samples in the grid (default 100: 10 x 10)")
     parser.add_argument("--out", help="PNG file of the grid (default RUN_DIR/grid.png); never overwritten")
@@ -418,9 +413,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
     if not args.no_grid:
-        images = sample_images(run.generator, args.n, batch_size, noise).float().cpu().numpy()
-        grid = torch.from_numpy(unscale_images(images, run.config.dataset.scaling))  # (n, C, H, W) in [0, 1]
-        vutils.save_image(grid, str(out), nrow=math.ceil(math.sqrt(args.n)), padding=1)
+        save_sample_grid(run.generator, out, run.config.dataset.scaling, args.n, batch_size, noise)
         print(f"wrote {args.n} samples to {out}")
     if args.score:
         classify = None

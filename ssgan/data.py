@@ -110,6 +110,23 @@ def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
     return x
 
 
+def prepare_images(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
+    """Any accepted layout -> (N, C, H, W) with the recipe's channels and size (resized only with
+    ``dataset.resize=true``); ``what`` names the input in error messages."""
+    return _check_size(_to_nchw(np.asarray(x), cfg.image_shape[0], what), cfg, what)
+
+
+def input_value_max(x: np.ndarray, cfg: DataConfig) -> float:
+    """The pixel value that stands for white in images given for prediction (or to the estimator), when
+    none is stated: uint8: 255; floats of at most 1: 1 (already in [0, 1]); otherwise the raw range of the
+    run's source, 16 for scikit-learn's digits (``load_digits`` gives 0..16) and 255 for every other."""
+    if x.dtype == np.uint8:
+        return 255.0
+    if np.issubdtype(x.dtype, np.floating) and x.size and float(np.max(x)) <= 1.0:
+        return 1.0
+    return 16.0 if cfg.source == "builtin" else 255.0
+
+
 def _resize(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: arrays read by PIL are not writable
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import pickle
-import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -26,10 +24,9 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_from_dict, load_run
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_from_dict, load_run, read_payload
 from .config import DATASETS, METHODS, Config, ConfigError, DataConfig, validate
-from .data import DataError, ImageData, _check_size, _to_nchw, scale_images
-from .evaluate import input_value_max
+from .data import DataError, ImageData, input_value_max, prepare_images, scale_images
 
 ESTIMATOR_FORMAT = "ssgan-estimator-v1"
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
@@ -163,7 +160,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         elif x.ndim not in (3, 4):
             raise DataError(f"X has shape {x.shape}; expected images (N, H, W), (N, H, W, C), (N, C, H, W) "
                             f"or flat rows (N, D)")
-        x = _check_size(_to_nchw(x, channels, "X"), data, "X")  # (N, C, H, W)
+        x = prepare_images(x, data, "X")  # (N, C, H, W)
         if not np.all(np.isfinite(x)):
             raise DataError("X contains NaN or infinite values")
         if value_max is None:
@@ -275,7 +272,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SSGANClassifier":
         """Read a file written by ``save`` (weights-only unpickling); refuse anything else with one line."""
         path, device = Path(path), _device(device)
-        payload = _read(path)
+        payload = read_payload(path)
         if payload.get("format") == CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
                                   f"ssgan.load({str(path.parent)!r})")
@@ -319,7 +316,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     method, epochs and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
     """
     path, device = Path(path), _device(device)
-    if path.is_file() and _read(path).get("format") == ESTIMATOR_FORMAT:
+    if path.is_file() and read_payload(path).get("format") == ESTIMATOR_FORMAT:
         return SSGANClassifier.load(path, device)
     run = load_run(path, device)
     cfg = run.config
@@ -350,26 +347,6 @@ def _plain(value: Any, what: str) -> Any:
         return {str(k): _plain(v, what) for k, v in value.items()}
     raise CheckpointError(f"cannot save {what} of type {type(value).__name__}: only numbers, strings, None, "
                           f"lists and dicts are stored")
-
-
-def _read(path: Path) -> Dict[str, Any]:
-    """torch.load with weights-only unpickling; a missing, corrupt or code-carrying file is one clear line."""
-    if not path.is_file():
-        raise CheckpointError(f"no such file {path}")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise CheckpointError(f"{path}: not a readable file of ssgan (not written by torch.save)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch names the offending object on a line "WeightsUnpickler error: Unsupported global: ..."
-        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-        reason = lines[0].split("error: ", 1)[-1].split(" was not")[0] if lines else "unsupported content"
-        raise CheckpointError(f"{path}: refused, the file holds more than weights ({reason})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable file of ssgan ({type(error).__name__})") from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path}: not a saved SSGANClassifier (expected format {ESTIMATOR_FORMAT})")
-    return payload
 
 
 def _networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], path: Path,

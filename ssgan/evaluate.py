@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .config import DataConfig
-
 # (B, C, H, W) generated images in the recipe's scale -> (B, K) class probabilities
 Classifier = Callable[[Tensor], Tensor]
-
-
-def input_value_max(x: np.ndarray, data: DataConfig) -> float:
-    """The pixel value that stands for white in images given for prediction (or to the estimator), when
-    none is stated: uint8: 255; floats of at most 1: 1 (already in [0, 1]); otherwise the raw range of the
-    run's source, 16 for scikit-learn's digits (``load_digits`` gives 0..16) and 255 for every other."""
-    if x.dtype == np.uint8:
-        return 255.0
-    if np.issubdtype(x.dtype, np.floating) and x.size and float(np.max(x)) <= 1.0:
-        return 1.0
-    return 16.0 if data.source == "builtin" else 255.0
 
 
 @torch.no_grad()
@@ -99,6 +85,20 @@ def sample_images(gen: nn.Module, n: int, batch_size: int = 100,
                   generator: Optional[torch.Generator] = None) -> Tensor:
     """``n`` generator samples in the recipe's scale, (n, C, H, W), on the generator's device."""
     return torch.cat(list(generate(gen, n, batch_size, generator)))
+
+
+def save_sample_grid(gen: nn.Module, path: Path, scaling: str, n: int = 100, batch_size: int = 100,
+                     generator: Optional[torch.Generator] = None) -> None:
+    """Write ``n`` generator samples as a square PNG grid, mapped back from the recipe's scale to [0, 1]."""
+    import math
+
+    import torchvision.utils as vutils
+
+    from .data import unscale_images
+
+    images = sample_images(gen, n, batch_size, generator).float().cpu().numpy()
+    grid = torch.from_numpy(unscale_images(images, scaling))  # (n, C, H, W) in [0, 1]
+    vutils.save_image(grid, str(path), nrow=math.ceil(math.sqrt(n)), padding=1)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import signal
 import sys
 import threading
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from . import losses
 from .config import Config, ConfigError, MethodConfig, validate
 from .data import ImageData, augment, balanced_labeled_subset, epoch_order, load_data
-from .evaluate import error_rate, predict_proba
+from .evaluate import error_rate, predict_proba, save_sample_grid
 from .layers import data_dependent_init
 from .models import build_models
 from .optim import make_optimizer
@@ -284,17 +283,6 @@ def _check_finite(state: TrainState) -> None:
                                        f"{state.iteration}: non-finite {name} parameter {key}")
 
 
-def _write_samples(path: Path, gen: nn.Module, scaling: str, device: torch.device, n: int = 100) -> None:
-    import torchvision.utils as vutils
-
-    from .data import unscale_images
-
-    with torch.no_grad():
-        x = gen(gen.sample_z(n, device)).float().cpu().numpy()
-    images = torch.from_numpy(unscale_images(x, scaling))
-    vutils.save_image(images, str(path), nrow=int(math.sqrt(n)), padding=1)
-
-
 class _StopSignals:
     """Turn SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
 
@@ -483,7 +471,7 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
     if run_dir is not None:
         save(run_dir / CHECKPOINT_NAME)
         if t.sample_grid:
-            _write_samples(run_dir / "samples.png", gen, cfg.dataset.scaling, device)
+            save_sample_grid(gen, run_dir / "samples.png", cfg.dataset.scaling, batch_size=t.batch_size)
         summary = {"test_error": test_error, "val_error": val_error, "seed": cfg.seed,
                    "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": method.name,
                    "epochs": t.epochs, "iters_per_epoch": iters, "device": str(device),
