@@ -28,9 +28,10 @@ class CheckpointError(ValueError):
     """A checkpoint or run directory that cannot be used: one line, exit code 2."""
 
 
-def rng_state(order_rng: np.random.RandomState) -> Dict[str, Any]:
+def rng_state(order_rng: np.random.RandomState, z_rng: torch.Generator) -> Dict[str, Any]:
+    """The random states of a run: torch's global one (dropout, noise), the generator of z, the data order."""
     _, keys, pos, has_gauss, cached = order_rng.get_state()
-    state = {"torch": torch.get_rng_state(),
+    state = {"torch": torch.get_rng_state(), "z": z_rng.get_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached": float(cached)}}
     if torch.cuda.is_available():
@@ -38,9 +39,10 @@ def rng_state(order_rng: np.random.RandomState) -> Dict[str, Any]:
     return state
 
 
-def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState) -> None:
+def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: torch.Generator) -> None:
     """Set torch's and the data order's random states back to those saved by ``save_checkpoint``."""
     torch.set_rng_state(state["torch"])
+    z_rng.set_state(state["z"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     numpy_state = state["numpy"]

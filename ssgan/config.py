@@ -105,6 +105,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
     channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
     deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
+    # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
+    # (ssgan/concurrent.py); false: one after another.
+    concurrent_seeds: bool = False
     checkpoint_every: int = 10  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 1000

@@ -99,6 +99,9 @@ class HistoricalAverage:
 
 # ------------------------------------------------------------------------------------------ the steps
 
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """bf16 / fp16 autocast for the forward passes, or nothing. Losses are float32 whatever the networks'
     precision (they cast the logits and features before logsumexp)."""
@@ -161,11 +164,7 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
     disc.requires_grad_(False)  # no gradients for D's parameters in the G step
     try:
         with autocast(x_unl.device, amp_dtype):
-            x_gen = gen(z)
-            with torch.no_grad():
-                _, feats_real = disc(x_unl)  # D in training mode, as in the official code
-            _, feats_gen = disc(x_gen)
-            loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+            loss = _generator_loss(disc, gen, x_unl, z, fm_norm)
         if history is not None:
             loss = loss + history_weight * history.penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -176,6 +175,26 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
     finally:
         disc.requires_grad_(True)
     return loss.detach()
+
+
+def _generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int) -> Tensor:
+    x_gen = gen(z)  # (B, C, H, W)
+    with torch.no_grad():
+        _, feats_real = disc(x_unl)  # D in training mode, as in the official code
+    _, feats_gen = disc(x_gen)
+    return losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+
+
+def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
+    """Build D and G and initialise their weight-normalised layers on a first batch (METHOD.md sec. 3):
+    ``init_batch`` training images drawn with the seed, and as many generated images. Draws from torch's
+    global generator, which the caller has seeded."""
+    disc, gen = build_models(cfg.dataset, cfg.model)
+    disc, gen = disc.to(device), gen.to(device)
+    init_idx = np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:cfg.train.init_batch]
+    data_dependent_init(disc, x_unl_all[torch.from_numpy(init_idx).to(device)])
+    data_dependent_init(gen, gen.sample_z(cfg.train.init_batch, device))
+    return disc, gen
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -220,6 +239,7 @@ class TrainState:
     opt_d: torch.optim.Optimizer
     opt_g: torch.optim.Optimizer
     order_rng: np.random.RandomState
+    z_rng: torch.Generator
     hist_d: Optional[HistoricalAverage] = None
     hist_g: Optional[HistoricalAverage] = None
     epoch: int = 0
@@ -237,7 +257,7 @@ class TrainState:
             "generator": self.gen.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
-            "rng": rng_state(self.order_rng),
+            "rng": rng_state(self.order_rng, self.z_rng),
             "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
             "stats": {k: torch.stack([s[k] for s in self.stats]).cpu() for k in self.stats[0]}
             if self.stats else None,
@@ -259,7 +279,7 @@ class TrainState:
         if self.hist_d is not None and payload.get("historical_average"):
             self.hist_d.load_state_dict(payload["historical_average"]["d"])
             self.hist_g.load_state_dict(payload["historical_average"]["g"])
-        restore_rng(payload["rng"], self.order_rng)
+        restore_rng(payload["rng"], self.order_rng, self.z_rng)
 
 
 def _epoch_means(stats: List[Dict[str, Tensor]]) -> Dict[str, float]:
@@ -345,8 +365,9 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
         data = load_data(cfg.dataset, cfg.seed)
     cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes))
     t, method = cfg.train, cfg.method
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # initialisation, dropout and noise
     order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
+    z_rng = torch.Generator(device).manual_seed(cfg.seed)  # z: one stream per run, also in fit_concurrent
 
     if resume is not None:
         lab_idx = resume["labeled_indices"].numpy()
@@ -359,17 +380,12 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
     x_unl_all = torch.from_numpy(data.x_unlabeled).to(device)  # (U, C, H, W) the whole train split
     iters = t.iters_per_epoch or max(1, len(x_unl_all) // t.batch_size)
 
-    disc, gen = build_models(cfg.dataset, cfg.model)
-    disc, gen = disc.to(device), gen.to(device)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+    disc, gen = init_networks(cfg, x_unl_all, device)
+    amp_dtype = AMP_DTYPES[t.precision]
     if t.channels_last:
         disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
         x_lab_all = x_lab_all.contiguous(memory_format=torch.channels_last)
         x_unl_all = x_unl_all.contiguous(memory_format=torch.channels_last)
-    # Data-dependent initialisation on a first batch of training images / of generated images.
-    init_idx = torch.from_numpy(np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:t.init_batch])
-    data_dependent_init(disc, x_unl_all[init_idx.to(device)])
-    data_dependent_init(gen, gen.sample_z(t.init_batch, device))
     disc_avg = copy.deepcopy(disc).eval()  # Polyak average, started from the initial weights
     for p in disc_avg.parameters():
         p.requires_grad_(False)
@@ -379,7 +395,7 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
         disc, disc_avg, gen,
         make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps),
         make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps),
-        order_rng,
+        order_rng, z_rng,
         HistoricalAverage(disc) if method.historical_averaging > 0 else None,
         HistoricalAverage(gen) if method.historical_averaging > 0 else None)
     if resume is not None:
@@ -426,10 +442,10 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
                     x_unl, x_unl_fm = x_unl_all[unl[it]], x_unl_all[unl_fm[it]]
                     if t.augment:
                         x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
-                    z = gen.sample_z(t.batch_size, device)
+                    z = gen.sample_z(t.batch_size, device, z_rng)
                     step = discriminator_step(disc, gen, state.opt_d, x_lab, y_lab, x_unl, z, method, state.hist_d,
                                               amp_dtype)
-                    z = gen.sample_z(t.batch_size, device)
+                    z = gen.sample_z(t.batch_size, device, z_rng)
                     step["loss_g"] = generator_step(disc, gen, state.opt_g, x_unl_fm, z, method.fm_norm,
                                                     method.historical_averaging, state.hist_g, amp_dtype)
                     polyak_update(disc_avg, disc, t.ema_decay)
@@ -470,15 +486,21 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
     result = FitResult(test_error, disc_avg, gen, lab_idx, data.class_names, history, run_dir, val_error)
     if run_dir is not None:
         save(run_dir / CHECKPOINT_NAME)
-        if t.sample_grid:
-            save_sample_grid(gen, run_dir / "samples.png", cfg.dataset.scaling, batch_size=t.batch_size)
-        summary = {"test_error": test_error, "val_error": val_error, "seed": cfg.seed,
-                   "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": method.name,
-                   "epochs": t.epochs, "iters_per_epoch": iters, "device": str(device),
-                   "seconds": round(sum(r["seconds"] for r in history[-1:]), 3), "torch": torch.__version__,
-                   "labeled_indices": [int(i) for i in lab_idx], "config": asdict(cfg)}
-        (run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        write_outputs(result, cfg, iters, device)
     return result
+
+
+def write_outputs(result: FitResult, cfg: Config, iters: int, device: torch.device) -> None:
+    """The end of a run directory: samples.png and result.json (the checkpoint is written by the caller)."""
+    if cfg.train.sample_grid:
+        save_sample_grid(result.generator, result.run_dir / "samples.png", cfg.dataset.scaling,
+                         batch_size=cfg.train.batch_size)
+    summary = {"test_error": result.test_error, "val_error": result.val_error, "seed": cfg.seed,
+               "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
+               "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
+               "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
+               "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)}
+    (result.run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
 
 
 def _interrupt(signum: int, state: TrainState, run_dir: Path, save) -> TrainingInterrupted:
