@@ -91,7 +91,8 @@ class TrainConfig:
     lr: float = 0.003
     lr_d: Optional[float] = None  # separate D / G rates (TTUR); None: lr
     lr_g: Optional[float] = None
-    decay_start: Optional[int] = None  # epoch where the linear decay to 0 starts; None: no decay
+    # Epoch where the linear decay to 0 (at train.epochs) starts; None, or >= train.epochs: constant lr.
+    decay_start: Optional[int] = None
     beta1: float = 0.5
     beta2: float = 0.999
     optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
@@ -166,8 +167,7 @@ def validate(cfg: Config) -> None:
         (t.lr > 0, f"train.lr={t.lr}: must be > 0"),
         (t.lr_d is None or t.lr_d > 0, f"train.lr_d={t.lr_d}: must be > 0"),
         (t.lr_g is None or t.lr_g > 0, f"train.lr_g={t.lr_g}: must be > 0"),
-        (t.decay_start is None or 0 <= t.decay_start <= t.epochs,
-         f"train.decay_start={t.decay_start}: must lie in [0, train.epochs]"),
+        (t.decay_start is None or t.decay_start >= 0, f"train.decay_start={t.decay_start}: must be >= 0"),
         (0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay}: must be in [0, 1)"),
         (t.optimizer in ("official_adam", "torch_adam"),
          f"train.optimizer={t.optimizer!r}: expected official_adam or torch_adam"),

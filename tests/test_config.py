@@ -80,3 +80,9 @@ def test_bad_overrides_are_usage_errors(overrides):
 def test_bad_values_are_config_errors(override):
     with pytest.raises(ConfigError):
         to_config(compose_config([override]))
+
+
+def test_short_runs_of_a_decaying_recipe_are_valid():
+    # CIFAR-10 decays from epoch 800; a 2-epoch run keeps the constant lr (lr_at) instead of failing.
+    cfg = to_config(compose_config(["dataset=cifar10", "train.epochs=2"]))
+    assert cfg.train.decay_start == 800 and cfg.train.epochs == 2

@@ -24,6 +24,7 @@ def test_lr_schedule_constant_then_linear_to_zero():
     for epoch in (0, 400, 799, 800, 1000, 1199):
         assert lr_at(epoch, 3e-4, 800, 1200) == pytest.approx(3e-4 * min(3 - epoch / 400, 1.0))
     assert lr_at(299, 0.003, None, 300) == 0.003
+    assert lr_at(5, 3e-4, 800, 10) == 3e-4  # runs shorter than the decay start keep the constant lr
 
 
 def test_polyak_update_moves_towards_the_model():
