@@ -1,4 +1,4 @@
-"""Command line: ``ssgan fit | evaluate | predict | sample``.
+"""Command line: ``ssgan fit | evaluate | predict | sample | table | ensemble``.
 
 ``ssgan fit`` is a real Hydra application: its flags are rewritten into Hydra overrides
 (``--dataset cifar10`` -> ``dataset=cifar10``, ``--labels 4000`` -> ``dataset.labels=4000``) before Hydra parses
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import shlex
 import shutil
 import sys
 from datetime import datetime
@@ -28,6 +29,8 @@ COMMANDS = {
     "evaluate": "recompute the test error of a trained run from its checkpoint",
     "predict": "predict the classes of image files, folders or an .npz with a trained run",
     "sample": "write a grid of generator samples; --score: Inception Score (or the discriminator's score)",
+    "table": "train the seeds x labels grid of a data set (resuming) and write results/<dataset>.md, .json, .png",
+    "ensemble": "evaluate trained runs together: each one's test error, mean +- std and the ensemble's error",
 }
 
 
@@ -43,8 +46,9 @@ def _fail(message: str) -> int:
 def _known_errors() -> tuple:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .tables import RunsError
 
-    return (UsageError, ConfigError, DataError, CheckpointError)
+    return (UsageError, ConfigError, DataError, CheckpointError, RunsError)
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -72,11 +76,16 @@ def _fit_parser() -> argparse.ArgumentParser:
                "examples:  ssgan fit\n"
                "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
                "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
-               "           ssgan fit -m seed=0,1,2   (a Hydra multirun)")
+               "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
+               "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
+               "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)")
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=int, help="number of labeled examples (balanced over classes)")
     parser.add_argument("--method", choices=METHODS, help="improved_gan or ct_gan")
     parser.add_argument("--seed", type=int, help="seed of the labeled subset, initialisation and data order")
+    parser.add_argument("--seeds", type=int, metavar="K", help="train seeds seed .. seed+K-1 one after another "
+                        "into one run directory (a sub-directory per seed, summary.json, summary.md); prints "
+                        "each seed's test error, the ensemble's, then the mean +- sample std as the last line")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
@@ -111,7 +120,11 @@ def compose_config(overrides: Sequence[str]):
         with initialize_config_module("ssgan.configs", version_base=None):
             return compose("config", overrides=list(overrides))
     except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
-        raise UsageError(_first_line(error)) from None
+        message = _first_line(error)
+        if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
+            message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
+                        "plugins: pip install 'ssgan[launchers]')")
+        raise UsageError(message) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -155,9 +168,10 @@ def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
-def _default_run_dir(cfg: Config) -> str:
+def _default_run_dir(cfg: Config, n_seeds: Optional[int] = None) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return (f"runs/{cfg.dataset.name}-{cfg.dataset.labels}-{cfg.method.name}-seed{cfg.seed}-{stamp}")
+    seeds = f"seed{cfg.seed}" if n_seeds is None else f"seeds{cfg.seed}-{cfg.seed + n_seeds - 1}"
+    return f"runs/{cfg.dataset.name}-{cfg.dataset.labels}-{cfg.method.name}-{seeds}-{stamp}"
 
 
 def _check_run_dir(run_dir: str, overwrite: bool) -> None:
@@ -167,37 +181,55 @@ def _check_run_dir(run_dir: str, overwrite: bool) -> None:
                          f"--overwrite")
 
 
-def _fit_task(dict_cfg) -> float:
-    """The Hydra task: one training run into Hydra's output directory."""
+def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
+    """``train.device=auto`` in a multirun job on a machine with several GPUs: GPU (job number mod GPUs), so
+    that a joblib launcher with ``n_jobs`` = the number of GPUs spreads the jobs over them. Else unchanged."""
+    if device != "auto" or job_num is None or n_gpus < 2:
+        return device
+    return f"cuda:{job_num % n_gpus}"
+
+
+def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
+    """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
+    K seeds one after another into sub-directories of it."""
+    import torch
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from .tables import SUMMARY_NAME
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     created = not run_dir.exists() or not any(run_dir.iterdir())
     try:
         cfg = to_config(dict_cfg)
         cfg.run_dir = str(run_dir)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        cfg.train.device = job_device(cfg.train.device, hydra_cfg.job.num if multirun else None,
+                                      torch.cuda.device_count())
+        if n_seeds is not None:
+            command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
+            seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+            return _fit_seeds_reporting(cfg, run_dir, seeds, command, fresh=cfg.overwrite).mean
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
         result = _fit_reporting(cfg, run_dir)
     except _known_errors() as error:
-        if created and run_dir.exists():
+        if created and run_dir.exists() and not (run_dir / SUMMARY_NAME).exists():  # no seed has finished
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"{PROG}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return result.test_error
 
 
-def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
-    """Run ``train.fit`` and print its outcome; the last line is the test error of the averaged weights.
-
-    A diverged run exits with code 3 and an interrupted one with 128 + the signal number, each with one line
-    that says where the checkpoint is.
-    """
+def _fit_checked(cfg: Config, run_dir: Path, resume=None, data=None):
+    """``train.fit`` into ``run_dir``; a diverged run exits with code 3 and an interrupted one with 128 + the
+    signal number, each with one line that says where the checkpoint is."""
     from .train import TrainingDiverged, TrainingInterrupted, fit
 
     try:
-        result = fit(cfg, run_dir=run_dir, resume=resume)
+        return fit(cfg, data=data, run_dir=run_dir, resume=resume)
     except TrainingDiverged as error:
         kept = run_dir / "checkpoint.pt"
         where = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
@@ -206,11 +238,51 @@ def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
     except TrainingInterrupted as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         raise SystemExit(128 + error.signum) from None
+
+
+def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
+    """Run ``train.fit`` and print its outcome; the last line is the test error of the averaged weights."""
+    result = _fit_checked(cfg, run_dir, resume)
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
         print(f"validation error: {result.val_error:.2f} %")
     print(f"test error: {result.test_error:.2f} %")
     return result
+
+
+def _fit_seeds_reporting(cfg: Config, run_dir: Path, seeds: Sequence[int], command: str, fresh: bool = False):
+    """Train the seeds one after another (``tables.run_seeds``) and print, after one line per seed, the
+    ensemble's test error and, as the last line, the mean +- sample std of the seeds' test errors."""
+    from .tables import run_seeds
+
+    try:
+        result = run_seeds(cfg, seeds, run_dir, command, fresh=fresh, fit_fn=_fit_checked)
+    except SystemExit as stop:
+        if isinstance(stop.code, int) and stop.code >= 128:
+            print(f"{PROG}: the remaining seeds continue with: {PROG} fit --resume {run_dir}", file=sys.stderr)
+        raise
+    print(f"run directory: {run_dir}")
+    print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(result.runs)} models: mean of their class "
+          f"probabilities, then argmax)")
+    if result.std is None:
+        print(f"test error: {result.mean:.2f} % over 1 seed (no std)")
+    else:
+        print(f"test error: {result.mean:.2f} +- {result.std:.2f} % over {len(result.runs)} seeds (sample std)")
+    return result
+
+
+def cmd_resume_seeds(run_dir: str, overrides: Sequence[str]) -> int:
+    """Continue a ``--seeds K`` run: seeds with a result are kept, an interrupted one continues from its
+    checkpoint, the others are trained; the summary is then complete."""
+    from .tables import read_seeds_plan
+
+    if overrides:
+        raise UsageError(f"{run_dir} is a run of several seeds; it continues with its saved config, without "
+                         f"KEY=VALUE overrides")
+    cfg, seeds, command = read_seeds_plan(Path(run_dir))
+    validate(cfg)
+    _fit_seeds_reporting(cfg, Path(run_dir), seeds, command)
+    return 0
 
 
 def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
@@ -238,13 +310,17 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     return 0
 
 
-def _run_hydra(overrides: List[str], multirun: bool) -> None:
+def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None) -> None:
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
+    def fit_seeds_task(dict_cfg) -> float:
+        return _fit_task(dict_cfg, n_seeds)
+
     register_configs()
     GlobalHydra.instance().clear()
-    task = hydra.main(config_path="pkg://ssgan.configs", config_name="config", version_base=None)(_fit_task)
+    task = hydra.main(config_path="pkg://ssgan.configs", config_name="config", version_base=None)(
+        _fit_task if n_seeds is None else fit_seeds_task)
     saved = sys.argv
     sys.argv = [f"{PROG}-fit", *(["--multirun"] if multirun else []), *overrides]
     try:
@@ -255,28 +331,35 @@ def _run_hydra(overrides: List[str], multirun: bool) -> None:
 
 
 def cmd_fit(argv: Sequence[str]) -> int:
-    args = _fit_parser().parse_args(argv)
+    from .tables import SUMMARY_NAME
+
+    args = _fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: the number of seeds must be at least 1")
     if args.resume:
         fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
+        fixed += ["--seeds"] if args.seeds is not None else []
         if fixed or args.multirun or args.overwrite:
             raise UsageError(f"--resume continues a run with its saved config; drop {' '.join(fixed) or '-m'} "
                              f"(KEY=VALUE overrides such as train.epochs=N are allowed)")
+        if (Path(args.resume) / SUMMARY_NAME).is_file():
+            return cmd_resume_seeds(args.resume, fit_overrides(args))
         return cmd_resume(args.resume, fit_overrides(args))
     overrides = fit_overrides(args)
     if args.multirun:
         for combo in _expand_sweeps(overrides):
             to_config(compose_config(combo))
-        _run_hydra(overrides, multirun=True)
+        _run_hydra(overrides, multirun=True, n_seeds=args.seeds)
         return 0
     cfg = to_config(compose_config(overrides))
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
-        overrides.append(f"run_dir={_default_run_dir(cfg)}")
+        overrides.append(f"run_dir={_default_run_dir(cfg, args.seeds)}")
         cfg.run_dir = overrides[-1].split("=", 1)[1]
     _check_run_dir(cfg.run_dir, cfg.overwrite)
     run_dir = Path(cfg.run_dir).absolute()
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
-        _run_hydra(overrides, multirun=False)
+        _run_hydra(overrides, multirun=False, n_seeds=args.seeds)
     except SystemExit:
         for path in created:  # deepest first: leave nothing behind for a run that could not start
             if path.is_dir() and not any(path.iterdir()):
@@ -434,7 +517,154 @@ def cmd_sample(argv: Sequence[str]) -> int:
     return 0
 
 
-HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample}
+# ------------------------------------------------------------------------------------- table, ensemble
+
+def _label_counts(text: str) -> List[int]:
+    """'20,50,100' -> [20, 50, 100] (sorted, without repeats)."""
+    try:
+        counts = sorted({int(word) for word in text.split(",") if word.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive label counts separated by commas, "
+                                         f"e.g. 20,50,100")
+    return counts
+
+
+def cmd_table(argv: Sequence[str]) -> int:
+    """Train (or, with --from, collect) one seeds run per label count and write the table next to the
+    published numbers; a rerun trains only the seeds that have not finished."""
+    from .tables import PUBLISHED, cell_directory, find_runs, group_rows, run_seeds, write_table
+    from .train import resolve_device
+
+    parser = _Parser(
+        prog=f"{PROG} table", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train seeds seed .. seed+K-1 for each label count of a data set, one after another, and write "
+                    "OUT_DIR/<dataset>.md, .json and .png (the PNG needs matplotlib, the plots extra): per label "
+                    "count our mean +- sample std (ddof=1) over the seeds, our ensemble (mean of the class "
+                    "probabilities, then argmax) and the published numbers. These three files are regenerated "
+                    "on every call. Runs are kept in CACHE_DIR/<dataset>/<key>/seed<N>/, the key a hash of the "
+                    "resolved config without the seed and bookkeeping (paths, device, progress): a rerun trains "
+                    "only the seeds that have no result.json yet, and an interrupted seed continues from its "
+                    "checkpoint. KEY=VALUE words are overrides of every cell (part of the key).",
+        epilog="examples:  ssgan table --dataset mnist dataset.root=data          (4 x 10 runs of 300 epochs)\n"
+               "           ssgan table --dataset mnist --labels 100 --seeds 3 train.epochs=10\n"
+               "           ssgan table --from runs/multirun-*/   (the jobs of a multirun, trained elsewhere)")
+    parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
+    parser.add_argument("--labels", type=_label_counts, help="label counts, e.g. 20,50,100 (default: those "
+                        "with published numbers)")
+    parser.add_argument("--seeds", type=int, metavar="K", help="seeds per label count (default 10)")
+    parser.add_argument("--method", choices=METHODS, help="improved_gan (default) or ct_gan")
+    parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
+    parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
+                        "(default: each run's own dataset.root)")
+    parser.add_argument("--out-dir", default="results", help="where the table goes (default results/)")
+    parser.add_argument("--cache-dir", default="runs/table", help="where the runs go (default runs/table/)")
+    parser.add_argument("--from", dest="from_dirs", nargs="+", metavar="DIR",
+                        help="train nothing: aggregate the finished runs in these directories (run directories "
+                             "or folders of them, e.g. a multirun's sweep directory)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of every cell")
+    args = parser.parse_intermixed_args(argv)
+    command = shlex.join([PROG, "table", *argv])
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {args.out_dir} is a file")
+    if args.from_dirs:
+        given = [f"--{name}" for name in ("seeds", "method") if getattr(args, name) is not None]
+        if given or args.overrides:
+            raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
+        records = find_runs(args.from_dirs)
+        dataset = records[0].dataset
+        if args.dataset is not None and args.dataset != dataset:
+            raise UsageError(f"--dataset {args.dataset}: the runs in --from are of {dataset}")
+        if args.labels:
+            records = [r for r in records if r.labels in args.labels]
+            if not records:
+                raise UsageError(f"no runs of {','.join(map(str, args.labels))} labels in --from")
+        rows = group_rows(records, resolve_device(args.device or "auto"), args.data_root)
+    else:
+        if args.dataset is None:
+            raise UsageError("--dataset is needed (or --from DIR... to aggregate finished runs)")
+        dataset = args.dataset
+        labels = args.labels or sorted(PUBLISHED.get(dataset, {}))
+        if not labels:
+            raise UsageError(f"{dataset} has no published label counts; pass --labels, e.g. --labels 20,50,100")
+        n_seeds = 10 if args.seeds is None else args.seeds
+        if n_seeds < 1:
+            raise UsageError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+        for word in args.overrides:
+            if "=" not in word:
+                raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
+            if word.split("=", 1)[0].lstrip("+~") in ("dataset", "dataset.labels", "run_dir"):
+                raise UsageError(f"{word}: the table sets this; use --dataset and --labels")
+        base = [f"dataset={dataset}"] + ([f"method={args.method}"] if args.method else []) + list(args.overrides)
+        base += [f"train.device={args.device}"] if args.device else []
+        base += [f"dataset.root={args.data_root}"] if args.data_root else []
+        # Every cell is composed and checked before the first one trains.
+        cells = [to_config(compose_config([*base, f"dataset.labels={n}"])) for n in labels]
+        rows = []
+        for cfg in cells:
+            cell_dir = cell_directory(Path(args.cache_dir), cfg)
+            seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+            which = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+            print(f"{dataset}, {cfg.dataset.labels} labels, {which}: {cell_dir}")
+            created = [p for p in (cell_dir.absolute(), *cell_dir.absolute().parents) if not p.exists()]
+            try:
+                rows.append(run_seeds(cfg, seeds, cell_dir, command, fit_fn=_fit_checked))
+            except BaseException as stop:
+                for path in created:  # deepest first: no empty cache folders for a cell that could not start
+                    if path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+                if isinstance(stop, SystemExit) and isinstance(stop.code, int) and stop.code >= 128:
+                    print(f"{PROG}: finished seeds are kept; rerun the same command to continue", file=sys.stderr)
+                raise
+    for row in rows:
+        spread = " (1 seed)" if row.std is None else f" +- {row.std:.2f} % over {len(row.runs)} seeds (sample std)"
+        print(f"{row.labels} labels: test error {row.mean:.2f}{spread}, ensemble {row.ensemble_error:.2f} %")
+    written = write_table(out_dir, dataset, rows, command)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def cmd_ensemble(argv: Sequence[str]) -> int:
+    """Evaluate finished runs together: the ensemble averages their class probabilities (METHOD.md sec. 5)."""
+    import json
+
+    from .tables import STD_KIND, find_runs, probs_on_test_set, aggregate
+    from .train import resolve_device
+
+    parser = _Parser(prog=f"{PROG} ensemble", description=COMMANDS["ensemble"] + ". The runs must share the "
+                     "data set and its classes; the ensemble's prediction is the argmax of the mean of the "
+                     "models' class probabilities. The last line printed is the ensemble's test error.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories, or folders of them (a --seeds run, a multirun)")
+    parser.add_argument("--out", help="also write the numbers to this JSON file (never overwritten)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-root", help="where the test images are (default: each run's dataset.root)")
+    args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists():
+        raise UsageError(f"{args.out} already exists; choose another --out")
+    records = find_runs(args.run_dirs)
+    probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root)
+    result = aggregate(records, probs, y_test)
+    for record in records:
+        print(f"{record.path}: test error {record.test_error:.2f} % ({record.dataset}, {record.labels} labels, "
+              f"{record.method}, seed {record.seed})")
+    if result.std is not None:
+        print(f"mean +- std: {result.mean:.2f} +- {result.std:.2f} % over {len(records)} runs (sample std)")
+    print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(records)} model{'s' * (len(records) > 1)})")
+    if args.out:
+        payload = {"runs": [str(r.path) for r in records], "test_errors": result.test_errors,
+                   "mean": result.mean, "std": result.std, "std_kind": STD_KIND,
+                   "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names}
+        with open(args.out, "x", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample,
+            "table": cmd_table, "ensemble": cmd_ensemble}
 
 
 def _usage() -> str:

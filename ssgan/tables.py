@@ -1,0 +1,626 @@
+"""Seeds, ensembles and the paper's tables (METHOD.md sec. 4, 5).
+
+The published numbers are a mean +- std over seeds (10 in Salimans et al. 2016) and the error of an ensemble
+of the seeds' models. Here:
+
+- a *seeds run* trains seeds s .. s+K-1 of one config one after another into ``DIR/seed<N>/`` (each a normal
+  run directory written by ``train.fit``) and writes ``DIR/summary.json`` and ``DIR/summary.md`` after every
+  seed: each seed's test error, their mean +- sample std (ddof=1, the usual report over seeds) and the error of
+  the ensemble, the argmax of the mean of the models' class probabilities (not a vote; METHOD.md sec. 5);
+- a *table* is one seeds run per label count, kept in a cache ``CACHE/<dataset>/<key>/`` where the key is a
+  hash of the resolved config without the seed and the bookkeeping fields (``NOT_IN_KEY``), so a rerun trains
+  only the seeds that have no ``result.json`` yet; ``write_table`` puts our numbers next to ``PUBLISHED``.
+
+Every error is that of a run's final Polyak-averaged discriminator, never the best one seen (METHOD.md sec. 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import Config
+
+STD_KIND = "sample std (ddof=1)"
+ENSEMBLE_RULE = "the mean of the models' class probabilities, then argmax (METHOD.md sec. 5)"
+
+# Test error in % as (mean, std) over seeds, from METHOD.md sec. 4; MNIST's errors of 10000 divided by 100.
+PUBLISHED: Dict[str, Dict[int, Dict[str, Tuple[float, float]]]] = {
+    "mnist": {
+        20: {"improved_gan": (16.77, 4.52), "improved_gan_ensemble": (11.34, 4.45)},
+        50: {"improved_gan": (2.21, 1.36), "improved_gan_ensemble": (1.42, 0.96)},
+        100: {"improved_gan": (0.93, 0.065), "improved_gan_ensemble": (0.86, 0.056), "ct_gan": (0.89, 0.13),
+              "bad_gan": (0.795, 0.098)},
+        200: {"improved_gan": (0.90, 0.042), "improved_gan_ensemble": (0.81, 0.043)},
+    },
+    "cifar10": {
+        1000: {"improved_gan": (21.83, 2.01), "improved_gan_ensemble": (19.22, 0.54)},
+        2000: {"improved_gan": (19.61, 2.09), "improved_gan_ensemble": (17.25, 0.66)},
+        4000: {"improved_gan": (18.63, 2.32), "improved_gan_ensemble": (15.59, 0.47), "ct_gan": (9.98, 0.21),
+               "bad_gan": (14.41, 0.30)},
+        8000: {"improved_gan": (17.72, 1.82), "improved_gan_ensemble": (14.87, 0.89)},
+    },
+    "svhn": {
+        500: {"improved_gan": (18.44, 4.8)},
+        1000: {"improved_gan": (8.11, 1.3), "improved_gan_ensemble": (5.88, 1.0), "bad_gan": (4.25, 0.03)},
+        2000: {"improved_gan": (6.16, 0.58)},
+    },
+}
+PUBLISHED_COLUMNS = {"improved_gan": "Improved GAN", "improved_gan_ensemble": "Improved GAN, ensemble of 10",
+                     "ct_gan": "CT-GAN", "bad_gan": "Bad GAN"}
+PUBLISHED_SOURCE = ("Salimans et al. 2016 (Improved GAN), Wei et al. 2018 (CT-GAN), Dai et al. 2017 (Bad GAN), "
+                    "as listed in METHOD.md sec. 4")
+
+# Config fields that say where a run lives or how it reports, not what it trains: left out of a cell's key,
+# so that e.g. moving the data or switching the progress bar off does not retrain anything. How the runs
+# are executed (device, seeds one after another or concurrent) is left out too, so that a table can be
+# continued on another machine; each run's result.json records its device.
+NOT_IN_KEY = ("seed", "run_dir", "overwrite", "dataset.root", "dataset.download", "train.device",
+              "train.concurrent_seeds", "train.progress", "train.tensorboard", "train.sample_grid",
+              "train.checkpoint_every", "train.eval_every", "train.eval_batch_size")
+
+SUMMARY_NAME = "summary.json"
+RESULT_NAME = "result.json"
+
+
+class RunsError(ValueError):
+    """Runs that cannot be put together (none found, unfinished, another data set or other classes):
+    one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------- key, statistics
+
+def config_key(config: Dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of a resolved config (nested dicts as ``dataclasses.asdict`` gives)
+    without the fields of ``NOT_IN_KEY``, serialised as JSON with sorted keys."""
+    text = json.dumps(keyed_fields(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def keyed_fields(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as the current schema reads it (a field added since a run was trained gets its default),
+    without the fields of ``NOT_IN_KEY``: what ``config_key`` hashes."""
+    from .checkpoint import CheckpointError, config_from_dict
+
+    try:
+        config = asdict(config_from_dict(config))
+    except CheckpointError:  # a field this version no longer knows: keep the config as it is
+        pass
+    kept = json.loads(json.dumps(config))  # a deep copy of plain values
+    for dotted in NOT_IN_KEY:
+        *parents, name = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(name, None)
+    return kept
+
+
+def _config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted names of the fields in which two configs differ."""
+    names = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            names += _config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def mean_std(test_errors: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (ddof=1) of the seeds' errors; the std is None for one seed."""
+    errors = np.asarray(test_errors, dtype=np.float64)
+    return float(errors.mean()), (float(errors.std(ddof=1)) if len(errors) > 1 else None)
+
+
+def ensemble_error(probs_per_model: Sequence[np.ndarray], y_test: np.ndarray) -> float:
+    """Test error (%) of the ensemble: argmax of the mean class probabilities (METHOD.md sec. 5)."""
+    from .evaluate import ensemble_proba, error_rate
+
+    return error_rate(ensemble_proba(probs_per_model), y_test)
+
+
+# ------------------------------------------------------------------------------------------ finished runs
+
+@dataclass
+class RunRecord:
+    """A finished run directory (one with a result.json) and what its result.json says."""
+
+    path: Path
+    seed: int
+    dataset: str
+    labels: int
+    method: str
+    test_error: float
+    epochs: int
+    iters_per_epoch: int
+    device: str
+    torch: str
+    config: Dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config)
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read ``run_dir/result.json`` (written by ``train.fit`` at the end of a run)."""
+    path = Path(run_dir) / RESULT_NAME
+    if not path.is_file():
+        raise RunsError(f"{run_dir}: not a finished run (no {RESULT_NAME}); finish it with "
+                        f"ssgan fit --resume {run_dir}")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        return RunRecord(Path(run_dir), int(result["seed"]), result["dataset"], int(result["labels"]),
+                         result["method"], float(result["test_error"]), int(result["epochs"]),
+                         int(result["iters_per_epoch"]), str(result.get("device", "?")),
+                         str(result.get("torch", "?")), result["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunsError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
+                        f"{error})") from None
+
+
+def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
+    """The finished runs in ``paths``: each is a run directory or a folder searched recursively for them
+    (a multirun's sweep directory, a seeds run, a table's cache). A path given twice counts once."""
+    records, seen = [], set()
+    for item in paths:
+        path = Path(item)
+        if not path.is_dir():
+            raise RunsError(f"{item}: no such run directory")
+        found = [path] if (path / RESULT_NAME).is_file() else sorted(p.parent for p in path.rglob(RESULT_NAME))
+        if not found:
+            hint = " (an unfinished run: continue it with ssgan fit --resume)" if (path / "checkpoint.pt").exists() \
+                else ""
+            raise RunsError(f"{item}: no finished runs (no {RESULT_NAME}) in it{hint}")
+        for run_dir in found:
+            if run_dir.resolve() not in seen:
+                seen.add(run_dir.resolve())
+                records.append(read_run(run_dir))
+    return records
+
+
+NOT_TEST_SET = ("labels", "val_size", "root", "download")  # data fields that leave the test images as they are
+
+
+def _test_set_identity(dataset: Dict[str, Any]) -> str:
+    """What fixes a data set's test images: the data fields but those of ``NOT_TEST_SET`` (the same data may
+    live under another root on another machine; the test labels are compared after loading)."""
+    return json.dumps({k: v for k, v in dataset.items() if k not in NOT_TEST_SET}, sort_keys=True)
+
+
+def check_same_data(records: Sequence[RunRecord]) -> None:
+    """Runs evaluated together must share the data set (checked from their configs, before any loading)."""
+    first = records[0]
+    for record in records[1:]:
+        if record.dataset != first.dataset:
+            raise RunsError(f"runs of different data sets: {first.path} is {first.dataset}, {record.path} is "
+                            f"{record.dataset}")
+        if _test_set_identity(record.config["dataset"]) != _test_set_identity(first.config["dataset"]):
+            fields = _config_differences(first.config["dataset"], record.config["dataset"])
+            fields = [f for f in fields if f not in NOT_TEST_SET]
+            raise RunsError(f"runs of different data: {first.path} and {record.path} differ in "
+                            f"{', '.join('dataset.' + f for f in fields)}")
+
+
+def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
+                      ) -> Tuple[List[np.ndarray], np.ndarray, List[str]]:
+    """Each run's class probabilities on the test set, from its checkpoint's averaged discriminator.
+
+    Checks that the runs share the data set, the class names and the test labels. ``data_root`` replaces
+    the runs' ``dataset.root`` (runs trained on another machine). Returns the (N, K) probabilities of every
+    run, the (N,) test labels and the class names.
+    """
+    from .checkpoint import load_run
+    from .data import load_data
+    from .evaluate import predict_proba
+
+    check_same_data(records)
+    probs, y_test, class_names, test_sets = [], None, None, {}
+    for record in records:
+        run = load_run(record.path, device)
+        if class_names is not None and list(run.class_names) != class_names:
+            raise RunsError(f"runs with different classes: {records[0].path} has {class_names}, {record.path} "
+                            f"has {list(run.class_names)}")
+        data_cfg = run.config.dataset if data_root is None else replace(run.config.dataset, root=data_root)
+        identity = _test_set_identity(asdict(data_cfg))
+        if identity not in test_sets:  # the test split does not depend on the seed: load it once
+            test_sets[identity] = load_data(data_cfg, run.config.seed)
+        data = test_sets[identity]
+        if y_test is not None and not np.array_equal(data.y_test, y_test):
+            raise RunsError(f"runs with different test sets: {records[0].path} and {record.path}")
+        y_test, class_names = data.y_test, list(run.class_names)
+        probs.append(predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size))
+    return probs, y_test, class_names
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+
+@dataclass
+class SeedsResult:
+    """The runs of one config over several seeds and what they give together (one row of a table)."""
+
+    runs: List[RunRecord]
+    mean: float
+    std: Optional[float]  # sample std (ddof=1) over the seeds; None for one seed
+    ensemble_error: float
+    n_test: int
+
+    @property
+    def seeds(self) -> List[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def test_errors(self) -> List[float]:
+        return [r.test_error for r in self.runs]
+
+    @property
+    def labels(self) -> int:
+        return self.runs[0].labels
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The runs' resolved config, without the seed and the run directory."""
+        return {k: v for k, v in self.runs[0].config.items() if k not in ("seed", "run_dir")}
+
+    @property
+    def key(self) -> str:
+        return self.runs[0].key
+
+
+def aggregate(records: Sequence[RunRecord], probs: Sequence[np.ndarray], y_test: np.ndarray) -> SeedsResult:
+    """Mean +- sample std of the recorded test errors and the ensemble error of ``probs`` (one per run)."""
+    mean, std = mean_std([r.test_error for r in records])
+    return SeedsResult(list(records), mean, std, ensemble_error(probs, y_test), len(y_test))
+
+
+def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
+                  ) -> SeedsResult:
+    """``aggregate`` over finished runs, with their probabilities recomputed from their checkpoints."""
+    probs, y_test, _ = probs_on_test_set(records, device, data_root)
+    return aggregate(records, probs, y_test)
+
+
+FitFn = Callable[..., Any]  # (cfg, run_dir, resume, data) -> train.FitResult
+
+
+def _plain_fit(cfg: Config, run_dir: Path, resume: Optional[Dict] = None, data=None):
+    from .train import fit
+
+    return fit(cfg, data=data, run_dir=run_dir, resume=resume)
+
+
+def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, fresh: bool = False,
+              fit_fn: FitFn = _plain_fit) -> SeedsResult:
+    """Train ``cfg`` with each of ``seeds``, one after another, into ``out_dir/seed<N>/``; summarise.
+
+    A seed whose ``result.json`` exists is not trained again (unless ``fresh``); one with a checkpoint but no
+    result continues from the checkpoint exactly. ``summary.json`` / ``summary.md`` are rewritten after every
+    seed. ``fit_fn(cfg, run_dir, resume, data)`` trains one run (``train.fit``, or the CLI's wrapper that turns
+    a diverged or interrupted run into its exit code).
+    """
+    from omegaconf import OmegaConf
+
+    from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_run
+    from .config import ConfigError
+    from .data import DataError, load_data
+    from .evaluate import predict_proba
+    from .train import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    data = load_data(cfg.dataset, seeds[0])  # the test split is the same for every seed
+    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes), run_dir=str(out_dir))
+    key = config_key(asdict(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained_together = _train_concurrently(cfg, seeds, out_dir, data, fresh) if cfg.train.concurrent_seeds else set()
+    records, probs = [], []
+    for seed in seeds:
+        seed_dir = out_dir / f"seed{seed}"
+        seed_cfg = replace(cfg, seed=seed, run_dir=str(seed_dir))
+        seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
+        if (seed_dir / RESULT_NAME).is_file() and (not fresh or seed in trained_together):
+            record = read_run(seed_dir)
+            if record.key != key:
+                fields = _config_differences(keyed_fields(asdict(cfg)), keyed_fields(record.config))
+                raise RunsError(f"{seed_dir} was trained with another config (it differs in {', '.join(fields)}); "
+                                f"move it away to train seed {seed} again")
+            run = load_run(seed_dir, device)
+            probs.append(predict_proba(run.discriminator, seed_data.x_test, cfg.train.eval_batch_size))
+            when = "trained concurrently" if seed in trained_together else "finished before, not trained again"
+            print(f"seed {seed}: test error {record.test_error:.2f} % ({seed_dir}; {when})")
+        else:
+            resume = None
+            if (seed_dir / CHECKPOINT_NAME).is_file() and not fresh:
+                resume = load_checkpoint(seed_dir / CHECKPOINT_NAME)
+                if config_key(resume["config"]) != key:
+                    raise RunsError(f"{seed_dir}/{CHECKPOINT_NAME} belongs to another config; move it away to "
+                                    f"train seed {seed} again")
+                print(f"seed {seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")
+            created = not seed_dir.exists()
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            (seed_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(seed_cfg)),
+                                                  encoding="utf-8")
+            try:
+                result = fit_fn(seed_cfg, seed_dir, resume, seed_data)
+            except (ConfigError, DataError, CheckpointError):
+                if created and not (seed_dir / CHECKPOINT_NAME).exists():  # bad input: leave nothing behind
+                    shutil.rmtree(seed_dir, ignore_errors=True)
+                raise
+            probs.append(predict_proba(result.discriminator, seed_data.x_test, cfg.train.eval_batch_size))
+            record = read_run(seed_dir)
+            print(f"seed {seed}: test error {record.test_error:.2f} % ({seed_dir})")
+        records.append(record)
+        summary = aggregate(records, probs, data.y_test)
+        write_summary(out_dir, summary, list(seeds), command)
+    return summary
+
+
+def _train_concurrently(cfg: Config, seeds: Sequence[int], out_dir: Path, data, fresh: bool) -> set:
+    """With ``train.concurrent_seeds``, train the seeds that have neither a result nor a checkpoint at once
+    (``concurrent.fit_concurrent``); return them. The per-seed loop of ``run_seeds`` then reads their results."""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import CHECKPOINT_NAME
+    from .concurrent import fit_concurrent
+
+    todo = [s for s in seeds if fresh or not ((out_dir / f"seed{s}" / RESULT_NAME).is_file()
+                                              or (out_dir / f"seed{s}" / CHECKPOINT_NAME).is_file())]
+    if len(todo) < 2 or cfg.dataset.val_size > 0:  # a validation split is drawn per seed: one at a time
+        return set()
+    run_dirs = [out_dir / f"seed{s}" for s in todo]
+    for seed, run_dir in zip(todo, run_dirs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(
+            OmegaConf.to_yaml(OmegaConf.structured(replace(cfg, seed=seed, run_dir=str(run_dir)))), encoding="utf-8")
+    fit_concurrent(cfg, todo, data=data, run_dirs=run_dirs)
+    return set(todo)
+
+
+def cell_directory(cache_dir: Path, cfg: Config) -> Path:
+    """``cache_dir/<dataset>/<key>``, the seeds run of a table cell. A cell written under another key whose
+    stored config now gives the same key (a field added to the schema since, defaulting to the old behaviour)
+    is found and reused, so that no finished seed is trained again."""
+    key = config_key(asdict(cfg))
+    root = Path(cache_dir) / cfg.dataset.name
+    if not (root / key).exists() and root.is_dir():
+        for summary in sorted(root.glob(f"*/{SUMMARY_NAME}")):
+            try:
+                stored = json.loads(summary.read_text(encoding="utf-8"))["config"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if config_key(stored) == key:
+                return summary.parent
+    return root / key
+
+
+def read_seeds_plan(run_dir: Path) -> Tuple[Config, List[int], str]:
+    """The config, seeds and command of a seeds run, from its summary.json (to continue it)."""
+    from .checkpoint import config_from_dict
+
+    summary = json.loads((Path(run_dir) / SUMMARY_NAME).read_text(encoding="utf-8"))
+    try:
+        return config_from_dict(summary["config"]), [int(s) for s in summary["seeds"]], summary["command"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunsError(f"{run_dir}/{SUMMARY_NAME}: not a seeds summary ({error})") from None
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+def _pct(value: Optional[float]) -> str:
+    """An error in %: two decimals, three significant digits below 1 (MNIST's 0.065 stays 0.065)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def _pm(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "-"
+    return _pct(mean) + ("" if std is None else f" +- {_pct(std)}")
+
+
+def _seed_ranges(seeds: Sequence[int]) -> str:
+    """0, 1, 2, 5 -> '0-2, 5'."""
+    seeds, parts, start = sorted(seeds), [], None
+    for i, seed in enumerate(seeds):
+        if start is None:
+            start = seed
+        if i + 1 == len(seeds) or seeds[i + 1] != seed + 1:
+            parts.append(str(start) if start == seed else f"{start}-{seed}")
+            start = None
+    return ", ".join(parts)
+
+
+def provenance(results: Sequence[SeedsResult], command: str) -> Dict[str, Any]:
+    """Command, date, devices, versions, epochs and seeds behind a set of results."""
+    import torch
+
+    from . import __version__
+
+    runs = [r for result in results for r in result.runs]
+    here = "cpu"
+    if torch.cuda.is_available():
+        here = f"cuda ({torch.cuda.get_device_name(0)})"
+    return {
+        "command": command,
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "devices": sorted({r.device for r in runs}),
+        "machine": f"{platform.system()} {platform.machine()}, {here}",
+        "versions": {"ssgan": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "torch_of_runs": sorted({r.torch for r in runs})},
+        "epochs": sorted({f"{r.epochs} epochs of {r.iters_per_epoch} iterations" for r in runs}),
+        "seeds": _seed_ranges(sorted({r.seed for r in runs})),
+        "std": f"{STD_KIND} over the seeds",
+        "ensemble": ENSEMBLE_RULE,
+    }
+
+
+def _provenance_lines(meta: Dict[str, Any]) -> List[str]:
+    versions = meta["versions"]
+    return [
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- device the runs trained on: {', '.join(meta['devices'])}; this file written on {meta['machine']}",
+        f"- versions: ssgan {versions['ssgan']}, torch {versions['torch']} (runs: "
+        f"{', '.join(versions['torch_of_runs'])}), python {versions['python']}",
+        f"- epochs: {'; '.join(meta['epochs'])}",
+        f"- seeds: {meta['seeds']}",
+        f"- std: {meta['std']}; ensemble: {meta['ensemble']}",
+        "- every error is that of a run's final Polyak-averaged discriminator, never the best one seen",
+    ]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], command: str) -> None:
+    """``summary.json`` and ``summary.md`` of a seeds run (rewritten after every seed: ``complete`` says
+    whether every planned seed has finished)."""
+    meta = provenance([result], command)
+    finished = result.seeds
+    payload = {
+        **meta, "dataset": result.runs[0].dataset, "labels": result.labels, "method": result.method,
+        "key": result.key, "seeds": list(seeds), "finished": finished, "complete": sorted(finished) == sorted(seeds),
+        "test_errors": {str(r.seed): r.test_error for r in result.runs},
+        "mean": result.mean, "std": result.std, "ensemble_error": result.ensemble_error, "n_test": result.n_test,
+        "runs": {str(r.seed): r.path.name for r in result.runs}, "config": {**result.config, "seed": seeds[0]},
+    }
+    _write_atomic(out_dir / SUMMARY_NAME, json.dumps(payload, indent=1))
+    title = f"# {payload['dataset']}, {result.labels} labels, {result.method}: seeds {_seed_ranges(finished)}"
+    if not payload["complete"]:
+        title += f" ({len(finished)} of {len(seeds)} planned seeds finished)"
+    lines = [title, "", "| seed | test error (%) | run |", "|---|---|---|"]
+    lines += [f"| {r.seed} | {_pct(r.test_error)} | {r.path.name} |" for r in result.runs]
+    lines += [f"| mean +- std | {_pm(result.mean, result.std)} | {STD_KIND} |",
+              f"| ensemble | {_pct(result.ensemble_error)} | {len(finished)} models |", "",
+              f"Test set: {result.n_test} images. Config key {result.key}.", ""]
+    lines += _provenance_lines(meta)
+    _write_atomic(out_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], command: str) -> List[Path]:
+    """``<dataset>.md``, ``<dataset>.json`` and (with matplotlib) ``<dataset>.png`` in ``out_dir``: a row per
+    label count with our mean +- std and ensemble next to the published numbers. Regenerated on every call.
+    Returns the files written."""
+    rows = sorted(rows, key=lambda r: r.labels)
+    published = PUBLISHED.get(dataset, {})
+    meta = provenance(rows, command)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = sorted({r.method for r in rows})
+    header = (["labels", "seeds", f"ours ({', '.join(methods)}): mean +- std", "ours: ensemble"]
+              + list(PUBLISHED_COLUMNS.values()))
+    lines = [f"# {dataset}: test error (%) against the number of labeled examples", "",
+             f"Ours: mean +- {STD_KIND} over the seeds, and the ensemble of the seeds' models: {ENSEMBLE_RULE}. "
+             f"Published: {PUBLISHED_SOURCE}"
+             + (", MNIST's errors of 10000 given here in %." if dataset == "mnist" else ".")
+             + ("" if published else f" There are no published numbers for {dataset}."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    json_rows = []
+    for row in rows:
+        numbers = published.get(row.labels, {})
+        cells = [str(row.labels), str(len(row.runs)), _pm(row.mean, row.std), _pct(row.ensemble_error)]
+        cells += [_pm(*numbers[name]) if name in numbers else "-" for name in PUBLISHED_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+        json_rows.append({"labels": row.labels, "method": row.method, "key": row.key, "seeds": row.seeds,
+                          "test_errors": row.test_errors, "mean": row.mean, "std": row.std,
+                          "ensemble_error": row.ensemble_error, "n_test": row.n_test,
+                          "epochs": sorted({r.epochs for r in row.runs}),
+                          "devices": sorted({r.device for r in row.runs}),
+                          "runs": [str(r.path) for r in row.runs],
+                          "published": {name: list(numbers[name]) for name in PUBLISHED_COLUMNS if name in numbers},
+                          "config": row.config})
+    lines += ["", "## How these numbers were made", ""] + _provenance_lines(meta)
+    lines += [f"- each row's resolved config, key, runs and per-seed errors: {dataset}.json"]
+    md_path, json_path = out_dir / f"{dataset}.md", out_dir / f"{dataset}.json"
+    _write_atomic(md_path, "\n".join(lines) + "\n")
+    _write_atomic(json_path, json.dumps({"dataset": dataset, **meta, "unit": "test error in %",
+                                         "published_source": PUBLISHED_SOURCE,
+                                         "published_columns": PUBLISHED_COLUMNS, "rows": json_rows}, indent=1))
+    written = [md_path, json_path]
+    png_path = out_dir / f"{dataset}.png"
+    if plot_table(png_path, dataset, rows):
+        written.append(png_path)
+    return written
+
+
+def plot_table(path: Path, dataset: str, rows: Sequence[SeedsResult]) -> bool:
+    """Error against labels (log-log): ours (mean +- std, ensemble) and the published points.
+
+    Needs matplotlib (the ``plots`` extra); without it, says so and returns False.
+    """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+    except ImportError:
+        print(f"no plot: matplotlib is not installed (pip install 'ssgan[plots]'); {path.name} not written")
+        return False
+    rows = sorted(rows, key=lambda r: r.labels)
+    labels = [r.labels for r in rows]
+    figure = Figure(figsize=(6.4, 4.4))
+    ax = figure.subplots()
+    ax.errorbar(labels, [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows], marker="o", capsize=3,
+                label="ours, mean +- std over seeds")
+    ax.plot(labels, [r.ensemble_error for r in rows], marker="s", linestyle="--", label="ours, ensemble")
+    published = PUBLISHED.get(dataset, {})
+    for name, title in PUBLISHED_COLUMNS.items():
+        points = sorted((n, published[n][name]) for n in published if name in published[n])
+        if points:
+            ax.errorbar([n for n, _ in points], [m for _, (m, _) in points], yerr=[s for _, (_, s) in points],
+                        marker="x", linestyle=":", capsize=3, label=f"{title} (published)")
+    values = [r.mean for r in rows] + [r.ensemble_error for r in rows]
+    values += [v[0] for n in published for v in published[n].values()]
+    ticks = sorted(set(labels) | set(published))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(n) for n in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if min(values) > 0 and max(values) > 10 * min(values):  # MNIST: 0.8 % to 17 %
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("labeled examples")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{dataset}: test error against labels")
+    ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def group_rows(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
+               ) -> List[SeedsResult]:
+    """Finished runs -> one row per config (without the seed): one label count each, seeds not repeated."""
+    check_same_data(records)
+    groups: Dict[str, List[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    by_labels: Dict[int, List[RunRecord]] = {}
+    for group in groups.values():
+        labels = group[0].labels
+        if labels in by_labels:
+            other = by_labels[labels][0]
+            fields = _config_differences(keyed_fields(other.config), keyed_fields(group[0].config))
+            raise RunsError(f"runs of {labels} labels with different configs ({other.path} and {group[0].path} "
+                            f"differ in {', '.join(fields)}); pass the runs of one config per label count")
+        seeds = [r.seed for r in group]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            paths = [str(r.path) for r in group if r.seed == repeated[0]]
+            raise RunsError(f"seed {repeated[0]} of {labels} labels appears more than once: {', '.join(paths)}")
+        by_labels[labels] = sorted(group, key=lambda r: r.seed)
+    return [evaluate_runs(by_labels[n], device, data_root) for n in sorted(by_labels)]

@@ -1,0 +1,270 @@
+"""Seeds, ensembles and tables (ssgan/tables.py; ``ssgan fit --seeds``, ``ssgan table``, ``ssgan ensemble``),
+on the CPU with the digits data and tiny models: the numbers against a direct computation, an ensemble of
+identical models equals one model, a rerun skips finished seeds, the table files carry the published columns
+and their provenance, and a sweep through Hydra's joblib launcher is aggregated job by job."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssgan.cli import job_device, main
+from ssgan.tables import (PUBLISHED, PUBLISHED_COLUMNS, RunRecord, SeedsResult, aggregate, config_key,
+                          ensemble_error, plot_table, write_table)
+from tests.conftest import TINY_OVERRIDES
+
+TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
+
+
+def _record(seed: int, test_error: float, labels: int = 20, dataset: str = "digits") -> RunRecord:
+    return RunRecord(Path(f"run{seed}"), seed, dataset, labels, "improved_gan", test_error, 1, 2, "cpu",
+                     torch.__version__, {})
+
+
+def _direct_probs(run_dir: Path) -> tuple:
+    """A run's test probabilities computed here, independently of ssgan.tables."""
+    from ssgan.checkpoint import load_run
+    from ssgan.data import load_data
+    from ssgan.evaluate import predict_proba
+
+    run = load_run(run_dir, "cpu")
+    data = load_data(run.config.dataset, run.config.seed)
+    return predict_proba(run.discriminator, data.x_test), data.y_test
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory):
+    """``ssgan fit --seeds 2``: seeds 0 and 1 in one run directory; returns the directory and the output."""
+    run_dir = tmp_path_factory.mktemp("seeds") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *TINY, "dataset.labels=20"]) == 0
+    return run_dir, out.getvalue().strip().splitlines()
+
+
+# ------------------------------------------------------------------------------------------- numbers
+
+def test_published_numbers_are_those_of_method_md():
+    assert sorted(PUBLISHED) == ["cifar10", "mnist", "svhn"]
+    assert sorted(PUBLISHED["mnist"]) == [20, 50, 100, 200]
+    assert sorted(PUBLISHED["cifar10"]) == [1000, 2000, 4000, 8000]
+    assert sorted(PUBLISHED["svhn"]) == [500, 1000, 2000]
+    # MNIST: errors of 10000 in METHOD.md, % here
+    assert PUBLISHED["mnist"][20]["improved_gan"] == (16.77, 4.52)
+    assert PUBLISHED["mnist"][100] == {"improved_gan": (0.93, 0.065), "improved_gan_ensemble": (0.86, 0.056),
+                                       "ct_gan": (0.89, 0.13), "bad_gan": (0.795, 0.098)}
+    assert PUBLISHED["cifar10"][4000]["ct_gan"] == (9.98, 0.21)
+    assert PUBLISHED["svhn"][1000]["improved_gan_ensemble"] == (5.88, 1.0)
+    names = {name for rows in PUBLISHED.values() for row in rows.values() for name in row}
+    assert names == set(PUBLISHED_COLUMNS)
+
+
+def test_aggregate_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=60)
+    probs = [rng.dirichlet(np.ones(4), size=60) for _ in range(3)]  # (N, K) each
+    result = aggregate([_record(s, e) for s, e in enumerate([10.0, 12.0, 17.0])], probs, y)
+    assert result.mean == pytest.approx(13.0)
+    assert result.std == pytest.approx(np.sqrt((9 + 1 + 16) / 2))  # sample std, ddof=1
+    direct = 100 * np.mean(np.argmax(probs[0] + probs[1] + probs[2], axis=1) != y)
+    assert result.ensemble_error == pytest.approx(direct)
+    assert aggregate([_record(0, 10.0)], probs[:1], y).std is None  # no std from one seed
+
+
+def test_config_key_ignores_seed_and_bookkeeping_only():
+    from dataclasses import asdict
+
+    from ssgan.config import Config
+
+    base = Config()
+    same = Config(seed=3, run_dir="elsewhere")
+    same.train.progress, same.train.device, same.dataset.root = False, "cpu", "/data"
+    other = Config()
+    other.train.epochs = 3
+    assert config_key(asdict(base)) == config_key(asdict(same))
+    assert config_key(asdict(base)) != config_key(asdict(other))
+
+
+# ------------------------------------------------------------------------------------- fit --seeds
+
+def test_fit_seeds_prints_each_seed_the_ensemble_then_the_mean(seeds_run):
+    run_dir, lines = seeds_run
+    errors = [json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] for s in (0, 1)]
+    assert lines[0] == f"seed 0: test error {errors[0]:.2f} % ({run_dir / 'seed0'})"
+    assert lines[1] == f"seed 1: test error {errors[1]:.2f} % ({run_dir / 'seed1'})"
+    mean, std = np.mean(errors), np.std(errors, ddof=1)
+    assert lines[-1] == f"test error: {mean:.2f} +- {std:.2f} % over 2 seeds (sample std)"
+    (p0, y), (p1, _) = _direct_probs(run_dir / "seed0"), _direct_probs(run_dir / "seed1")
+    ensemble = 100 * np.mean(np.argmax((p0 + p1) / 2, axis=1) != y)
+    assert lines[-2].startswith(f"ensemble test error: {ensemble:.2f} % (2 models")
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["complete"]
+    assert summary["mean"] == pytest.approx(mean) and summary["std"] == pytest.approx(std)
+    assert summary["ensemble_error"] == pytest.approx(ensemble)
+    for seed in (0, 1):
+        assert {"config.yaml", "checkpoint.pt", "result.json"} <= {p.name for p in (run_dir / f"seed{seed}").iterdir()}
+    md = (run_dir / "summary.md").read_text()
+    assert "sample std (ddof=1)" in md and "- command: `ssgan fit --seeds 2" in md and "- seeds: 0-1" in md
+
+
+def test_resume_of_a_seeds_run_keeps_finished_seeds(seeds_run, tmp_path, capsys):
+    run_dir, lines = seeds_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "seed1" / "result.json").unlink()  # seed 1 as if killed after its last checkpoint
+    mtime = (copy / "seed0" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["fit", "--resume", str(copy)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "finished before, not trained again" in out[0] and "continuing from its checkpoint" in out[1]
+    assert out[-1] == lines[-1]
+    assert (copy / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+# -------------------------------------------------------------------------------------------- ensemble
+
+def test_ensemble_of_identical_models_equals_one_model(seeds_run, tmp_path, capsys):
+    run_dir, _ = seeds_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir / "seed0", twin)
+    probs, y = _direct_probs(twin)
+    assert ensemble_error([probs, probs, probs], y) == pytest.approx(100 * np.mean(np.argmax(probs, 1) != y))
+
+    out_file = tmp_path / "ensemble.json"
+    assert main(["ensemble", str(run_dir / "seed0"), str(twin), "--device", "cpu", "--out", str(out_file)]) == 0
+    error = json.loads((run_dir / "seed0" / "result.json").read_text())["test_error"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"ensemble test error: {error:.2f} % (2 models)"
+    written = json.loads(out_file.read_text())
+    assert written["ensemble_error"] == pytest.approx(error) and written["std"] == 0.0
+    assert main(["ensemble", str(twin), "--out", str(out_file)]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_ensemble_refuses_other_data_sets_and_classes(seeds_run, tmp_path, capsys):
+    run_dir, _ = seeds_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "seed0", other)
+    result = json.loads((other / "result.json").read_text())
+    result["dataset"] = result["config"]["dataset"]["name"] = "mnist"
+    (other / "result.json").write_text(json.dumps(result))
+    assert main(["ensemble", str(run_dir / "seed0"), str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different data sets" in err[0]
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(run_dir / "seed1", renamed)
+    payload = torch.load(renamed / "checkpoint.pt", weights_only=True)
+    payload["class_names"] = [f"c{k}" for k in range(10)]
+    torch.save(payload, renamed / "checkpoint.pt")
+    assert main(["ensemble", str(run_dir / "seed0"), str(renamed), "--device", "cpu"]) == 2
+    assert "different classes" in capsys.readouterr().err
+    assert main(["ensemble", str(tmp_path / "missing")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- table
+
+def test_table_skips_finished_seeds_and_writes_the_published_columns(tmp_path, capsys):
+    cache, out = tmp_path / "cache", tmp_path / "results"
+    table = ["table", "--dataset", "digits", "--labels", "20", "--cache-dir", str(cache), "--out-dir", str(out),
+             *TINY]
+    assert main([*table, "--seeds", "1"]) == 0
+    (cell,) = (cache / "digits").iterdir()
+    mtime = (cell / "seed0" / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*table, "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("seed 0:") and "not trained again" in line for line in lines)
+    assert any(line.startswith("seed 1:") and "not trained again" not in line for line in lines)
+    assert (cell / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (cache / "digits").iterdir()) == [cell.name]  # one cell, keyed by config
+
+    errors = [json.loads((cell / f"seed{s}" / "result.json").read_text())["test_error"] for s in (0, 1)]
+    row = json.loads((out / "digits.json").read_text())["rows"][0]
+    assert row["labels"] == 20 and row["seeds"] == [0, 1] and row["key"] == cell.name
+    assert row["mean"] == pytest.approx(np.mean(errors)) and row["std"] == pytest.approx(np.std(errors, ddof=1))
+    assert row["config"]["train"]["epochs"] == 1 and row["published"] == {}
+    md = (out / "digits.md").read_text()
+    assert "| Improved GAN | Improved GAN, ensemble of 10 | CT-GAN | Bad GAN |" in md
+    assert f"| 20 | 2 | {np.mean(errors):.2f} +- {np.std(errors, ddof=1):.2f} | " in md and "| - | - | - | - |" in md
+    for fact in ("- command: `ssgan table --dataset digits --labels 20", "- date: ", "device the runs trained on: cpu",
+                 f"torch {torch.__version__}", "ssgan 0.1.0", "- epochs: 1 epochs of 2 iterations", "- seeds: 0-1",
+                 "sample std (ddof=1)"):
+        assert fact in md
+    assert (out / "digits.png").stat().st_size > 0
+
+
+def test_table_row_of_mnist_sits_next_to_the_published_numbers(tmp_path):
+    rows = [SeedsResult([_record(s, e, 100, "mnist") for s, e in enumerate([0.9, 1.1])], 1.0, 0.141, 0.85, 10000)]
+    write_table(tmp_path, "mnist", rows, "ssgan table --dataset mnist --labels 100 --seeds 2")
+    md = (tmp_path / "mnist.md").read_text()
+    assert "| 100 | 2 | 1.00 +- 0.141 | 0.85 | 0.93 +- 0.065 | 0.86 +- 0.056 | 0.89 +- 0.13 | 0.795 +- 0.098 |" in md
+    published = json.loads((tmp_path / "mnist.json").read_text())["rows"][0]["published"]
+    assert published["improved_gan"] == [0.93, 0.065]
+
+
+def test_no_matplotlib_means_no_plot_and_no_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    rows = [SeedsResult([_record(0, 10.0)], 10.0, None, 10.0, 450)]
+    written = write_table(tmp_path, "digits", rows, "ssgan table")
+    assert [p.name for p in written] == ["digits.md", "digits.json"]
+    assert "pip install 'ssgan[plots]'" in capsys.readouterr().out
+    assert plot_table(tmp_path / "x.png", "digits", rows) is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["table", "--dataset", "nope"], "invalid choice"),
+    (["table", "--dataset", "mnist", "--labels", "2x"], "--labels"),
+    (["table", "--dataset", "digits"], "no published label counts"),
+    (["table", "--dataset", "digits", "--labels", "20", "dataset.labels=30"], "use --dataset and --labels"),
+    (["table", "--dataset", "digits", "--labels", "20", "train.nope=1"], "nope"),
+    (["table", "--dataset", "digits", "--labels", "20", "--seeds", "0"], "at least 1"),
+    (["table", "--from", "missing"], "no such run directory"),
+    (["table", "--from", "."], "no finished runs"),
+    (["fit", "--seeds", "0"], "at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+# ------------------------------------------------------------------------------------------- scale-out
+
+def test_job_device_spreads_multirun_jobs_over_gpus():
+    assert job_device("auto", 5, 4) == "cuda:1"
+    assert [job_device("auto", j, 2) for j in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert job_device("auto", None, 4) == "auto"  # not a multirun
+    assert job_device("auto", 3, 1) == "auto" and job_device("cpu", 3, 4) == "cpu"
+
+
+def test_joblib_launcher_sweep_is_aggregated_job_by_job(tmp_path, monkeypatch, capsys):
+    """seeds x labels through a real launcher (joblib, 2 processes), then ``ssgan table --from``."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    assert main(["fit", "-m", "seed=0,1", "dataset.labels=20,30", "hydra/launcher=local",
+                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *TINY]) == 0
+    assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
+    jobs = sorted(p.parent for p in sweep.rglob("result.json"))
+    assert len(jobs) == 4
+
+    assert main(["table", "--from", str(sweep), "--out-dir", str(tmp_path / "results"), "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "results" / "digits.json").read_text())["rows"]
+    assert [(r["labels"], r["seeds"]) for r in rows] == [(20, [0, 1]), (30, [0, 1])]
+    assert sorted(Path(run) for r in rows for run in r["runs"]) == jobs
+    for row in rows:
+        errors = [json.loads((Path(run) / "result.json").read_text())["test_error"] for run in row["runs"]]
+        assert row["mean"] == pytest.approx(np.mean(errors))
+    md = (tmp_path / "results" / "digits.md").read_text()
+    assert "| 20 | 2 |" in md and "| 30 | 2 |" in md
