@@ -30,7 +30,7 @@ from .config import Config, ConfigError, validate
 from .data import ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import error_rate, predict_proba
 from .optim import make_optimizer
-from .train import (AMP_DTYPES, FitResult, TrainState, _discriminator_loss, _epoch_means, _generator_loss,
+from .train import (AMP_DTYPES, FitResult, TrainingDiverged, TrainState, _discriminator_loss, _epoch_means, _generator_loss,
                     _progress, autocast, init_networks, lr_at, resolve_device, write_outputs)
 
 
@@ -97,8 +97,8 @@ def fit_concurrent(cfg: Config, seeds: Sequence[int], data: Optional[ImageData] 
 
     # Per seed, exactly as train.fit draws them: subset, initialisation (global generator), order, z.
     cfgs, lab_idx, discs, gens, order_rngs, z_rngs = [], [], [], [], [], []
-    for seed in seeds:
-        cfg_s = replace(cfg, seed=seed)
+    for i, seed in enumerate(seeds):
+        cfg_s = replace(cfg, seed=seed, run_dir=str(run_dirs[i]) if run_dirs is not None else cfg.run_dir)
         torch.manual_seed(seed)
         cfgs.append(cfg_s)
         order_rngs.append(np.random.RandomState([seed, 1]))
@@ -196,7 +196,8 @@ def fit_concurrent(cfg: Config, seeds: Sequence[int], data: Optional[ImageData] 
                 record = {"epoch": epoch + 1, "lr": opt_d.param_groups[0]["lr"],
                           **_epoch_means([{k: v[s] for k, v in st.items()} for st in stats])}
                 if not all(np.isfinite(v) for v in record.values()):
-                    raise FloatingPointError(f"seed {seeds[s]}: non-finite loss in epoch {epoch + 1}: {record}")
+                    raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (seed {seeds[s]}): non-finite "
+                                           f"loss; the seeds' last good checkpoints are kept")
                 if len(data.y_test) and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
                     model = _load_slice(eval_models[s], avg_d, buffers_d, s)
                     test_errors[s] = error_rate(predict_proba(model, data.x_test, t.eval_batch_size), data.y_test)

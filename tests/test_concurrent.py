@@ -54,3 +54,15 @@ def test_concurrent_seeds_with_noise_ct_and_options_write_resumable_run_dirs(tin
 def test_unsupported_options_are_config_errors(tiny_config, change):
     with pytest.raises(ConfigError, match="concurrent seeds do not support"):
         fit_concurrent(replace(tiny_config, **change), [0, 1])
+
+
+def test_fit_seeds_trains_them_concurrently_when_asked(tmp_path, capsys):
+    from tests.conftest import TINY_OVERRIDES
+
+    run_dir = tmp_path / "seeds"
+    assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), "train.concurrent_seeds=true",
+                 *TINY_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert "trained concurrently" in out and out.strip().splitlines()[-1].endswith("over 2 seeds (sample std)")
+    assert (run_dir / "seed0" / "result.json").is_file() and (run_dir / "seed1" / "result.json").is_file()
+    assert (run_dir / "summary.json").is_file()
