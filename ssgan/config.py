@@ -103,6 +103,9 @@ class TrainConfig:
     translate: int = 2
     flip: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    # Where the training images live: device (one tensor, index gathers), host (pinned memory, batches copied
+    # one ahead), or auto (device while they take at most half of the GPU's free memory).
+    data_placement: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
     channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
     deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
@@ -175,6 +178,8 @@ def validate(cfg: Config) -> None:
          f"train.device={t.device!r}: expected auto, cpu or cuda"),
         (t.eval_every > 0, f"train.eval_every={t.eval_every}: must be positive"),
         (t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r}: expected fp32, bf16 or fp16"),
+        (t.data_placement in ("auto", "device", "host"),
+         f"train.data_placement={t.data_placement!r}: expected auto, device or host"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
         (cfg.seed >= 0, f"seed={cfg.seed}: must be >= 0"),

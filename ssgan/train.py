@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -185,6 +185,43 @@ def _generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, f
     return losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
 
 
+def place_data(x: np.ndarray, device: torch.device, placement: str = "auto") -> Tensor:
+    """The images as one tensor on the device (``device``), or in pinned host memory (``host``) for data sets
+    that do not fit; ``auto`` keeps them on a GPU while they take at most half of its free memory."""
+    tensor = torch.from_numpy(x)
+    if placement == "auto":
+        fits = device.type != "cuda" or tensor.nbytes <= 0.5 * torch.cuda.mem_get_info(device)[0]
+        placement = "device" if fits else "host"
+    if placement == "device":
+        return tensor.to(device)
+    return tensor.pin_memory() if torch.cuda.is_available() else tensor
+
+
+def batch_stream(batches: Tuple[np.ndarray, np.ndarray, np.ndarray], start: int, x_lab_all: Tensor,
+                 y_lab_all: Tensor, x_unl_all: Tensor, device: torch.device) -> Iterator[Tuple[Tensor, ...]]:
+    """(x_lab, y_lab, x_unl, x_unl_fm) for the iterations ``start``.. of an epoch, as index gathers.
+
+    With the unlabeled images on the device no host work is left in the loop; from pinned host memory each
+    batch is gathered and copied without blocking one iteration ahead, so the copy overlaps the step.
+    """
+    lab, unl, unl_fm = (torch.from_numpy(b) for b in batches)  # (iters, B) each
+    lab = lab.to(device)
+    on_device = x_unl_all.device == device
+
+    def gather(it: int) -> Tuple[Tensor, ...]:
+        if on_device:
+            x_unl, x_unl_fm = x_unl_all[unl[it].to(device)], x_unl_all[unl_fm[it].to(device)]
+        else:
+            x_unl = x_unl_all[unl[it]].to(device, non_blocking=True)
+            x_unl_fm = x_unl_all[unl_fm[it]].to(device, non_blocking=True)
+        return x_lab_all[lab[it]], y_lab_all[lab[it]], x_unl, x_unl_fm  # (B, C, H, W), (B,), ...
+
+    upcoming = gather(start) if start < len(lab) else None
+    for it in range(start, len(lab)):
+        current, upcoming = upcoming, (gather(it + 1) if it + 1 < len(lab) else None)
+        yield current
+
+
 def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
     """Build D and G and initialise their weight-normalised layers on a first batch (METHOD.md sec. 3):
     ``init_batch`` training images drawn with the seed, and as many generated images. Draws from torch's
@@ -192,7 +229,7 @@ def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple
     disc, gen = build_models(cfg.dataset, cfg.model)
     disc, gen = disc.to(device), gen.to(device)
     init_idx = np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:cfg.train.init_batch]
-    data_dependent_init(disc, x_unl_all[torch.from_numpy(init_idx).to(device)])
+    data_dependent_init(disc, x_unl_all[torch.from_numpy(init_idx).to(x_unl_all.device)].to(device))
     data_dependent_init(gen, gen.sample_z(cfg.train.init_batch, device))
     return disc, gen
 
@@ -377,7 +414,7 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
         lab_idx = np.asarray(labeled_indices, dtype=np.int64)
     x_lab_all = torch.from_numpy(data.x_train[lab_idx]).to(device)  # (L, C, H, W)
     y_lab_all = torch.from_numpy(data.y_train[lab_idx]).to(device)  # (L,)
-    x_unl_all = torch.from_numpy(data.x_unlabeled).to(device)  # (U, C, H, W) the whole train split
+    x_unl_all = place_data(data.x_unlabeled, device, t.data_placement)  # (U, C, H, W) the whole train split
     iters = t.iters_per_epoch or max(1, len(x_unl_all) // t.batch_size)
 
     disc, gen = init_networks(cfg, x_unl_all, device)
@@ -432,14 +469,12 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
                     group["lr"] = lr_g
                 if state.batches is None:
                     state.batches = epoch_order(order_rng, len(lab_idx), len(x_unl_all), iters, t.batch_size)
-                lab, unl, unl_fm = (torch.from_numpy(b).to(device) for b in state.batches)  # (iters, B) each
+                stream = batch_stream(state.batches, state.iteration, x_lab_all, y_lab_all, x_unl_all, device)
                 disc.train()
                 gen.train()
-                for it in range(state.iteration, iters):
+                for it, (x_lab, y_lab, x_unl, x_unl_fm) in zip(range(state.iteration, iters), stream):
                     if signals.signum is not None:
                         raise _interrupt(signals.signum, state, run_dir, save)
-                    x_lab, y_lab = x_lab_all[lab[it]], y_lab_all[lab[it]]  # (B, C, H, W), (B,)
-                    x_unl, x_unl_fm = x_unl_all[unl[it]], x_unl_all[unl_fm[it]]
                     if t.augment:
                         x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
                     z = gen.sample_z(t.batch_size, device, z_rng)
@@ -461,7 +496,8 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
                 record["seconds"] = round(time.time() - start, 3)
                 history.append(record)
                 progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_sup", "loss_unl", "loss_g",
-                                                                      "test_error") if k in record})
+                                                                      "test_error") if k in record},
+                                     refresh=False)  # redrawn at most once a second (mininterval)
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()

@@ -161,3 +161,23 @@ def test_bf16_step_agrees_with_the_float32_step(channels_last):
         assert s16[key].item() == pytest.approx(s32[key].item(), rel=3e-2)
     assert g16.item() == pytest.approx(g32.item(), rel=5e-2, abs=1e-3)
     assert torch.nn.functional.cosine_similarity(u32, u16, dim=0) > 0.95
+
+
+def test_host_placement_gives_the_same_run_as_device_placement(tiny_config):
+    """Batches from (pinned) host memory, copied one ahead, are the batches of the on-device path."""
+    on_device = fit(tiny_config)
+    on_host = fit(replace(tiny_config, train=replace(tiny_config.train, data_placement="host")))
+    for a, b in zip(on_device.discriminator.state_dict().values(), on_host.discriminator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_batch_stream_from_a_mid_epoch_start():
+    from ssgan.train import batch_stream
+
+    x = torch.arange(10.0)[:, None]
+    batches = (np.array([[0, 1], [2, 3], [4, 5]]), np.array([[6, 7], [8, 9], [0, 1]]),
+               np.array([[1, 2], [3, 4], [5, 6]]))
+    got = list(batch_stream(batches, 1, x, torch.arange(10), x, torch.device("cpu")))
+    assert len(got) == 2
+    x_lab, y_lab, x_unl, x_unl_fm = got[0]
+    assert y_lab.tolist() == [2, 3] and x_unl.flatten().tolist() == [8.0, 9.0] and x_unl_fm.flatten().tolist() == [3.0, 4.0]
