@@ -181,3 +181,11 @@ def test_batch_stream_from_a_mid_epoch_start():
     assert len(got) == 2
     x_lab, y_lab, x_unl, x_unl_fm = got[0]
     assert y_lab.tolist() == [2, 3] and x_unl.flatten().tolist() == [8.0, 9.0] and x_unl_fm.flatten().tolist() == [3.0, 4.0]
+
+
+def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")  # the `tensorboard` extra (dev installs it)
+    cfg = replace(tiny_config, train=replace(tiny_config.train, tensorboard=True, epochs=2))
+    fit(cfg, run_dir=tmp_path / "run")
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
