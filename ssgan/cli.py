@@ -83,8 +83,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=int, help="number of labeled examples (balanced over classes)")
     parser.add_argument("--method", choices=METHODS, help="improved_gan or ct_gan")
     parser.add_argument("--seed", type=int, help="seed of the labeled subset, initialisation and data order")
-    parser.add_argument("--seeds", type=int, metavar="K", help="train seeds seed .. seed+K-1 one after another "
-                        "into one run directory (a sub-directory per seed, summary.json, summary.md); prints "
+    parser.add_argument("--seeds", type=int, metavar="K", help="train seeds seed .. seed+K-1 (one after another, "
+                        "or together with train.concurrent_seeds=true) into one run directory (a sub-directory per seed, summary.json, summary.md); prints "
                         "each seed's test error, the ensemble's, then the mean +- sample std as the last line")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
@@ -251,7 +251,7 @@ def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
 
 
 def _fit_seeds_reporting(cfg: Config, run_dir: Path, seeds: Sequence[int], command: str, fresh: bool = False):
-    """Train the seeds one after another (``tables.run_seeds``) and print, after one line per seed, the
+    """Train the seeds (``tables.run_seeds``: one after another, or together with train.concurrent_seeds) and print, after one line per seed, the
     ensemble's test error and, as the last line, the mean +- sample std of the seeds' test errors."""
     from .tables import run_seeds
 
