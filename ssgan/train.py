@@ -456,7 +456,7 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
                                                          f"seed {cfg.seed}")
     progress.update(state.epoch * iters + state.iteration)
     test_error = history[-1].get("test_error", float("nan")) if history else float("nan")
-    start = time.time()
+    start = time.time() - (history[-1]["seconds"] if history else 0.0)  # seconds count on across a resume
     try:
         with _StopSignals(run_dir is not None) as signals:
             while state.epoch < t.epochs:
