@@ -128,6 +128,7 @@ class _Payload:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the plain pickle file, read by torch.load
 def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "payload": _Payload()}, path)
