@@ -3,7 +3,8 @@
 The published numbers are a mean +- std over seeds (10 in Salimans et al. 2016) and the error of an ensemble
 of the seeds' models. Here:
 
-- a *seeds run* trains seeds s .. s+K-1 of one config one after another into ``DIR/seed<N>/`` (each a normal
+- a *seeds run* trains seeds s .. s+K-1 of one config (one after another, or together with
+  ``train.concurrent_seeds``) into ``DIR/seed<N>/`` (each a normal
   run directory written by ``train.fit``) and writes ``DIR/summary.json`` and ``DIR/summary.md`` after every
   seed: each seed's test error, their mean +- sample std (ddof=1, the usual report over seeds) and the error of
   the ensemble, the argmax of the mean of the models' class probabilities (not a vote; METHOD.md sec. 5);
@@ -64,7 +65,7 @@ PUBLISHED_SOURCE = ("Salimans et al. 2016 (Improved GAN), Wei et al. 2018 (CT-GA
 # are executed (device, seeds one after another or concurrent) is left out too, so that a table can be
 # continued on another machine; each run's result.json records its device.
 NOT_IN_KEY = ("seed", "run_dir", "overwrite", "dataset.root", "dataset.download", "train.device",
-              "train.concurrent_seeds", "train.progress", "train.tensorboard", "train.sample_grid",
+              "train.concurrent_seeds", "train.data_placement", "train.progress", "train.tensorboard", "train.sample_grid",
               "train.checkpoint_every", "train.eval_every", "train.eval_batch_size")
 
 SUMMARY_NAME = "summary.json"
