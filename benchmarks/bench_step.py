@@ -32,7 +32,7 @@ from ssgan.cli import compose_config, to_config
 from ssgan.layers import data_dependent_init
 from ssgan.models import build_models
 from ssgan.optim import make_optimizer
-from ssgan.train import discriminator_step, generator_step, polyak_update, resolve_device
+from ssgan.train import compiled_losses, discriminator_step, generator_step, polyak_update, resolve_device
 
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
            "cifar10_ct_gan": ["dataset=cifar10", "method=ct_gan"], "svhn": ["dataset=svhn"]}
@@ -61,16 +61,18 @@ def build(cfg, device, channels_last: bool):
     return disc, gen, disc_avg, opt_d, opt_g, x
 
 
-def make_step(cfg, device, amp_dtype, channels_last):
+def make_step(cfg, device, amp_dtype, channels_last, compile_backend="off", compile_mode=None):
     disc, gen, disc_avg, opt_d, opt_g, x = build(cfg, device, channels_last)
+    d_loss_fn, g_loss_fn = compiled_losses(compile_backend, compile_mode)
     b = cfg.train.batch_size
     y = torch.arange(b, device=device) % cfg.dataset.n_classes
 
     def step():
         z = gen.sample_z(b, device)
-        discriminator_step(disc, gen, opt_d, x[:b], y, x[b:2 * b], z, cfg.method, amp_dtype=amp_dtype)
+        discriminator_step(disc, gen, opt_d, x[:b], y, x[b:2 * b], z, cfg.method, amp_dtype=amp_dtype,
+                           loss_fn=d_loss_fn)
         z = gen.sample_z(b, device)
-        generator_step(disc, gen, opt_g, x[2 * b:], z, cfg.method.fm_norm, amp_dtype=amp_dtype)
+        generator_step(disc, gen, opt_g, x[2 * b:], z, cfg.method.fm_norm, amp_dtype=amp_dtype, loss_fn=g_loss_fn)
         polyak_update(disc_avg, disc, cfg.train.ema_decay)
 
     return step
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", type=int, default=0, help="also time S concurrent seeds against one")
+    parser.add_argument("--compile", default="off", help="torch.compile backend of the fast step (e.g. inductor)")
+    parser.add_argument("--compile-mode", help="torch.compile mode of the fast step (e.g. reduce-overhead)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -141,9 +145,11 @@ def main() -> None:
     plain = make_step(cfg, device, None, False)
     flops = count_flops(plain)
     ms_plain = time_step(plain, device, args.iters, args.warmup)
-    fast_label = "+".join([n for n, on in (("bf16", fast_amp), ("channels_last", fast_cl)) if on]) or "same as plain"
-    ms_fast = ms_plain if fast_label == "same as plain" else time_step(make_step(cfg, device, fast_amp, fast_cl),
-                                                                      device, args.iters, args.warmup)
+    fast_label = "+".join([n for n, on in (("bf16", fast_amp), ("channels_last", fast_cl),
+                                           (f"compile={args.compile}/{args.compile_mode or 'default'}",
+                                            args.compile != "off")) if on]) or "same as plain"
+    fast = make_step(cfg, device, fast_amp, fast_cl, args.compile, args.compile_mode)
+    ms_fast = ms_plain if fast_label == "same as plain" else time_step(fast, device, args.iters, args.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86-64'}, {torch.get_num_threads()} threads)"
     print(f"recipe {args.recipe}: {flops / 1e9:.2f} GFLOP per iteration, {iters_per_epoch} iterations per epoch")
     print(f"plain fp32 eager: {ms_plain:.2f} ms/it, {ms_plain * iters_per_epoch / 1000:.2f} s/epoch, "

@@ -108,6 +108,10 @@ class TrainConfig:
     data_placement: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
     channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    # torch.compile of the D and G loss computations: off | inductor | aot_eager | eager (the backend), and its
+    # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
+    compile: str = "off"
+    compile_mode: Optional[str] = None
     deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
     # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
     # (ssgan/concurrent.py); false: one after another.
@@ -180,6 +184,11 @@ def validate(cfg: Config) -> None:
         (t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r}: expected fp32, bf16 or fp16"),
         (t.data_placement in ("auto", "device", "host"),
          f"train.data_placement={t.data_placement!r}: expected auto, device or host"),
+        (t.compile in ("off", "inductor", "aot_eager", "eager"),
+         f"train.compile={t.compile!r}: expected off, inductor, aot_eager or eager"),
+        (t.compile_mode in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+         f"train.compile_mode={t.compile_mode!r}: expected default, reduce-overhead, max-autotune or "
+         f"max-autotune-no-cudagraphs"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
         (cfg.seed >= 0, f"seed={cfg.seed}: must be >= 0"),

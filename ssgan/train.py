@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -113,10 +113,13 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
                        y_lab: Tensor, x_unl: Tensor, z: Tensor, method: MethodConfig,
                        history: Optional[HistoricalAverage] = None,
-                       amp_dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
-    """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms)."""
+                       amp_dtype: Optional[torch.dtype] = None, loss_fn: Optional[Callable] = None
+                       ) -> Dict[str, Tensor]:
+    """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms).
+
+    ``loss_fn``: the loss computation, ``_discriminator_loss`` or its torch.compile'd form."""
     with autocast(x_lab.device, amp_dtype):
-        loss, stats = _discriminator_loss(disc, gen, x_lab, y_lab, x_unl, z, method, history)
+        loss, stats = (loss_fn or _discriminator_loss)(disc, gen, x_lab, y_lab, x_unl, z, method, history)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -159,12 +162,14 @@ def _discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: T
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
                    z: Tensor, fm_norm: int, history_weight: float = 0.0,
                    history: Optional[HistoricalAverage] = None,
-                   amp_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """One update of G by feature matching against a second, independently drawn unlabeled batch."""
+                   amp_dtype: Optional[torch.dtype] = None, loss_fn: Optional[Callable] = None) -> Tensor:
+    """One update of G by feature matching against a second, independently drawn unlabeled batch.
+
+    ``loss_fn``: the loss computation, ``_generator_loss`` or its torch.compile'd form."""
     disc.requires_grad_(False)  # no gradients for D's parameters in the G step
     try:
         with autocast(x_unl.device, amp_dtype):
-            loss = _generator_loss(disc, gen, x_unl, z, fm_norm)
+            loss = (loss_fn or _generator_loss)(disc, gen, x_unl, z, fm_norm)
         if history is not None:
             loss = loss + history_weight * history.penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -220,6 +225,16 @@ def batch_stream(batches: Tuple[np.ndarray, np.ndarray, np.ndarray], start: int,
     for it in range(start, len(lab)):
         current, upcoming = upcoming, (gather(it + 1) if it + 1 < len(lab) else None)
         yield current
+
+
+def compiled_losses(backend: str, mode: Optional[str] = None) -> Tuple[Optional[Callable], Optional[Callable]]:
+    """The D and G loss computations (forward passes and losses; backward follows through AOT autograd)
+    captured with ``torch.compile(backend=..., mode=...)``, or (None, None) for eager. The optimizer steps
+    and the Polyak update stay outside: they are already foreach kernels."""
+    if backend == "off":
+        return None, None
+    options = {"backend": backend, **({"mode": mode} if mode else {})}
+    return torch.compile(_discriminator_loss, **options), torch.compile(_generator_loss, **options)
 
 
 def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
@@ -419,6 +434,7 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
 
     disc, gen = init_networks(cfg, x_unl_all, device)
     amp_dtype = AMP_DTYPES[t.precision]
+    d_loss_fn, g_loss_fn = compiled_losses(t.compile, t.compile_mode)
     if t.channels_last:
         disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
         x_lab_all = x_lab_all.contiguous(memory_format=torch.channels_last)
@@ -479,10 +495,10 @@ def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labele
                         x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
                     z = gen.sample_z(t.batch_size, device, z_rng)
                     step = discriminator_step(disc, gen, state.opt_d, x_lab, y_lab, x_unl, z, method, state.hist_d,
-                                              amp_dtype)
+                                              amp_dtype, d_loss_fn)
                     z = gen.sample_z(t.batch_size, device, z_rng)
                     step["loss_g"] = generator_step(disc, gen, state.opt_g, x_unl_fm, z, method.fm_norm,
-                                                    method.historical_averaging, state.hist_g, amp_dtype)
+                                                    method.historical_averaging, state.hist_g, amp_dtype, g_loss_fn)
                     polyak_update(disc_avg, disc, t.ema_decay)
                     state.stats.append(step)
                     state.iteration = it + 1
