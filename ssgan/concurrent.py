@@ -52,7 +52,8 @@ def check_supported(cfg: Config) -> None:
                    (cfg.method.historical_averaging > 0, "method.historical_averaging"),
                    (cfg.dataset.val_size > 0, "dataset.val_size"),
                    (cfg.train.channels_last, "train.channels_last"),
-                   (cfg.train.data_placement == "host", "train.data_placement=host")]
+                   (cfg.train.data_placement == "host", "train.data_placement=host"),
+                   (cfg.train.compile != "off", "train.compile")]
     names = [name for bad, name in unsupported if bad]
     if names:
         raise ConfigError(f"concurrent seeds do not support {', '.join(names)}; set train.concurrent_seeds=false")
