@@ -50,6 +50,13 @@ def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: 
                          numpy_state["has_gauss"], numpy_state["cached"]))
 
 
+def write_config(run_dir: Path, cfg: Config) -> None:
+    """Create the run directory and write its resolved config as ``config.yaml``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+
+
 def write_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then a rename, so that a kill at
     any moment leaves either the previous checkpoint or the new one, never a partial file."""

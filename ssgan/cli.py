@@ -195,8 +195,8 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
+    from .checkpoint import write_config
     from .tables import SUMMARY_NAME
 
     hydra_cfg = HydraConfig.get()
@@ -212,8 +212,7 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
             command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
             seeds = list(range(cfg.seed, cfg.seed + n_seeds))
             return _fit_seeds_reporting(cfg, run_dir, seeds, command, fresh=cfg.overwrite).mean
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+        write_config(run_dir, cfg)
         result = _fit_reporting(cfg, run_dir)
     except _known_errors() as error:
         if created and run_dir.exists() and not (run_dir / SUMMARY_NAME).exists():  # no seed has finished

@@ -313,9 +313,7 @@ def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, fr
     seed. ``fit_fn(cfg, run_dir, resume, data)`` trains one run (``train.fit``, or the CLI's wrapper that turns
     a diverged or interrupted run into its exit code).
     """
-    from omegaconf import OmegaConf
-
-    from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_run
+    from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_run, write_config
     from .config import ConfigError
     from .data import DataError, load_data
     from .evaluate import predict_proba
@@ -351,9 +349,7 @@ def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, fr
                                     f"train seed {seed} again")
                 print(f"seed {seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")
             created = not seed_dir.exists()
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            (seed_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(seed_cfg)),
-                                                  encoding="utf-8")
+            write_config(seed_dir, seed_cfg)
             try:
                 result = fit_fn(seed_cfg, seed_dir, resume, seed_data)
             except (ConfigError, DataError, CheckpointError):
@@ -372,9 +368,7 @@ def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, fr
 def _train_concurrently(cfg: Config, seeds: Sequence[int], out_dir: Path, data, fresh: bool) -> set:
     """With ``train.concurrent_seeds``, train the seeds that have neither a result nor a checkpoint at once
     (``concurrent.fit_concurrent``); return them. The per-seed loop of ``run_seeds`` then reads their results."""
-    from omegaconf import OmegaConf
-
-    from .checkpoint import CHECKPOINT_NAME
+    from .checkpoint import CHECKPOINT_NAME, write_config
     from .concurrent import fit_concurrent
 
     todo = [s for s in seeds if fresh or not ((out_dir / f"seed{s}" / RESULT_NAME).is_file()
@@ -383,9 +377,7 @@ def _train_concurrently(cfg: Config, seeds: Sequence[int], out_dir: Path, data, 
         return set()
     run_dirs = [out_dir / f"seed{s}" for s in todo]
     for seed, run_dir in zip(todo, run_dirs):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            OmegaConf.to_yaml(OmegaConf.structured(replace(cfg, seed=seed, run_dir=str(run_dir)))), encoding="utf-8")
+        write_config(run_dir, replace(cfg, seed=seed, run_dir=str(run_dir)))
     fit_concurrent(cfg, todo, data=data, run_dirs=run_dirs)
     return set(todo)
 
