@@ -28,11 +28,11 @@ from datetime import date
 
 import torch
 
-from ssgan.cli import compose_config, to_config
+from ssgan.config import compose, resolve_device
 from ssgan.layers import data_dependent_init
 from ssgan.models import build_models
 from ssgan.optim import make_optimizer
-from ssgan.train import compiled_losses, discriminator_step, generator_step, polyak_update, resolve_device
+from ssgan.train import compiled_losses, discriminator_step, generator_step, polyak_update
 
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
            "cifar10_ct_gan": ["dataset=cifar10", "method=ct_gan"], "svhn": ["dataset=svhn"]}
@@ -69,10 +69,11 @@ def make_step(cfg, device, amp_dtype, channels_last, compile_backend="off", comp
 
     def step():
         z = gen.sample_z(b, device)
-        discriminator_step(disc, gen, opt_d, x[:b], y, x[b:2 * b], z, cfg.method, amp_dtype=amp_dtype,
+        discriminator_step(disc, gen, opt_d, x[:b], y, x[b:2 * b], z, method=cfg.method, amp_dtype=amp_dtype,
                            loss_fn=d_loss_fn)
         z = gen.sample_z(b, device)
-        generator_step(disc, gen, opt_g, x[2 * b:], z, cfg.method.fm_norm, amp_dtype=amp_dtype, loss_fn=g_loss_fn)
+        generator_step(disc, gen, opt_g, x[2 * b:], z, fm_norm=cfg.method.fm_norm, amp_dtype=amp_dtype,
+                       loss_fn=g_loss_fn)
         polyak_update(disc_avg, disc, cfg.train.ema_decay)
 
     return step
@@ -136,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    cfg = to_config(compose_config(RECIPES[args.recipe]))
+    cfg = compose(RECIPES[args.recipe])
     iters_per_epoch = cfg.train.iters_per_epoch or {"digits": 13, "svhn": 732}[cfg.dataset.name]
     cnn = cfg.model.arch == "cnn"
     fast_amp = torch.bfloat16 if device.type == "cuda" else None

@@ -32,10 +32,10 @@ def run(job):
     import torch
 
     torch.set_num_threads(1)
-    from ssgan.cli import compose_config, to_config
+    from ssgan.config import compose
     from ssgan.train import fit
 
-    cfg = to_config(compose_config([*overrides, f"seed={seed}", "train.progress=false"]))
+    cfg = compose([*overrides, f"seed={seed}", "train.progress=false"])
     start = time.time()
     return name, seed, fit(cfg).test_error, time.time() - start
 

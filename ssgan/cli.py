@@ -3,8 +3,12 @@
 ``ssgan fit`` is a real Hydra application: its flags are rewritten into Hydra overrides
 (``--dataset cifar10`` -> ``dataset=cifar10``, ``--labels 4000`` -> ``dataset.labels=4000``) before Hydra parses
 them, so ``-m`` multirun and Hydra's launcher plugins work. The overrides are composed and checked once
-before Hydra starts, so that a mistyped key or an impossible value gives one clear line and exit code 2,
-and no run directory is created for it. Only this module sees a DictConfig.
+(``config.compose``) before Hydra starts, so that a mistyped key or an impossible value gives one clear line
+and exit code 2, and no run directory is created for it.
+
+Exit codes are decided in one place, ``main``: 0 success, 2 bad input (``UsageError``, ``ConfigError``,
+``DataError``, ``RunDirError``: one line, no traceback), 3 divergence (``TrainingDiverged``), 128 + N when
+stopped by signal N (``TrainingInterrupted``).
 """
 
 from __future__ import annotations
@@ -12,16 +16,35 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
+import logging
 import shlex
 import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import hydra
 import numpy as np
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
-from .config import DATASETS, METHODS, Config, ConfigError, register_configs, validate
+from . import __version__
+from .config import (DATASETS, METHODS, Config, ConfigError, compose, config_from_dict, first_line,
+                     register_configs, resolve_device, to_config, validate)
+from .data import DataError, load_data, read_inputs
+from .evaluate import (discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
+                       predict_proba, sample_grid_png, sample_score)
+from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
+                      write_table)
+from .rundir import (CHECKPOINT_NAME, RunDirError, check_free, default_name, find_runs, load_checkpoint,
+                     load_run, write_config)
+from .seeds import cell_directory, is_seeds_run, read_plan
+from .train import TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
 COMMANDS = {
@@ -38,17 +61,16 @@ class UsageError(Exception):
     """Bad input on the command line: one line on stderr, exit code 2."""
 
 
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+BAD_INPUT = (UsageError, ConfigError, DataError, RunDirError)
 
 
-def _known_errors() -> tuple:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .tables import RunsError
+class _Passthrough(BaseException):
+    """Carries an exception of the Hydra task past Hydra (which reports any Exception as a traceback and
+    exit code 1) to ``main``, which decides the exit code."""
 
-    return (UsageError, ConfigError, DataError, CheckpointError, RunsError)
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -109,55 +131,12 @@ def fit_overrides(args: argparse.Namespace) -> List[str]:
     return overrides + list(args.overrides)
 
 
-def compose_config(overrides: Sequence[str]):
-    """Compose configs/ with the overrides (no Hydra run); return the DictConfig."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("ssgan.configs", version_base=None):
-            return compose("config", overrides=list(overrides))
-    except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
-        message = _first_line(error)
-        if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
-            message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
-                        "plugins: pip install 'ssgan[launchers]')")
-        raise UsageError(message) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def to_config(dict_cfg) -> Config:
-    """DictConfig -> typed Config, with the range checks of config.validate."""
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = OmegaConf.to_object(dict_cfg)
-    except Exception as error:
-        raise UsageError(_first_line(error)) from None
-    validate(cfg)
-    return cfg
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    # Hydra puts the useful part first and a hint ("To append ... use +key") second.
-    return " ".join(lines[:2]) if len(lines) > 1 and lines[1].startswith("To append") else lines[0]
-
-
 def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     """Every combination of a multirun's sweep values, each as a plain override list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as error:
-        raise UsageError(_first_line(error)) from None
+        raise UsageError(first_line(error)) from None
     choices = []
     for override in parsed:
         key = override.get_key_element()
@@ -166,19 +145,6 @@ def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
         else:
             choices.append([f"{key}={override.get_value_element_as_str()}"])
     return [list(combo) for combo in itertools.product(*choices)]
-
-
-def _default_run_dir(cfg: Config, n_seeds: Optional[int] = None) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    seeds = f"seed{cfg.seed}" if n_seeds is None else f"seeds{cfg.seed}-{cfg.seed + n_seeds - 1}"
-    return f"runs/{cfg.dataset.name}-{cfg.dataset.labels}-{cfg.method.name}-{seeds}-{stamp}"
-
-
-def _check_run_dir(run_dir: str, overwrite: bool) -> None:
-    path = Path(run_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise UsageError(f"run directory {run_dir} already exists; choose another --run-dir or pass "
-                         f"--overwrite")
 
 
 def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
@@ -191,14 +157,7 @@ def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
 
 def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
     """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
-    K seeds one after another into sub-directories of it."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from .checkpoint import write_config
-    from .tables import SUMMARY_NAME
-
+    K seeds into sub-directories of it. Errors travel to ``main`` past Hydra (``_Passthrough``)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     created = not run_dir.exists() or not any(run_dir.iterdir())
@@ -210,38 +169,21 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
                                       torch.cuda.device_count())
         if n_seeds is not None:
             command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
-            seeds = list(range(cfg.seed, cfg.seed + n_seeds))
-            return _fit_seeds_reporting(cfg, run_dir, seeds, command, fresh=cfg.overwrite).mean
+            return _train_and_print(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), run_dir, command,
+                                    fresh=cfg.overwrite).mean
         write_config(run_dir, cfg)
-        result = _fit_reporting(cfg, run_dir)
-    except _known_errors() as error:
-        if created and run_dir.exists() and not (run_dir / SUMMARY_NAME).exists():  # no seed has finished
+        return _fit_and_print(cfg, run_dir).test_error
+    except BAD_INPUT as error:
+        if created and run_dir.exists() and not is_seeds_run(run_dir):  # nothing has finished: no trace left
             shutil.rmtree(run_dir, ignore_errors=True)
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return result.test_error
+        raise _Passthrough(error) from None
+    except (TrainingDiverged, TrainingInterrupted) as error:
+        raise _Passthrough(error) from None
 
 
-def _fit_checked(cfg: Config, run_dir: Path, resume=None, data=None):
-    """``train.fit`` into ``run_dir``; a diverged run exits with code 3 and an interrupted one with 128 + the
-    signal number, each with one line that says where the checkpoint is."""
-    from .train import TrainingDiverged, TrainingInterrupted, fit
-
-    try:
-        return fit(cfg, data=data, run_dir=run_dir, resume=resume)
-    except TrainingDiverged as error:
-        kept = run_dir / "checkpoint.pt"
-        where = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
-        print(f"{PROG}: error: {error}; {where}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except TrainingInterrupted as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        raise SystemExit(128 + error.signum) from None
-
-
-def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
-    """Run ``train.fit`` and print its outcome; the last line is the test error of the averaged weights."""
-    result = _fit_checked(cfg, run_dir, resume)
+def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
+    """``train.fit`` into ``run_dir``; the last line printed is the test error of the averaged weights."""
+    result = fit(cfg, run_dir=run_dir, resume=resume)
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
         print(f"validation error: {result.val_error:.2f} %")
@@ -249,70 +191,54 @@ def _fit_reporting(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def _fit_seeds_reporting(cfg: Config, run_dir: Path, seeds: Sequence[int], command: str, fresh: bool = False):
-    """Train the seeds (``tables.run_seeds``: one after another, or together with train.concurrent_seeds) and print, after one line per seed, the
-    ensemble's test error and, as the last line, the mean +- sample std of the seeds' test errors."""
-    from .tables import run_seeds
-
-    try:
-        result = run_seeds(cfg, seeds, run_dir, command, fresh=fresh, fit_fn=_fit_checked)
-    except SystemExit as stop:
-        if isinstance(stop.code, int) and stop.code >= 128:
-            print(f"{PROG}: the remaining seeds continue with: {PROG} fit --resume {run_dir}", file=sys.stderr)
-        raise
+def _train_and_print(cfg: Config, seeds: Sequence[int], run_dir: Path, command: str,
+                     fresh: bool = False) -> SeedsResult:
+    """Train the seeds (``reports.run_seeds``) and print, after one line per seed, the ensemble's test error
+    and, as the last line, the mean +- sample std of the seeds' test errors."""
+    for outcome, summary in run_seeds(cfg, seeds, run_dir, command, fresh=fresh):
+        how = "" if outcome.how in ("trained", "continued from its checkpoint") else f"; {outcome.how}"
+        print(f"seed {outcome.seed}: test error {outcome.record.test_error:.2f} % ({outcome.record.path}{how})")
     print(f"run directory: {run_dir}")
-    print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(result.runs)} models: mean of their class "
+    print(f"ensemble test error: {summary.ensemble_error:.2f} % ({len(summary.runs)} models: mean of their class "
           f"probabilities, then argmax)")
-    if result.std is None:
-        print(f"test error: {result.mean:.2f} % over 1 seed (no std)")
+    if summary.std is None:
+        print(f"test error: {summary.mean:.2f} % over 1 seed (no std)")
     else:
-        print(f"test error: {result.mean:.2f} +- {result.std:.2f} % over {len(result.runs)} seeds (sample std)")
-    return result
-
-
-def cmd_resume_seeds(run_dir: str, overrides: Sequence[str]) -> int:
-    """Continue a ``--seeds K`` run: seeds with a result are kept, an interrupted one continues from its
-    checkpoint, the others are trained; the summary is then complete."""
-    from .tables import read_seeds_plan
-
-    if overrides:
-        raise UsageError(f"{run_dir} is a run of several seeds; it continues with its saved config, without "
-                         f"KEY=VALUE overrides")
-    cfg, seeds, command = read_seeds_plan(Path(run_dir))
-    validate(cfg)
-    _fit_seeds_reporting(cfg, Path(run_dir), seeds, command)
-    return 0
+        print(f"test error: {summary.mean:.2f} +- {summary.std:.2f} % over {len(summary.runs)} seeds (sample std)")
+    return summary
 
 
 def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
-    """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config."""
-    from omegaconf import OmegaConf
-
-    from .checkpoint import CHECKPOINT_NAME, config_from_dict, load_checkpoint
-
+    """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
+    A seeds run continues with its saved config: finished seeds are kept, the others trained or continued."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
+    if is_seeds_run(path):
+        if overrides:
+            raise UsageError(f"{run_dir} is a run of several seeds; it continues with its saved config, without "
+                             f"KEY=VALUE overrides")
+        cfg, seeds, command = read_plan(path)
+        validate(cfg)
+        _train_and_print(cfg, seeds, path, command)
+        return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = config_from_dict(payload["config"])
     if overrides:
         try:
             merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
             cfg = OmegaConf.to_object(merged)
-        except Exception as error:
-            raise UsageError(_first_line(error)) from None
+        except Exception as error:  # OmegaConf's validation errors
+            raise UsageError(first_line(error)) from None
     validate(cfg)
     if payload["epoch"] >= cfg.train.epochs and not payload["iteration"]:
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
                          f"to train on")
-    _fit_reporting(cfg, path, resume=payload)
+    _fit_and_print(cfg, path, resume=payload)
     return 0
 
 
 def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None) -> None:
-    import hydra
-    from hydra.core.global_hydra import GlobalHydra
-
     def fit_seeds_task(dict_cfg) -> float:
         return _fit_task(dict_cfg, n_seeds)
 
@@ -330,8 +256,6 @@ def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = No
 
 
 def cmd_fit(argv: Sequence[str]) -> int:
-    from .tables import SUMMARY_NAME
-
     args = _fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: the number of seeds must be at least 1")
@@ -341,25 +265,23 @@ def cmd_fit(argv: Sequence[str]) -> int:
         if fixed or args.multirun or args.overwrite:
             raise UsageError(f"--resume continues a run with its saved config; drop {' '.join(fixed) or '-m'} "
                              f"(KEY=VALUE overrides such as train.epochs=N are allowed)")
-        if (Path(args.resume) / SUMMARY_NAME).is_file():
-            return cmd_resume_seeds(args.resume, fit_overrides(args))
         return cmd_resume(args.resume, fit_overrides(args))
     overrides = fit_overrides(args)
     if args.multirun:
         for combo in _expand_sweeps(overrides):
-            to_config(compose_config(combo))
+            compose(combo)
         _run_hydra(overrides, multirun=True, n_seeds=args.seeds)
         return 0
-    cfg = to_config(compose_config(overrides))
+    cfg = compose(overrides)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
-        overrides.append(f"run_dir={_default_run_dir(cfg, args.seeds)}")
+        overrides.append(f"run_dir={default_name(cfg, args.seeds)}")
         cfg.run_dir = overrides[-1].split("=", 1)[1]
-    _check_run_dir(cfg.run_dir, cfg.overwrite)
+    check_free(cfg.run_dir, cfg.overwrite)
     run_dir = Path(cfg.run_dir).absolute()
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         _run_hydra(overrides, multirun=False, n_seeds=args.seeds)
-    except SystemExit:
+    except BaseException:
         for path in created:  # deepest first: leave nothing behind for a run that could not start
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
@@ -370,11 +292,6 @@ def cmd_fit(argv: Sequence[str]) -> int:
 # ------------------------------------------------------------------------------------ evaluate, predict
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
-    from .checkpoint import load_run
-    from .data import load_data
-    from .evaluate import error_rate, predict_proba
-    from .train import resolve_device
-
     parser = _Parser(prog=f"{PROG} evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--device", default="auto")
@@ -386,49 +303,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     return 0
 
 
-def read_inputs(inputs: Sequence[str], cfg) -> tuple[List[str], np.ndarray]:
-    """Image files, folders of images, or .npz files (array x, x_test or the only array) -> names and
-    (N, C, H, W) images scaled as the run's recipe scales them."""
-    from .data import IMAGE_SUFFIXES, DataError, input_value_max, prepare_images, read_images, scale_images
-
-    names, batches = [], []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise DataError(f"{item}: no such file or folder")
-        if path.suffix.lower() == ".npz":
-            try:
-                with np.load(path, allow_pickle=False) as archive:
-                    key = next((k for k in ("x", "x_test") if k in archive.files),
-                               archive.files[0] if len(archive.files) == 1 else None)
-                    if key is None:
-                        raise DataError(f"{item}: expected an array named x or x_test")
-                    x = archive[key]
-            except (OSError, ValueError, EOFError) as error:
-                if isinstance(error, DataError):
-                    raise
-                raise DataError(f"{item}: not a readable .npz ({error})") from None
-            if not np.issubdtype(x.dtype, np.number):
-                raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
-            x = prepare_images(x, cfg, item)
-            names += [f"{item}[{i}]" for i in range(len(x))]
-            # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
-            batches.append(scale_images(x, cfg.scaling, input_value_max(x, cfg)))
-            continue
-        files = ([p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-                 if path.is_dir() else [path])
-        if not files:
-            raise DataError(f"{item}: no images found")
-        names += [str(p) for p in files]
-        batches.append(scale_images(read_images(files, cfg), cfg.scaling))
-    return names, np.concatenate(batches)
-
-
 def cmd_predict(argv: Sequence[str]) -> int:
-    from .checkpoint import load_run
-    from .evaluate import predict_proba
-    from .train import resolve_device
-
     parser = _Parser(prog=f"{PROG} predict", description=COMMANDS["predict"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("inputs", nargs="+", help="image files, folders or .npz files")
@@ -460,13 +335,6 @@ def cmd_sample(argv: Sequence[str]) -> int:
     """Generator samples as a PNG grid; with --score, exp(E_x KL(p(y|x) || p(y))) over --n-score samples in
     --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits), with torchvision's Inception-v3
     when its weights are in the torch hub cache, else the run's own discriminator (a classifier score)."""
-    import torch
-
-    from .checkpoint import load_run
-    from .evaluate import (discriminator_classifier, inception_classifier, inception_weights_path,
-                           sample_score, save_sample_grid)
-    from .train import resolve_device
-
     parser = _Parser(prog=f"{PROG} sample", description=COMMANDS["sample"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--n", type=int, default=100, help="samples in the grid (default 100: 10 x 10)")
@@ -495,7 +363,8 @@ def cmd_sample(argv: Sequence[str]) -> int:
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
     if not args.no_grid:
-        save_sample_grid(run.generator, out, run.config.dataset.scaling, args.n, batch_size, noise)
+        with open(out, "xb") as handle:  # never overwritten
+            handle.write(sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise))
         print(f"wrote {args.n} samples to {out}")
     if args.score:
         classify = None
@@ -533,9 +402,6 @@ def _label_counts(text: str) -> List[int]:
 def cmd_table(argv: Sequence[str]) -> int:
     """Train (or, with --from, collect) one seeds run per label count and write the table next to the
     published numbers; a rerun trains only the seeds that have not finished."""
-    from .tables import PUBLISHED, cell_directory, find_runs, group_rows, run_seeds, write_table
-    from .train import resolve_device
-
     parser = _Parser(
         prog=f"{PROG} table", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train seeds seed .. seed+K-1 for each label count of a data set, one after another, and write "
@@ -600,7 +466,7 @@ def cmd_table(argv: Sequence[str]) -> int:
         base += [f"train.device={args.device}"] if args.device else []
         base += [f"dataset.root={args.data_root}"] if args.data_root else []
         # Every cell is composed and checked before the first one trains.
-        cells = [to_config(compose_config([*base, f"dataset.labels={n}"])) for n in labels]
+        cells = [compose([*base, f"dataset.labels={n}"]) for n in labels]
         rows = []
         for cfg in cells:
             cell_dir = cell_directory(Path(args.cache_dir), cfg)
@@ -609,13 +475,13 @@ def cmd_table(argv: Sequence[str]) -> int:
             print(f"{dataset}, {cfg.dataset.labels} labels, {which}: {cell_dir}")
             created = [p for p in (cell_dir.absolute(), *cell_dir.absolute().parents) if not p.exists()]
             try:
-                rows.append(run_seeds(cfg, seeds, cell_dir, command, fit_fn=_fit_checked))
-            except BaseException as stop:
+                rows.append(_train_and_print(cfg, seeds, cell_dir, command))
+            except TrainingInterrupted as stop:
+                raise stop.resume_with(f"the same ssgan table command (finished seeds are kept)") from None
+            except BaseException:
                 for path in created:  # deepest first: no empty cache folders for a cell that could not start
                     if path.is_dir() and not any(path.iterdir()):
                         path.rmdir()
-                if isinstance(stop, SystemExit) and isinstance(stop.code, int) and stop.code >= 128:
-                    print(f"{PROG}: finished seeds are kept; rerun the same command to continue", file=sys.stderr)
                 raise
     for row in rows:
         spread = " (1 seed)" if row.std is None else f" +- {row.std:.2f} % over {len(row.runs)} seeds (sample std)"
@@ -627,11 +493,6 @@ def cmd_table(argv: Sequence[str]) -> int:
 
 def cmd_ensemble(argv: Sequence[str]) -> int:
     """Evaluate finished runs together: the ensemble averages their class probabilities (METHOD.md sec. 5)."""
-    import json
-
-    from .tables import STD_KIND, find_runs, probs_on_test_set, aggregate
-    from .train import resolve_device
-
     parser = _Parser(prog=f"{PROG} ensemble", description=COMMANDS["ensemble"] + ". The runs must share the "
                      "data set and its classes; the ensemble's prediction is the argmax of the mean of the "
                      "models' class probabilities. The last line printed is the ensemble's test error.")
@@ -662,6 +523,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     return 0
 
 
+
 HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample,
             "table": cmd_table, "ensemble": cmd_ensemble}
 
@@ -674,8 +536,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class _Console(logging.Handler):
+    """The library's log messages (``logging.getLogger("ssgan")``) as plain lines on the current stdout,
+    while the command line runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``ssgan`` command; returns the exit code (2 for bad input)."""
+    """Entry point of the ``ssgan`` command; returns the exit code. The one place where exceptions become
+    exit codes: 2 for bad input, 3 for divergence, 128 + N for signal N."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["fit"]  # `ssgan` alone runs the default job
@@ -683,21 +554,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("--version", "-V"):
-        from . import __version__
-
         print(f"{PROG} {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
         return _fail(f"unknown command {command!r}; expected one of {', '.join(HANDLERS)}")
+    library_log = logging.getLogger("ssgan")
+    console = _Console()
+    library_log.addHandler(console)
+    level = library_log.level
+    library_log.setLevel(logging.INFO)
     try:
         return HANDLERS[command](rest)
-    except _known_errors() as error:
-        return _fail(str(error))
-    except SystemExit as stop:  # argparse and the Hydra task exit this way
+    except _Passthrough as carried:
+        return _exit_code(carried.error)
+    except (*BAD_INPUT, TrainingDiverged, TrainingInterrupted) as error:
+        return _exit_code(error)
+    except SystemExit as stop:  # argparse and Hydra exit this way
         return int(stop.code) if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except KeyboardInterrupt:
         return _fail("interrupted")
+    finally:
+        library_log.removeHandler(console)
+        library_log.setLevel(level)
+
+
+def _exit_code(error: Exception) -> int:
+    """One line on stderr and the exit code of a library exception."""
+    if isinstance(error, TrainingInterrupted):
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 128 + error.signum
+    if isinstance(error, TrainingDiverged):
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 3
+    if isinstance(error, BAD_INPUT):
+        return _fail(str(error))
+    raise error
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def entry_point() -> None:

@@ -1,7 +1,10 @@
-"""Typed configuration: the schema every YAML file in configs/ is checked against.
+"""Typed configuration: the schema every YAML file in configs/ is checked against, its composition from Hydra
+overrides, and the device a config names.
 
-Only ``cli.py`` sees an OmegaConf ``DictConfig``; it converts it once into these dataclasses with
-``OmegaConf.to_object``, so a mistyped key or a value of the wrong type fails at start-up.
+``compose(overrides)`` is the one way from override strings (``dataset=cifar10``, ``train.lr=1e-4``) to a
+``Config``: Hydra composes ``configs/`` against the schema and the result is converted once into these
+dataclasses with ``OmegaConf.to_object``, so a mistyped key or a value of the wrong type fails at start-up.
+No ``DictConfig`` leaves this module (``to_config`` converts the one Hydra hands to ``ssgan fit``'s task).
 Each hyperparameter of the method is one field here; the published recipes set them in
 ``configs/dataset/*.yaml`` (per data set) and ``configs/recipe/*.yaml`` (where a method changes them).
 """
@@ -9,9 +12,13 @@ Each hyperparameter of the method is one field here; the published recipes set t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+import torch
+from hydra import compose as hydra_compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
@@ -196,3 +203,65 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+# ------------------------------------------------------------------------------------------ composition
+
+def first_line(error: BaseException) -> str:
+    """The useful line of a Hydra / OmegaConf error (Hydra puts a hint "To append ... use +key" second)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return " ".join(lines[:2]) if len(lines) > 1 and lines[1].startswith("To append") else lines[0]
+
+
+def compose_dict(overrides: Sequence[str] = ()):
+    """Compose ``configs/`` with Hydra overrides, without running a Hydra app; the OmegaConf DictConfig
+    (for callers that need Hydra's own view, e.g. ``--cfg``). Raises ConfigError with one line."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("ssgan.configs", version_base=None):
+            return hydra_compose("config", overrides=list(overrides))
+    except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
+        message = first_line(error)
+        if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
+            message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
+                        "plugins: pip install 'ssgan[launchers]')")
+        raise ConfigError(message) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def to_config(dict_cfg) -> Config:
+    """A composed DictConfig -> the typed Config, with the range checks of ``validate``."""
+    try:
+        cfg = OmegaConf.to_object(dict_cfg)
+    except Exception as error:  # OmegaConf's validation and interpolation errors
+        raise ConfigError(first_line(error)) from None
+    validate(cfg)
+    return cfg
+
+
+def compose(overrides: Sequence[str] = ()) -> Config:
+    """Hydra overrides -> a checked ``Config``: what ``ssgan fit``, the estimator and the benchmarks build."""
+    return to_config(compose_dict(overrides))
+
+
+def config_from_dict(values: Dict[str, Any]) -> Config:
+    """Rebuild the typed Config stored as plain values (a checkpoint's, a result.json's), checked against
+    the schema; a field the schema has since gained takes its default."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+    except Exception as error:  # OmegaConf raises several error types for schema mismatches
+        raise ConfigError(f"the stored config does not match this version of ssgan: "
+                          f"{str(error).splitlines()[0]}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: auto picks CUDA when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
+    return torch.device(name)

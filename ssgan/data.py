@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -337,6 +337,42 @@ def hold_out_validation(data: ImageData, val_size: float, seed: int) -> ImageDat
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     return ImageData(data.x_train[train_idx], data.y_train[train_idx], data.x_test, data.y_test,
                      data.class_names, data.x_extra, data.x_train[val_idx], data.y_train[val_idx], val_idx)
+
+
+def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.ndarray]:
+    """Image files, folders of images, or .npz files (array x, x_test or the only array) -> names and
+    (N, C, H, W) images scaled as the run's recipe scales them."""
+    names, batches = [], []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise DataError(f"{item}: no such file or folder")
+        if path.suffix.lower() == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    key = next((k for k in ("x", "x_test") if k in archive.files),
+                               archive.files[0] if len(archive.files) == 1 else None)
+                    if key is None:
+                        raise DataError(f"{item}: expected an array named x or x_test")
+                    x = archive[key]
+            except (OSError, ValueError, EOFError) as error:
+                if isinstance(error, DataError):
+                    raise
+                raise DataError(f"{item}: not a readable .npz ({error})") from None
+            if not np.issubdtype(x.dtype, np.number):
+                raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
+            x = prepare_images(x, cfg, item)
+            names += [f"{item}[{i}]" for i in range(len(x))]
+            # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
+            batches.append(scale_images(x, cfg.scaling, input_value_max(x, cfg)))
+            continue
+        files = ([p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+                 if path.is_dir() else [path])
+        if not files:
+            raise DataError(f"{item}: no images found")
+        names += [str(p) for p in files]
+        batches.append(scale_images(read_images(files, cfg), cfg.scaling))
+    return names, np.concatenate(batches)
 
 
 # ------------------------------------------------------------------------------- labeled subset, order

@@ -13,6 +13,7 @@ a fitted estimator.
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 from dataclasses import asdict, replace
@@ -24,9 +25,12 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_from_dict, load_run, read_payload
-from .config import DATASETS, METHODS, Config, ConfigError, DataConfig, validate
+from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
+                     validate)
 from .data import DataError, ImageData, input_value_max, prepare_images, scale_images
+from .evaluate import predict_proba
+from .rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_networks, load_run, read_payload
+from .train import fit as train_fit
 
 ESTIMATOR_FORMAT = "ssgan-estimator-v1"
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
@@ -116,8 +120,6 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
 
     def _config(self, n_labeled: int, n_classes: int) -> Config:
         """Compose the recipe and method with the parameters as Hydra overrides, as ``ssgan fit`` does."""
-        from .cli import UsageError, compose_config, to_config
-
         if self.recipe not in DATASETS:
             raise ConfigError(f"recipe={self.recipe!r}: expected one of {', '.join(DATASETS)}")
         if self.method not in METHODS:
@@ -134,10 +136,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
                            ("train.lr", self.lr), ("train.ema_decay", self.ema_decay)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        try:
-            cfg = to_config(compose_config(overrides + list(self.overrides)))
-        except UsageError as error:
-            raise ConfigError(str(error)) from None
+        cfg = compose(overrides + list(self.overrides))
         # The labeled rows are given, not drawn: labels and classes come from y.
         cfg = replace(cfg, dataset=replace(cfg.dataset, labels=n_labeled, n_classes=n_classes))
         validate(cfg)
@@ -171,8 +170,6 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> "SSGANClassifier":
         """Train on images X (N, ...) with labels y (N,), where y = -1 marks an unlabeled row."""
-        from .train import fit
-
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y.ravel()
@@ -201,7 +198,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         # Labeled rows first, so that they are the labeled subset 0..L-1; the unlabeled pool is every row.
         data = ImageData(x[~unlabeled], y_lab.astype(np.int64), empty, np.zeros(0, dtype=np.int64),
                          [str(c) for c in classes], x_extra=x[unlabeled] if unlabeled.any() else None)
-        result = fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)))
+        result = train_fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)))
 
         self._set_fitted(cfg, result.discriminator, result.generator, classes, int(math.prod(x_raw.shape[1:])),
                          float(value_max), result.history)
@@ -220,8 +217,6 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """p(y = k | x, real) = softmax(l(x))_k over the K classes of ``classes_``, from the averaged
         discriminator in eval mode (no dropout or noise). Returns (N, K) float64 rows that sum to 1."""
-        from .evaluate import predict_proba
-
         x = self._check_input(X)
         if len(x) == 0:
             return np.zeros((0, len(self.classes_)))
@@ -264,9 +259,9 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             "value_max": self.value_max_,
             "history": _plain(self.history_, "history_"),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SSGANClassifier":
@@ -274,14 +269,14 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         path, device = Path(path), _device(device)
         payload = read_payload(path)
         if payload.get("format") == CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
+            raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
                                   f"ssgan.load({str(path.parent)!r})")
         if payload.get("format") != ESTIMATOR_FORMAT:
-            raise CheckpointError(f"{path}: not a saved SSGANClassifier (expected format {ESTIMATOR_FORMAT})")
+            raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format {ESTIMATOR_FORMAT})")
         missing = [k for k in ("params", "config", "discriminator", "generator", "classes", "classes_dtype",
                                "n_features_in", "value_max") if k not in payload]
         if missing:
-            raise CheckpointError(f"{path}: incomplete estimator file, missing {missing}")
+            raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
         params = dict(payload["params"])
         for key in ("image_shape", "overrides"):
             if isinstance(params.get(key), list):
@@ -289,9 +284,12 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         try:
             estimator = cls(**params)
         except TypeError as error:
-            raise CheckpointError(f"{path}: parameters do not match this version of ssgan ({error})") from None
-        cfg = config_from_dict(payload["config"])
-        disc, gen = _networks(cfg, payload["discriminator"], payload["generator"], path, device)
+            raise RunDirError(f"{path}: parameters do not match this version of ssgan ({error})") from None
+        try:
+            cfg = config_from_dict(payload["config"])
+        except ConfigError as error:
+            raise RunDirError(f"{path}: {error}") from None
+        disc, gen = load_networks(cfg, payload["discriminator"], payload["generator"], path, device)
         estimator._set_fitted(cfg, disc, gen, np.array(payload["classes"], dtype=np.dtype(payload["classes_dtype"])),
                               int(payload["n_features_in"]), payload["value_max"], payload.get("history", []))
         return estimator
@@ -330,8 +328,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
 # ------------------------------------------------------------------------------------------------ helpers
 
 def _device(device: str | torch.device) -> torch.device:
-    from .train import resolve_device
-
     return resolve_device(str(device))  # auto, cpu, cuda or cuda:N
 
 
@@ -345,21 +341,5 @@ def _plain(value: Any, what: str) -> Any:
         return [_plain(v, what) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v, what) for k, v in value.items()}
-    raise CheckpointError(f"cannot save {what} of type {type(value).__name__}: only numbers, strings, None, "
+    raise RunDirError(f"cannot save {what} of type {type(value).__name__}: only numbers, strings, None, "
                           f"lists and dicts are stored")
-
-
-def _networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], path: Path,
-              device: str | torch.device):
-    from .models import build_models
-
-    disc, gen = build_models(cfg.dataset, cfg.model)
-    try:
-        disc.load_state_dict(disc_state)
-        gen.load_state_dict(gen_state)
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: the weights do not fit the architecture its config names "
-                              f"({str(error).strip().splitlines()[0]})") from None
-    for p in disc.parameters():
-        p.requires_grad_(False)
-    return disc.to(device).eval(), gen.to(device)

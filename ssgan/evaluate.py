@@ -9,13 +9,18 @@ weights are already in the torch hub cache, or the run's own discriminator, whos
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torchvision.utils as vutils
 from torch import Tensor, nn
+
+from .data import unscale_images
 
 # (B, C, H, W) generated images in the recipe's scale -> (B, K) class probabilities
 Classifier = Callable[[Tensor], Tensor]
@@ -87,18 +92,15 @@ def sample_images(gen: nn.Module, n: int, batch_size: int = 100,
     return torch.cat(list(generate(gen, n, batch_size, generator)))
 
 
-def save_sample_grid(gen: nn.Module, path: Path, scaling: str, n: int = 100, batch_size: int = 100,
-                     generator: Optional[torch.Generator] = None) -> None:
-    """Write ``n`` generator samples as a square PNG grid, mapped back from the recipe's scale to [0, 1]."""
-    import math
-
-    import torchvision.utils as vutils
-
-    from .data import unscale_images
-
+def sample_grid_png(gen: nn.Module, scaling: str, n: int = 100, batch_size: int = 100,
+                    generator: Optional[torch.Generator] = None) -> bytes:
+    """``n`` generator samples as a square grid, mapped back from the recipe's scale to [0, 1]: a PNG file's
+    bytes (the caller writes them, atomically where it matters)."""
     images = sample_images(gen, n, batch_size, generator).float().cpu().numpy()
     grid = torch.from_numpy(unscale_images(images, scaling))  # (n, C, H, W) in [0, 1]
-    vutils.save_image(grid, str(path), nrow=math.ceil(math.sqrt(n)), padding=1)
+    buffer = io.BytesIO()
+    vutils.save_image(grid, buffer, format="png", nrow=math.ceil(math.sqrt(n)), padding=1)
+    return buffer.getvalue()
 
 
 @torch.no_grad()
@@ -138,8 +140,6 @@ def inception_input(x: Tensor, scaling: str) -> Tensor:
     """Generated images (B, C, H, W) in the recipe's scale -> Inception-v3's input (B, 3, 299, 299):
     back to [0, 1], grey replicated to 3 channels, bilinear resize to 299 x 299 and the ImageNet mean / std
     that torchvision's weights expect (the network's ``transform_input`` maps that to its own range)."""
-    from .data import unscale_images
-
     x01 = torch.from_numpy(unscale_images(x.float().cpu().numpy(), scaling)).to(x.device)
     if x01.shape[1] == 1:
         x01 = x01.expand(-1, 3, -1, -1)

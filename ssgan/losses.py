@@ -79,6 +79,12 @@ def consistency_loss(probs_a: Tensor, probs_b: Tensor, feats_a: Tensor, feats_b:
     return F.relu(d_out + feat_weight * d_feat - margin).mean()
 
 
+def interpolate(x_real: Tensor, x_fake: Tensor, eps: Tensor) -> Tensor:
+    """x_hat = eps x_real + (1 - eps) x_fake, the points between real and generated images where WGAN-GP
+    (Gulrajani et al. 2017) penalises the gradient. x_real, x_fake: (B, ...); eps: (B, 1, ...) in [0, 1)."""
+    return eps * x_real + (1 - eps) * x_fake
+
+
 def gradient_penalty(grad: Tensor) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E (||grad_x D(x_hat)||_2 - 1)^2 on real/fake interpolates x_hat.
 

@@ -127,7 +127,13 @@ class _Generator(nn.Module):
     def sample_z(self, n: int, device: torch.device | str = "cpu",
                  generator: torch.Generator | None = None) -> Tensor:
         """z ~ Uniform[0, 1)^z_dim, as in the official code."""
-        return torch.rand(n, self.z_dim, device=device, generator=generator)
+        return sample_z(n, self.z_dim, device, generator)
+
+
+def sample_z(n: int, z_dim: int, device: torch.device | str = "cpu",
+             generator: torch.Generator | None = None) -> Tensor:
+    """z ~ Uniform[0, 1)^z_dim, as in the official code. (n, z_dim)."""
+    return torch.rand(n, z_dim, device=device, generator=generator)
 
 
 def _output_activation(scaling: str) -> Callable[[Tensor], Tensor]:

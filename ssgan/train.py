@@ -1,37 +1,47 @@
 """Training: one discriminator step then one generator step per iteration (Salimans et al. 2016, sec. 5;
-Wei et al. 2018), the official schedules, Polyak averaging, and ``fit``, the one path that the CLI and the
-estimator both call.
+Wei et al. 2018), the official schedule, Polyak averaging, and ``fit``, the one path that the CLI, the seeds
+runs and the estimator call.
 
-Only this module calls both a network and a loss, ``backward()`` and ``optimizer.step()``.
+The training frame (``train_members``) runs one model or several trained together: the epoch loop, the
+learning rates, the data order, evaluation, the metrics log, checkpoints, SIGINT / SIGTERM and the outputs,
+for every member. What an iteration does to the networks is an engine's ``step``: ``SingleEngine`` here (the
+modules themselves), ``concurrent.StackedEngine`` for several models stacked and vectorised. Only this module
+(and the vectorised step in ``concurrent.py``) calls both a network and a loss, and ``update`` is the one
+place that runs ``backward()`` and an optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import signal
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from . import losses
-from .config import Config, ConfigError, MethodConfig, validate
+from .config import Config, MethodConfig, resolve_device, validate
 from .data import ImageData, augment, balanced_labeled_subset, epoch_order, load_data
-from .evaluate import error_rate, predict_proba, save_sample_grid
+from .evaluate import error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
-from .models import build_models
+from .models import build_models, sample_z
 from .optim import make_optimizer
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, restore_rng, rng_state, write_checkpoint
+from .rundir import (CHECKPOINT_NAME, SAMPLES_NAME, MetricsLog, atomic_write, restore_rng, rng_state,
+                     write_checkpoint, write_result)
+
+# The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
+STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
 
 # ------------------------------------------------------------------------------------- pure functions
+
 
 def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -> float:
     """The official schedule: constant, then linear from ``decay_start`` to 0 at ``epochs``.
@@ -46,19 +56,9 @@ def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -
 @torch.no_grad()
 def polyak_update(avg: nn.Module, model: nn.Module, decay: float) -> None:
     """avg <- decay * avg + (1 - decay) * model for every parameter; buffers are copied."""
-    avg_params = [p for p in avg.parameters()]
-    params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(avg_params, params, 1.0 - decay)
+    torch._foreach_lerp_(list(avg.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for b_avg, b in zip(avg.buffers(), model.buffers()):
         b_avg.copy_(b)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
-    return torch.device(name)
 
 
 def _forward_parts(model: nn.Module, parts: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
@@ -90,10 +90,10 @@ class HistoricalAverage:
     def state_dict(self) -> Dict:
         return {"means": [m.clone() for m in self.means], "count": self.count}
 
-    @torch.no_grad()
     def load_state_dict(self, state: Dict) -> None:
-        for mean, saved in zip(self.means, state["means"]):
-            mean.copy_(saved)
+        with torch.no_grad():
+            for mean, saved in zip(self.means, state["means"]):
+                mean.copy_(saved)
         self.count = int(state["count"])
 
 
@@ -110,27 +110,41 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def update(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Backward of ``loss`` into the optimizer's parameters only, then one optimizer step: the one place where
+    training runs ``backward()`` and ``step()``, for one model or many.
+
+    Several models stacked along a leading dimension give one loss each, (S,): their sum has each model's
+    gradient in that model's slice, since the models share no parameters. Gradients flow only into the
+    optimizer's parameters (``inputs=``), so the generator step leaves the discriminator's untouched.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss.sum(), inputs=params)
+    optimizer.step()
+
+
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
-                       y_lab: Tensor, x_unl: Tensor, z: Tensor, method: MethodConfig,
-                       history: Optional[HistoricalAverage] = None,
-                       amp_dtype: Optional[torch.dtype] = None, loss_fn: Optional[Callable] = None
-                       ) -> Dict[str, Tensor]:
+                       y_lab: Tensor, x_unl: Tensor, z: Tensor, *, method: MethodConfig,
+                       history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
+                       loss_fn: Optional[Callable] = None) -> Dict[str, Tensor]:
     """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms).
 
-    ``loss_fn``: the loss computation, ``_discriminator_loss`` or its torch.compile'd form."""
+    x_lab: (B, C, H, W), y_lab: (B,), x_unl: (B, C, H, W), z: (B, z_dim). ``loss_fn``: the loss computation,
+    ``discriminator_loss`` or its torch.compile'd form. Returns the step's statistics (0-d tensors).
+    """
     with autocast(x_lab.device, amp_dtype):
-        loss, stats = (loss_fn or _discriminator_loss)(disc, gen, x_lab, y_lab, x_unl, z, method, history)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+        loss, stats = (loss_fn or discriminator_loss)(disc, gen, x_lab, y_lab, x_unl, z, method, history)
+    update(loss, optimizer)
     if history is not None:
         history.update()
     return stats
 
 
-def _discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
-                        z: Tensor, method: MethodConfig,
-                        history: Optional[HistoricalAverage]) -> Tuple[Tensor, Dict[str, Tensor]]:
+def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
+                       z: Tensor, method: MethodConfig,
+                       history: Optional[HistoricalAverage] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """L_D and its parts, from one pass of D over the labeled, unlabeled and generated batches."""
     with torch.no_grad():
         x_gen = gen(z)  # (B, C, H, W)
     (logits_lab, _), (logits_unl, feats_unl), (logits_gen, _) = _forward_parts(disc, [x_lab, x_unl, x_gen])
@@ -145,9 +159,9 @@ def _discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: T
                                      feats_unl2, method.ct_feat_weight, method.ct_margin)
     loss = losses.discriminator_loss(sup, unl, fake, ct, method.unl_weight, method.ct_weight)
     if method.gradient_penalty > 0:
-        eps = torch.rand(len(x_gen), *([1] * (x_gen.dim() - 1)), device=x_gen.device)
+        eps = torch.rand(len(x_gen), *([1] * (x_gen.dim() - 1)), device=x_gen.device)  # (B, 1, 1, 1)
         n = min(len(x_unl), len(x_gen))
-        x_hat = (eps[:n] * x_unl[:n] + (1 - eps[:n]) * x_gen[:n]).requires_grad_(True)
+        x_hat = losses.interpolate(x_unl[:n], x_gen[:n], eps[:n]).requires_grad_(True)
         realness = torch.logsumexp(disc(x_hat)[0].float(), dim=1)  # log Z(x_hat), the logit of D(x_hat)
         (grad,) = torch.autograd.grad(realness.sum(), x_hat, create_graph=True)
         loss = loss + method.gradient_penalty * losses.gradient_penalty(grad)
@@ -160,71 +174,31 @@ def _discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: T
 
 
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
-                   z: Tensor, fm_norm: int, history_weight: float = 0.0,
-                   history: Optional[HistoricalAverage] = None,
-                   amp_dtype: Optional[torch.dtype] = None, loss_fn: Optional[Callable] = None) -> Tensor:
+                   z: Tensor, *, fm_norm: int, history_weight: float = 0.0,
+                   history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
+                   loss_fn: Optional[Callable] = None) -> Tensor:
     """One update of G by feature matching against a second, independently drawn unlabeled batch.
 
-    ``loss_fn``: the loss computation, ``_generator_loss`` or its torch.compile'd form."""
-    disc.requires_grad_(False)  # no gradients for D's parameters in the G step
-    try:
-        with autocast(x_unl.device, amp_dtype):
-            loss = (loss_fn or _generator_loss)(disc, gen, x_unl, z, fm_norm)
-        if history is not None:
-            loss = loss + history_weight * history.penalty()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if history is not None:
-            history.update()
-    finally:
-        disc.requires_grad_(True)
+    x_unl: (B, C, H, W), z: (B, z_dim). ``loss_fn``: the loss computation, ``generator_loss`` or its
+    torch.compile'd form. Returns the loss (0-d).
+    """
+    with autocast(x_unl.device, amp_dtype):
+        loss = (loss_fn or generator_loss)(disc, gen, x_unl, z, fm_norm)
+    if history is not None:
+        loss = loss + history_weight * history.penalty()
+    update(loss, optimizer)
+    if history is not None:
+        history.update()
     return loss.detach()
 
 
-def _generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int) -> Tensor:
+def generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int) -> Tensor:
+    """Feature matching of G(z) against a real batch, both through D in training mode (the official code)."""
     x_gen = gen(z)  # (B, C, H, W)
     with torch.no_grad():
-        _, feats_real = disc(x_unl)  # D in training mode, as in the official code
+        _, feats_real = disc(x_unl)
     _, feats_gen = disc(x_gen)
     return losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
-
-
-def place_data(x: np.ndarray, device: torch.device, placement: str = "auto") -> Tensor:
-    """The images as one tensor on the device (``device``), or in pinned host memory (``host``) for data sets
-    that do not fit; ``auto`` keeps them on a GPU while they take at most half of its free memory."""
-    tensor = torch.from_numpy(x)
-    if placement == "auto":
-        fits = device.type != "cuda" or tensor.nbytes <= 0.5 * torch.cuda.mem_get_info(device)[0]
-        placement = "device" if fits else "host"
-    if placement == "device":
-        return tensor.to(device)
-    return tensor.pin_memory() if torch.cuda.is_available() else tensor
-
-
-def batch_stream(batches: Tuple[np.ndarray, np.ndarray, np.ndarray], start: int, x_lab_all: Tensor,
-                 y_lab_all: Tensor, x_unl_all: Tensor, device: torch.device) -> Iterator[Tuple[Tensor, ...]]:
-    """(x_lab, y_lab, x_unl, x_unl_fm) for the iterations ``start``.. of an epoch, as index gathers.
-
-    With the unlabeled images on the device no host work is left in the loop; from pinned host memory each
-    batch is gathered and copied without blocking one iteration ahead, so the copy overlaps the step.
-    """
-    lab, unl, unl_fm = (torch.from_numpy(b) for b in batches)  # (iters, B) each
-    lab = lab.to(device)
-    on_device = x_unl_all.device == device
-
-    def gather(it: int) -> Tuple[Tensor, ...]:
-        if on_device:
-            x_unl, x_unl_fm = x_unl_all[unl[it].to(device)], x_unl_all[unl_fm[it].to(device)]
-        else:
-            x_unl = x_unl_all[unl[it]].to(device, non_blocking=True)
-            x_unl_fm = x_unl_all[unl_fm[it]].to(device, non_blocking=True)
-        return x_lab_all[lab[it]], y_lab_all[lab[it]], x_unl, x_unl_fm  # (B, C, H, W), (B,), ...
-
-    upcoming = gather(start) if start < len(lab) else None
-    for it in range(start, len(lab)):
-        current, upcoming = upcoming, (gather(it + 1) if it + 1 < len(lab) else None)
-        yield current
 
 
 def compiled_losses(backend: str, mode: Optional[str] = None) -> Tuple[Optional[Callable], Optional[Callable]]:
@@ -234,7 +208,39 @@ def compiled_losses(backend: str, mode: Optional[str] = None) -> Tuple[Optional[
     if backend == "off":
         return None, None
     options = {"backend": backend, **({"mode": mode} if mode else {})}
-    return torch.compile(_discriminator_loss, **options), torch.compile(_generator_loss, **options)
+    return torch.compile(discriminator_loss, **options), torch.compile(generator_loss, **options)
+
+
+# -------------------------------------------------------------------------------- networks and engine
+
+@dataclass
+class Networks:
+    """One model's networks and optimizers: D, its Polyak average (the classifier), G, and their Adams."""
+
+    disc: nn.Module
+    disc_avg: nn.Module
+    gen: nn.Module
+    opt_d: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer
+    hist_d: Optional[HistoricalAverage] = None
+    hist_g: Optional[HistoricalAverage] = None
+
+    def state_dict(self) -> Dict:
+        return {"discriminator": self.disc.state_dict(), "discriminator_avg": self.disc_avg.state_dict(),
+                "generator": self.gen.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_g": self.opt_g.state_dict(),
+                "historical_average": None if self.hist_d is None else
+                {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()}}
+
+    def load_state_dict(self, payload: Dict) -> None:
+        self.disc.load_state_dict(payload["discriminator"])
+        self.disc_avg.load_state_dict(payload["discriminator_avg"])
+        self.gen.load_state_dict(payload["generator"])
+        self.opt_d.load_state_dict(payload["opt_d"])
+        self.opt_g.load_state_dict(payload["opt_g"])
+        if self.hist_d is not None and payload.get("historical_average"):
+            self.hist_d.load_state_dict(payload["historical_average"]["d"])
+            self.hist_g.load_state_dict(payload["historical_average"]["g"])
 
 
 def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
@@ -249,18 +255,133 @@ def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple
     return disc, gen
 
 
-# ------------------------------------------------------------------------------------------------- fit
+def build_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Networks:
+    """``init_networks``, the Polyak average (started from the initial weights) and the optimizers."""
+    t = cfg.train
+    disc, gen = init_networks(cfg, x_unl_all, device)
+    if t.channels_last:
+        disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
+    disc_avg = copy.deepcopy(disc).eval()
+    for p in disc_avg.parameters():
+        p.requires_grad_(False)
+    betas = (t.beta1, t.beta2)
+    history = cfg.method.historical_averaging > 0
+    return Networks(disc, disc_avg, gen,
+                    make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps),
+                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps),
+                    HistoricalAverage(disc) if history else None, HistoricalAverage(gen) if history else None)
+
+
+class SingleEngine:
+    """One model: an iteration's steps on the modules themselves. The frame hands it batches with a leading
+    dimension of one model, (1, B, ...), as it hands ``concurrent.StackedEngine`` (S, B, ...)."""
+
+    def __init__(self, networks: Networks, cfg: Config) -> None:
+        self.net, self.method, self.ema_decay = networks, cfg.method, cfg.train.ema_decay
+        self.amp_dtype = AMP_DTYPES[cfg.train.precision]
+        self.d_loss_fn, self.g_loss_fn = compiled_losses(cfg.train.compile, cfg.train.compile_mode)
+        self.optimizers = (networks.opt_d, networks.opt_g)
+
+    def train(self) -> None:
+        self.net.disc.train()
+        self.net.gen.train()
+
+    def step(self, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, x_unl_fm: Tensor, z_d: Tensor,
+             z_g: Tensor) -> Tensor:
+        """One D step, one G step and the Polyak update; returns the stats row, (1, len(STAT_NAMES))."""
+        n = self.net
+        stats = discriminator_step(n.disc, n.gen, n.opt_d, x_lab[0], y_lab[0], x_unl[0], z_d[0],
+                                   method=self.method, history=n.hist_d, amp_dtype=self.amp_dtype,
+                                   loss_fn=self.d_loss_fn)
+        stats["loss_g"] = generator_step(n.disc, n.gen, n.opt_g, x_unl_fm[0], z_g[0], fm_norm=self.method.fm_norm,
+                                         history_weight=self.method.historical_averaging, history=n.hist_g,
+                                         amp_dtype=self.amp_dtype, loss_fn=self.g_loss_fn)
+        polyak_update(n.disc_avg, n.disc, self.ema_decay)
+        return torch.stack([stats[k].float() for k in STAT_NAMES])[None]
+
+    def networks(self, index: int) -> Networks:
+        return self.net
+
+    def averaged(self, index: int) -> nn.Module:
+        return self.net.disc_avg
+
+
+# ------------------------------------------------------------------------------------------ the data
+
+def place_data(x: np.ndarray, device: torch.device, placement: str = "auto") -> Tensor:
+    """The images as one tensor on the device (``device``), or in pinned host memory (``host``) for data sets
+    that do not fit; ``auto`` keeps them on a GPU while they take at most half of its free memory."""
+    tensor = torch.from_numpy(x)
+    if placement == "auto":
+        fits = device.type != "cuda" or tensor.nbytes <= 0.5 * torch.cuda.mem_get_info(device)[0]
+        placement = "device" if fits else "host"
+    if placement == "device":
+        return tensor.to(device)
+    return tensor.pin_memory() if torch.cuda.is_available() else tensor
+
+
+def batch_stream(indices: Tuple[Tensor, Tensor, Tensor], start: int, x_all: Tensor, y_all: Tensor,
+                 device: torch.device) -> Iterator[Tuple[Tensor, ...]]:
+    """(x_lab, y_lab, x_unl, x_unl_fm) for the iterations ``start``.. of an epoch, as index gathers.
+
+    ``indices``: the labeled, unlabeled and feature-matching rows of ``x_all`` (the unlabeled pool, whose
+    first rows are the train split with labels ``y_all``), each (S, iters, B) for S models. Batches come as
+    (S, B, C, H, W) and (S, B). With the images on the device no host work is left in the loop; from pinned
+    host memory each batch is gathered and copied without blocking one iteration ahead, so the copy overlaps
+    the step.
+    """
+    on_device = x_all.device == device
+    if on_device:  # the epoch's indices go to the device once
+        indices = tuple(idx.to(device) for idx in indices)
+    lab, unl, unl_fm = indices
+    lab_dev = lab.to(device)
+    iters = lab.shape[1]
+
+    def gather(it: int) -> Tuple[Tensor, ...]:
+        if on_device:
+            x_lab, x_unl, x_fm = (x_all[idx[:, it]] for idx in (lab, unl, unl_fm))
+        else:
+            x_lab, x_unl, x_fm = (x_all[idx[:, it]].to(device, non_blocking=True) for idx in (lab, unl, unl_fm))
+        return x_lab, y_all[lab_dev[:, it]], x_unl, x_fm
+
+    upcoming = gather(start) if start < iters else None
+    for it in range(start, iters):
+        current, upcoming = upcoming, (gather(it + 1) if it + 1 < iters else None)
+        yield current
+
+
+def _augment_stacked(x: Tensor, translate: int, flip: bool) -> Tensor:
+    """``data.augment`` over the examples of every model at once: (S, B, C, H, W)."""
+    return augment(x.flatten(0, 1), translate, flip).view_as(x)
+
+
+# ----------------------------------------------------------------------------------------- the frame
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or parameter: training stops and keeps the last good checkpoint."""
+    """A non-finite loss or parameter: training stops and keeps the last good checkpoint, which the
+    message names (``run_dir``: the run directory, if any)."""
+
+    def __init__(self, message: str, run_dir: Optional[Path] = None) -> None:
+        if run_dir is not None:
+            kept = Path(run_dir) / CHECKPOINT_NAME
+            message += f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
+        super().__init__(message)
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGINT / SIGTERM: a checkpoint of the exact position was written; ``--resume`` continues."""
+    """SIGINT / SIGTERM: a checkpoint of the exact position was written; ``--resume`` continues.
 
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
+    ``how_to_continue`` is the command that continues (``ssgan fit --resume DIR``); a seeds run or a table
+    replaces it with its own (``resume_with``).
+    """
+
+    def __init__(self, where: str, signum: int, how_to_continue: str) -> None:
+        self.where, self.signum, self.how_to_continue = where, signum, how_to_continue
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; checkpoint written, "
+                         f"continue with: {how_to_continue}")
+
+    def resume_with(self, how_to_continue: str) -> "TrainingInterrupted":
+        return TrainingInterrupted(self.where, self.signum, how_to_continue)
 
 
 @dataclass
@@ -278,81 +399,87 @@ class FitResult:
 
 
 @dataclass
-class TrainState:
-    """Everything that changes during training; a checkpoint is this plus the config.
+class Member:
+    """One model of a training (one seed): its config, run directory, labeled subset, random streams and
+    position. ``epoch`` counts finished epochs and ``iteration`` the finished iterations of the current one;
+    mid-epoch (after an interrupt) ``batches`` holds that epoch's data order and ``stats`` its statistics."""
 
-    ``epoch`` counts finished epochs and ``iteration`` the finished iterations of the current one; mid-epoch
-    (after an interrupt) ``batches`` holds that epoch's data order and ``stats`` its per-iteration losses.
-    """
-
-    disc: nn.Module
-    disc_avg: nn.Module
-    gen: nn.Module
-    opt_d: torch.optim.Optimizer
-    opt_g: torch.optim.Optimizer
+    cfg: Config
+    run_dir: Optional[Path]
+    labeled_indices: np.ndarray
+    class_names: List[str]
     order_rng: np.random.RandomState
     z_rng: torch.Generator
-    hist_d: Optional[HistoricalAverage] = None
-    hist_g: Optional[HistoricalAverage] = None
     epoch: int = 0
     iteration: int = 0
     batches: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
-    stats: List[Dict[str, Tensor]] = field(default_factory=list)
+    stats: Optional[Tensor] = None  # (iteration, len(STAT_NAMES)) of the interrupted epoch
+    resumed: bool = False
+    log: Optional[MetricsLog] = None
+    test_error: float = float("nan")
+    clock: float = 0.0  # time.time() at the start of training, less the seconds of the epochs before a resume
 
-    def state_dict(self) -> Dict:
-        """Plain tensors, numbers, lists and dicts only (loadable with weights_only=True)."""
-        return {
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "discriminator": self.disc.state_dict(),
-            "discriminator_avg": self.disc_avg.state_dict(),
-            "generator": self.gen.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "rng": rng_state(self.order_rng, self.z_rng),
-            "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
-            "stats": {k: torch.stack([s[k] for s in self.stats]).cpu() for k in self.stats[0]}
-            if self.stats else None,
-            "historical_average": None if self.hist_d is None else
-            {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()},
-        }
+    def open_log(self) -> None:
+        """Start the metrics log; a resumed member keeps the records of its finished epochs."""
+        self.log = MetricsLog(self.run_dir, resume_epoch=self.epoch if self.resumed else None,
+                              tensorboard=self.cfg.train.tensorboard)
+        history = self.log.history
+        self.test_error = history[-1].get("test_error", float("nan")) if history else float("nan")
+        self.clock = time.time() - (history[-1]["seconds"] if history else 0.0)
 
-    def load_state_dict(self, payload: Dict, device: torch.device) -> None:
-        self.disc.load_state_dict(payload["discriminator"])
-        self.disc_avg.load_state_dict(payload["discriminator_avg"])
-        self.gen.load_state_dict(payload["generator"])
-        self.opt_d.load_state_dict(payload["opt_d"])
-        self.opt_g.load_state_dict(payload["opt_g"])
+    def begin_epoch(self, n_unlabeled: int, iters: int, stats: Tensor) -> None:
+        """Draw this epoch's data order, unless a resumed epoch brought its own; put a resumed epoch's
+        statistics into ``stats`` (iters, len(STAT_NAMES))."""
+        if self.batches is None:
+            self.batches = epoch_order(self.order_rng, len(self.labeled_indices), n_unlabeled, iters,
+                                       self.cfg.train.batch_size)
+        if self.stats is not None:
+            stats[:self.iteration] = self.stats.to(stats.device)
+            self.stats = None
+
+    def log_epoch(self, record: Dict[str, float]) -> None:
+        """Append a finished epoch's record, with the training seconds so far, to the metrics log."""
+        record["seconds"] = round(time.time() - self.clock, 3)
+        self.log.write(record)
+
+    def state_dict(self, stats: Tensor) -> Dict:
+        """The member's part of a checkpoint; ``stats`` (iteration, len(STAT_NAMES)): this epoch's so far."""
+        return {"epoch": self.epoch, "iteration": self.iteration, "rng": rng_state(self.order_rng, self.z_rng),
+                "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
+                "stats": {k: stats[:, i].cpu() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
+                "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names)}
+
+    def load_state_dict(self, payload: Dict) -> None:
         self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
         self.batches = None if payload["batches"] is None else tuple(b.numpy() for b in payload["batches"])
-        stats = payload["stats"]
-        n = self.iteration if stats else 0
-        self.stats = [{k: v[i].to(device) for k, v in stats.items()} for i in range(n)]
-        if self.hist_d is not None and payload.get("historical_average"):
-            self.hist_d.load_state_dict(payload["historical_average"]["d"])
-            self.hist_g.load_state_dict(payload["historical_average"]["g"])
+        if payload["stats"] and self.iteration:
+            self.stats = torch.stack([payload["stats"][k][:self.iteration].float() for k in STAT_NAMES], dim=1)
         restore_rng(payload["rng"], self.order_rng, self.z_rng)
+        self.resumed = True
 
 
-def _epoch_means(stats: List[Dict[str, Tensor]]) -> Dict[str, float]:
-    return {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in stats[0]}
-
-
-def _check_finite(state: TrainState) -> None:
-    """Raise TrainingDiverged naming the first iteration whose loss was not finite, or a bad parameter."""
-    if state.stats:
-        losses_so_far = torch.stack([torch.stack([s["loss_d"], s["loss_g"]]) for s in state.stats])  # (I, 2)
-        bad = (~torch.isfinite(losses_so_far)).any(dim=1).nonzero()
-        if len(bad):
-            first = int(bad[0])
-            raise TrainingDiverged(f"training diverged at epoch {state.epoch + 1}, iteration {first + 1}: "
-                                   f"non-finite loss (loss_d={float(losses_so_far[first, 0])}, "
-                                   f"loss_g={float(losses_so_far[first, 1])})")
-    for name, module in (("discriminator", state.disc), ("generator", state.gen)):
-        for key, p in module.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(f"training diverged at epoch {state.epoch + 1}, iteration "
-                                       f"{state.iteration}: non-finite {name} parameter {key}")
+def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.device, run_dir: Optional[Path],
+                 labeled_indices: Optional[np.ndarray] = None,
+                 resume: Optional[Dict] = None) -> Tuple[Member, Networks]:
+    """Everything a seed draws before training, in a fixed order: torch's global generator (initialisation,
+    dropout, noise), the data order, z, the labeled subset (``RandomState(seed)``, unless
+    ``labeled_indices`` of ``data.x_train`` are given) and the networks; then the checkpoint ``resume``,
+    if any, replaces the weights, optimizers, position and random states."""
+    torch.manual_seed(cfg.seed)
+    order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
+    z_rng = torch.Generator(device).manual_seed(cfg.seed)  # z: one stream per model
+    if resume is not None:
+        lab_idx = resume["labeled_indices"].numpy()
+    elif labeled_indices is None:
+        lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
+    else:
+        lab_idx = np.asarray(labeled_indices, dtype=np.int64)
+    networks = build_networks(cfg, x_all, device)
+    member = Member(cfg, run_dir, lab_idx, list(data.class_names), order_rng, z_rng)
+    if resume is not None:
+        networks.load_state_dict(resume)
+        member.load_state_dict(resume)
+    return member, networks
 
 
 class _StopSignals:
@@ -377,18 +504,23 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _read_history(path: Path, up_to_epoch: int) -> List[Dict[str, float]]:
-    """The metrics of epochs 1..up_to_epoch from metrics.jsonl; later lines (work lost to a kill that the
-    resumed run redoes) are dropped from the file."""
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [r for r in records if r["epoch"] <= up_to_epoch]
-    if len(kept) != len(records):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(path)
-    return kept
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` for the duration of a training (``train.deterministic``)."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or was_deterministic)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def prepare(cfg: Config, data: Optional[ImageData], seed: int) -> Tuple[Config, ImageData, torch.device]:
+    """The device, the data (loaded unless given) and the config with the data's number of classes."""
+    device = resolve_device(cfg.train.device)
+    if data is None:
+        data = load_data(cfg.dataset, seed)
+    return replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes)), data, device
 
 
 def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] = None,
@@ -397,182 +529,187 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
 
     The labeled subset (unless ``labeled_indices`` of ``data.x_train`` are given, as the estimator does),
     the initialisation, the data order and the noise all follow from ``cfg.seed``. ``resume`` is a
-    checkpoint payload (``checkpoint.load_checkpoint``) to continue from exactly where it was written.
+    checkpoint payload (``rundir.load_checkpoint``) to continue from exactly where it was written.
     Returns the test error (%) of the Polyak-averaged discriminator after the last epoch (NaN without
-    test images).
+    test images). Raises TrainingDiverged or TrainingInterrupted.
     """
     validate(cfg)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.train.deterministic or was_deterministic)
+    with deterministic_algorithms(cfg.train.deterministic):
+        cfg, data, device = prepare(cfg, data, cfg.seed)
+        x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
+        if cfg.train.channels_last:
+            x_all = x_all.contiguous(memory_format=torch.channels_last)
+        member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices, resume)
+        (result,) = train_members([member], SingleEngine(networks, cfg), data, x_all, device)
+    return result
+
+
+def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Tensor,
+                  device: torch.device) -> List[FitResult]:
+    """The training frame, for one model or several trained together (they share the config but the seed,
+    and move in step): the epoch loop, evaluation, logs, checkpoints, signals and outputs of every member.
+
+    ``engine``: ``SingleEngine`` or ``concurrent.StackedEngine``, holding the members' networks.
+    ``x_all``: the unlabeled pool as placed (``place_data``).
+    """
+    t = members[0].cfg.train
+    y_all = torch.from_numpy(data.y_train).to(device)  # (N,) labels of the first N rows of x_all
+    iters = t.iters_per_epoch or max(1, len(x_all) // t.batch_size)
+    epoch, iteration = members[0].epoch, members[0].iteration
+    for member in members:
+        member.open_log()
+    progress = _progress(t.epochs * iters, t.progress, _description(members))
+    progress.update(epoch * iters + iteration)
     try:
-        return _fit(cfg, data, run_dir, labeled_indices, resume)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-
-
-def _fit(cfg: Config, data: Optional[ImageData], run_dir: Optional[Path], labeled_indices: Optional[np.ndarray],
-         resume: Optional[Dict]) -> FitResult:
-    device = resolve_device(cfg.train.device)
-    if data is None:
-        data = load_data(cfg.dataset, cfg.seed)
-    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes))
-    t, method = cfg.train, cfg.method
-    torch.manual_seed(cfg.seed)  # initialisation, dropout and noise
-    order_rng = np.random.RandomState([cfg.seed, 1])  # data order; the labeled subset uses RandomState(seed)
-    z_rng = torch.Generator(device).manual_seed(cfg.seed)  # z: one stream per run, also in fit_concurrent
-
-    if resume is not None:
-        lab_idx = resume["labeled_indices"].numpy()
-    elif labeled_indices is None:
-        lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
-    else:
-        lab_idx = np.asarray(labeled_indices, dtype=np.int64)
-    x_lab_all = torch.from_numpy(data.x_train[lab_idx]).to(device)  # (L, C, H, W)
-    y_lab_all = torch.from_numpy(data.y_train[lab_idx]).to(device)  # (L,)
-    x_unl_all = place_data(data.x_unlabeled, device, t.data_placement)  # (U, C, H, W) the whole train split
-    iters = t.iters_per_epoch or max(1, len(x_unl_all) // t.batch_size)
-
-    disc, gen = init_networks(cfg, x_unl_all, device)
-    amp_dtype = AMP_DTYPES[t.precision]
-    d_loss_fn, g_loss_fn = compiled_losses(t.compile, t.compile_mode)
-    if t.channels_last:
-        disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
-        x_lab_all = x_lab_all.contiguous(memory_format=torch.channels_last)
-        x_unl_all = x_unl_all.contiguous(memory_format=torch.channels_last)
-    disc_avg = copy.deepcopy(disc).eval()  # Polyak average, started from the initial weights
-    for p in disc_avg.parameters():
-        p.requires_grad_(False)
-
-    betas = (t.beta1, t.beta2)
-    state = TrainState(
-        disc, disc_avg, gen,
-        make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps),
-        make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps),
-        order_rng, z_rng,
-        HistoricalAverage(disc) if method.historical_averaging > 0 else None,
-        HistoricalAverage(gen) if method.historical_averaging > 0 else None)
-    if resume is not None:
-        state.load_state_dict(resume, device)
-
-    def save(path: Path) -> None:
-        _check_finite(state)  # never write a diverged state over the last good one
-        write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state.state_dict(),
-                                "labeled_indices": torch.from_numpy(lab_idx),
-                                "class_names": list(data.class_names)})
-
-    writer, metrics_file, history = None, None, []
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        history = _read_history(run_dir / "metrics.jsonl", state.epoch)
-        metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        if t.tensorboard:
-            writer = _tensorboard_writer(run_dir)
-
-    progress = _progress(t.epochs * iters, t.progress, f"{cfg.dataset.name} {cfg.dataset.labels} labels "
-                                                         f"seed {cfg.seed}")
-    progress.update(state.epoch * iters + state.iteration)
-    test_error = history[-1].get("test_error", float("nan")) if history else float("nan")
-    start = time.time() - (history[-1]["seconds"] if history else 0.0)  # seconds count on across a resume
-    try:
-        with _StopSignals(run_dir is not None) as signals:
-            while state.epoch < t.epochs:
-                epoch = state.epoch
+        with _StopSignals(any(m.run_dir is not None for m in members)) as signals:
+            while epoch < t.epochs:
                 lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
                 lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
-                for group in state.opt_d.param_groups:
-                    group["lr"] = lr_d
-                for group in state.opt_g.param_groups:
-                    group["lr"] = lr_g
-                if state.batches is None:
-                    state.batches = epoch_order(order_rng, len(lab_idx), len(x_unl_all), iters, t.batch_size)
-                stream = batch_stream(state.batches, state.iteration, x_lab_all, y_lab_all, x_unl_all, device)
-                disc.train()
-                gen.train()
-                for it, (x_lab, y_lab, x_unl, x_unl_fm) in zip(range(state.iteration, iters), stream):
-                    if signals.signum is not None:
-                        raise _interrupt(signals.signum, state, run_dir, save)
-                    if t.augment:
-                        x_lab, x_unl, x_unl_fm = (augment(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
-                    z = gen.sample_z(t.batch_size, device, z_rng)
-                    step = discriminator_step(disc, gen, state.opt_d, x_lab, y_lab, x_unl, z, method, state.hist_d,
-                                              amp_dtype, d_loss_fn)
-                    z = gen.sample_z(t.batch_size, device, z_rng)
-                    step["loss_g"] = generator_step(disc, gen, state.opt_g, x_unl_fm, z, method.fm_norm,
-                                                    method.historical_averaging, state.hist_g, amp_dtype, g_loss_fn)
-                    polyak_update(disc_avg, disc, t.ema_decay)
-                    state.stats.append(step)
-                    state.iteration = it + 1
-                    progress.update(1)
-                _check_finite(state)
-                record = {"epoch": epoch + 1, "lr": lr_d, **_epoch_means(state.stats)}
-                state.epoch, state.iteration, state.batches, state.stats = epoch + 1, 0, None, []
-                if len(data.y_test) and (state.epoch % t.eval_every == 0 or state.epoch == t.epochs):
-                    test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
-                    record["test_error"] = test_error
-                record["seconds"] = round(time.time() - start, 3)
-                history.append(record)
-                progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_sup", "loss_unl", "loss_g",
-                                                                      "test_error") if k in record},
+                for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g)):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats)
+                for s, member in enumerate(members):
+                    member.begin_epoch(len(x_all), iters, stats[s])
+                done = train_one_epoch(engine, members, x_all, y_all, stats, start=iteration, device=device,
+                                       stop=lambda: signals.signum is not None, progress=progress)
+                if done < iters:  # stopped by a signal: every member's exact position is checkpointed
+                    for s, member in enumerate(members):
+                        member.iteration = done
+                        _checkpoint(member, engine.networks(s), stats[s, :done], label=_label(members, s))
+                    raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signals.signum,
+                                              f"ssgan fit --resume {_resume_dir(members)}")
+                for s, member in enumerate(members):
+                    _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir, label=_label(members, s))
+                epoch, iteration = epoch + 1, 0
+                evaluate_now = len(data.y_test) and (epoch % t.eval_every == 0 or epoch == t.epochs)
+                for s, member in enumerate(members):
+                    member.epoch, member.iteration, member.batches = epoch, 0, None
+                    record = {"epoch": epoch, "lr": lr_d, **_epoch_means(stats[s])}
+                    if evaluate_now:
+                        member.test_error = error_rate(predict_proba(engine.averaged(s), data.x_test,
+                                                                     t.eval_batch_size), data.y_test)
+                        record["test_error"] = member.test_error
+                    member.log_epoch(record)
+                    if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
+                        _checkpoint(member, engine.networks(s), stats[s, :0], label=_label(members, s))
+                progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
+                                      if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
                                      refresh=False)  # redrawn at most once a second (mininterval)
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        if key != "epoch":
-                            writer.add_scalar(key, value, state.epoch)
-                if run_dir is not None and state.epoch % t.checkpoint_every == 0 and state.epoch < t.epochs:
-                    save(run_dir / CHECKPOINT_NAME)
     finally:
         progress.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
+        for member in members:
+            member.log.close()
+    return [_finish(member, engine.networks(s), data, iters, device) for s, member in enumerate(members)]
 
-    if not history and len(data.y_test):
-        test_error = error_rate(predict_proba(disc_avg, data.x_test, t.eval_batch_size), data.y_test)
+
+def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Tensor, stats: Tensor, *,
+                    start: int, device: torch.device, stop: Callable[[], bool], progress) -> int:
+    """Iterations ``start``.. of the current epoch for every member at once: gather the batches, augment,
+    draw z, one D step, one G step and the Polyak update (``engine.step``), and the iteration's statistics
+    into ``stats`` (S, iters, len(STAT_NAMES)). Returns the number of finished iterations (fewer than all
+    when ``stop()`` turned true)."""
+    t = members[0].cfg.train
+    z_dim = members[0].cfg.model.z_dim
+    lab, unl, unl_fm = (torch.from_numpy(np.stack([m.batches[k] for m in members])) for k in range(3))
+    # The labeled batches index the labeled subset; as rows of x_all they are the subset's train indices.
+    lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(members)])
+    engine.train()
+    iters = stats.shape[1]
+    stream = batch_stream((lab_rows, unl, unl_fm), start, x_all, y_all, device)  # (S, iters, B) each
+    for it, (x_lab, y_lab, x_unl, x_unl_fm) in zip(range(start, iters), stream):
+        if stop():
+            return it
+        if t.augment:  # (S, B, C, H, W) each
+            x_lab, x_unl, x_unl_fm = (_augment_stacked(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
+        z_d = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])  # (S, B, z_dim)
+        z_g = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])
+        stats[:, it] = engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g)
+        progress.update(1)
+    return iters
+
+
+def _epoch_means(stats: Tensor) -> Dict[str, float]:
+    """The mean of each statistic over an epoch's iterations; stats: (iters, len(STAT_NAMES))."""
+    return {k: stats[:, i].contiguous().float().mean().item() for i, k in enumerate(STAT_NAMES)}
+
+
+def _label(members: Sequence[Member], s: int) -> str:
+    """How messages name member s: nothing for a single model, its seed among several."""
+    return "" if len(members) == 1 else f" (seed {members[s].cfg.seed})"
+
+
+def _resume_dir(members: Sequence[Member]) -> Optional[Path]:
+    """What ``ssgan fit --resume`` takes to continue: the run directory, or the folder of several."""
+    run_dir = members[0].run_dir
+    return run_dir if len(members) == 1 or run_dir is None else run_dir.parent
+
+
+def _check_finite(stats: Tensor, networks: Networks, epoch: int, iteration: int, run_dir: Optional[Path], *,
+                  label: str = "") -> None:
+    """Raise TrainingDiverged naming the first iteration whose loss was not finite, or a bad parameter.
+
+    stats: (iterations, len(STAT_NAMES)) of the epoch so far; ``epoch`` counts from 0, ``iteration`` is the
+    number of finished iterations; ``label`` names the model among several.
+    """
+    loss_columns = stats[:, [STAT_NAMES.index("loss_d"), STAT_NAMES.index("loss_g")]]  # (I, 2)
+    bad = (~torch.isfinite(loss_columns)).any(dim=1).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, iteration {first + 1}{label}: "
+                               f"non-finite loss (loss_d={float(loss_columns[first, 0])}, "
+                               f"loss_g={float(loss_columns[first, 1])})", run_dir)
+    for name, module in (("discriminator", networks.disc), ("generator", networks.gen)):
+        for key, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, iteration {iteration}{label}: "
+                                       f"non-finite {name} parameter {key}", run_dir)
+
+
+def _checkpoint(member: Member, networks: Networks, stats: Tensor, *, label: str = "") -> None:
+    """Write the member's checkpoint at its position, after checking that nothing diverged (a diverged state
+    never replaces the last good one). stats: (iteration, len(STAT_NAMES)), the epoch's so far."""
+    _check_finite(stats, networks, member.epoch, member.iteration, member.run_dir, label=label)
+    write_checkpoint(member.run_dir, member.cfg, {**member.state_dict(stats), **networks.state_dict()})
+
+
+def _finish(member: Member, networks: Networks, data: ImageData, iters: int, device: torch.device) -> FitResult:
+    """The end of a member's training: its final test (and validation) error and, with a run directory, the
+    final checkpoint, samples.png and result.json."""
+    t = member.cfg.train
+    if not member.log.history and len(data.y_test):
+        member.test_error = error_rate(predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size),
+                                       data.y_test)
     val_error = None
     if data.x_val is not None:
-        val_error = error_rate(predict_proba(disc_avg, data.x_val, t.eval_batch_size), data.y_val)
-    result = FitResult(test_error, disc_avg, gen, lab_idx, data.class_names, history, run_dir, val_error)
-    if run_dir is not None:
-        save(run_dir / CHECKPOINT_NAME)
-        write_outputs(result, cfg, iters, device)
+        val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size), data.y_val)
+    result = FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
+                       member.class_names, member.log.history, member.run_dir, val_error)
+    if member.run_dir is not None:
+        _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
+        write_outputs(result, member.cfg, iters, device)
     return result
 
 
 def write_outputs(result: FitResult, cfg: Config, iters: int, device: torch.device) -> None:
-    """The end of a run directory: samples.png and result.json (the checkpoint is written by the caller)."""
+    """The end of a run directory: samples.png and result.json (the checkpoint is written before)."""
     if cfg.train.sample_grid:
-        save_sample_grid(result.generator, result.run_dir / "samples.png", cfg.dataset.scaling,
-                         batch_size=cfg.train.batch_size)
-    summary = {"test_error": result.test_error, "val_error": result.val_error, "seed": cfg.seed,
-               "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
-               "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
-               "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
-               "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)}
-    (result.run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        atomic_write(result.run_dir / SAMPLES_NAME,
+                     sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size))
+    write_result(result.run_dir, {
+        "test_error": result.test_error, "val_error": result.val_error, "seed": cfg.seed,
+        "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
+        "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
+        "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
+        "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)})
 
 
-def _interrupt(signum: int, state: TrainState, run_dir: Path, save) -> TrainingInterrupted:
-    save(run_dir / CHECKPOINT_NAME)
-    return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at epoch {state.epoch + 1}, "
-                               f"iteration {state.iteration}; checkpoint written, continue with: "
-                               f"ssgan fit --resume {run_dir}", signum)
+def _description(members: Sequence[Member]) -> str:
+    d = members[0].cfg.dataset
+    who = f"seed {members[0].cfg.seed}" if len(members) == 1 else f"{len(members)} seeds"
+    return f"{d.name} {d.labels} labels {who}"
 
 
 def _progress(total: int, enabled: bool, description: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, disable=not enabled, desc=description, file=sys.stderr, leave=False,
                 mininterval=1.0, unit="it")
-
-
-def _tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("train.tensorboard=true needs the tensorboard extra: pip install 'ssgan[tensorboard]'"
-                          ) from None
-    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+import contextlib
+import io
+from pathlib import Path
+
+from ssgan.cli import main
 from ssgan.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig
+from ssgan.data import load_data
+from ssgan.evaluate import predict_proba
+from ssgan.rundir import load_run
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,3 +41,21 @@ def tiny_config() -> Config:
 TINY_OVERRIDES = ["train.epochs=1", "train.iters_per_epoch=2", "train.batch_size=20", "train.init_batch=50",
                   "model.d_widths=[32,16]", "model.g_widths=[32]", "model.z_dim=8", "dataset.labels=20",
                   "train.progress=false", "train.device=cpu"]
+TINY_SEEDS = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
+
+
+def direct_probs(run_dir: Path) -> tuple:
+    """A run's test probabilities computed here, independently of ssgan.reports."""
+    run = load_run(run_dir, "cpu")
+    data = load_data(run.config.dataset, run.config.seed)
+    return predict_proba(run.discriminator, data.x_test), data.y_test
+
+
+@pytest.fixture(scope="session")
+def seeds_run(tmp_path_factory):
+    """``ssgan fit --seeds 2``: seeds 0 and 1 in one run directory; returns the directory and the output."""
+    run_dir = tmp_path_factory.mktemp("seeds") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *TINY_SEEDS, "dataset.labels=20"]) == 0
+    return run_dir, out.getvalue().strip().splitlines()

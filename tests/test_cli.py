@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssgan.cli import _fit_parser, fit_overrides, main
+from ssgan.cli import _fit_parser, fit_overrides, job_device, main
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -130,3 +130,10 @@ def test_default_fit_beats_supervised_baseline(tmp_path, capsys):
     baseline_error = 100 * np.mean(baseline.predict(data.x_test.reshape(len(data.x_test), -1)) != data.y_test)
     assert result["test_error"] < baseline_error
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"test error: {result['test_error']:.2f} %"
+
+
+def test_job_device_spreads_multirun_jobs_over_gpus():
+    assert job_device("auto", 5, 4) == "cuda:1"
+    assert [job_device("auto", j, 2) for j in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert job_device("auto", None, 4) == "auto"  # not a multirun
+    assert job_device("auto", 3, 1) == "auto" and job_device("cpu", 3, 4) == "cpu"

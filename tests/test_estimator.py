@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import ssgan
-from ssgan.checkpoint import CheckpointError
+from ssgan.rundir import RunDirError
 from ssgan.estimator import SSGANClassifier, unlabeled_mask
 from tests.conftest import TINY_OVERRIDES
 
@@ -192,7 +192,7 @@ class _Payload:
 def test_load_refuses_other_files(tmp_path, write, fragment):
     path = tmp_path / "f.pt"
     write(path)
-    with pytest.raises(CheckpointError, match=fragment):
+    with pytest.raises(RunDirError, match=fragment):
         SSGANClassifier.load(path)
 
 
@@ -201,16 +201,16 @@ def test_load_refuses_other_files(tmp_path, write, fragment):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as `ssgan fit` writes it (same path: compose, convert, train.fit with run_dir)."""
-    from ssgan.cli import compose_config, to_config
+    from ssgan.config import compose
     from ssgan.train import fit
 
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    fit(to_config(compose_config(TINY_OVERRIDES)), run_dir=run_dir)
+    fit(compose(TINY_OVERRIDES), run_dir=run_dir)
     return run_dir
 
 
 def test_load_run_dir_as_an_estimator(run_dir, digits):
-    from ssgan.checkpoint import load_run
+    from ssgan.rundir import load_run
     from ssgan.evaluate import predict_proba
 
     est = ssgan.load(run_dir)
@@ -220,7 +220,7 @@ def test_load_run_dir_as_an_estimator(run_dir, digits):
     expected = predict_proba(load_run(run_dir).discriminator, x[:, None] / 16.0)
     np.testing.assert_allclose(est.predict_proba(x), expected, atol=1e-12)
     np.testing.assert_allclose(est.predict_proba(x / 16.0), expected, atol=1e-12)  # floats in [0, 1]
-    with pytest.raises(CheckpointError, match="a checkpoint of ssgan fit"):
+    with pytest.raises(RunDirError, match="a checkpoint of ssgan fit"):
         SSGANClassifier.load(run_dir / "checkpoint.pt")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssgan.losses import (consistency_loss, discriminator_loss, fake_loss, feature_matching_loss,
+from ssgan.losses import (consistency_loss, discriminator_loss, fake_loss, feature_matching_loss, interpolate,
                           gradient_penalty, historical_averaging_loss, supervised_loss, unlabeled_loss)
 
 
@@ -243,6 +243,14 @@ def test_consistency_stable_at_huge_features():
 
 
 # -- gradient_penalty ---------------------------------------------------------------------------------
+
+def test_interpolate_ends_and_midpoint():
+    x_real, x_fake = torch.full((3, 1, 2, 2), 2.0), torch.full((3, 1, 2, 2), -4.0)
+    eps = torch.tensor([1.0, 0.0, 0.5]).view(3, 1, 1, 1)
+    x_hat = interpolate(x_real, x_fake, eps)
+    assert torch.equal(x_hat[0], x_real[0]) and torch.equal(x_hat[1], x_fake[1])
+    assert torch.equal(x_hat[2], torch.full((1, 2, 2), -1.0))
+
 
 def test_gradient_penalty_zero_for_unit_norm_gradients():
     grad = torch.randn(5, 2, 3, 3)

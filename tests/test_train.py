@@ -66,7 +66,7 @@ def test_discriminator_step_updates_only_d(options):
     d_before = copy.deepcopy(disc.state_dict())
     g_before = copy.deepcopy(gen.state_dict())
     y = torch.arange(20) % 10
-    stats = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), MethodConfig(**options))
+    stats = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), method=MethodConfig(**options))
     assert all(torch.isfinite(v) for v in stats.values())
     if options.get("ct_weight"):
         assert stats["loss_ct"] > 0
@@ -91,7 +91,7 @@ def test_minibatch_discrimination_step_runs():
     disc, gen, x = _tiny_models(minibatch_discrimination=True, mbd_kernels=4, mbd_kernel_dim=3)
     opt = OfficialAdam(disc.parameters(), lr=1e-3)
     stats = discriminator_step(disc, gen, opt, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
-                               MethodConfig())
+                               method=MethodConfig())
     assert torch.isfinite(stats["loss_d"])
 
 
@@ -152,8 +152,9 @@ def test_bf16_step_agrees_with_the_float32_step(channels_last):
             d, g = d.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
         before = [p.detach().clone() for p in d.parameters()]
         stats = discriminator_step(d, g, torch.optim.SGD(d.parameters(), lr=0.1), inputs[:20], y, inputs[20:], z,
-                                   MethodConfig(ct_weight=1.0), amp_dtype=amp)
-        loss_g = generator_step(d, g, torch.optim.SGD(g.parameters(), lr=0.1), inputs[20:], z, 1, amp_dtype=amp)
+                                   method=MethodConfig(ct_weight=1.0), amp_dtype=amp)
+        loss_g = generator_step(d, g, torch.optim.SGD(g.parameters(), lr=0.1), inputs[20:], z, fm_norm=1,
+                                amp_dtype=amp)
         update = torch.cat([(p.detach() - b).flatten() for p, b in zip(d.parameters(), before)])
         results.append((stats, loss_g, update))
     (s32, g32, u32), (s16, g16, u16) = results
@@ -175,12 +176,14 @@ def test_batch_stream_from_a_mid_epoch_start():
     from ssgan.train import batch_stream
 
     x = torch.arange(10.0)[:, None]
-    batches = (np.array([[0, 1], [2, 3], [4, 5]]), np.array([[6, 7], [8, 9], [0, 1]]),
-               np.array([[1, 2], [3, 4], [5, 6]]))
-    got = list(batch_stream(batches, 1, x, torch.arange(10), x, torch.device("cpu")))
+    # rows of x for the labeled, unlabeled and feature-matching batches: (S=1 model, 3 iterations, B=2)
+    batches = tuple(torch.tensor(b)[None] for b in ([[0, 1], [2, 3], [4, 5]], [[6, 7], [8, 9], [0, 1]],
+                                                    [[1, 2], [3, 4], [5, 6]]))
+    got = list(batch_stream(batches, 1, x, torch.arange(10) + 100, torch.device("cpu")))
     assert len(got) == 2
-    x_lab, y_lab, x_unl, x_unl_fm = got[0]
-    assert y_lab.tolist() == [2, 3] and x_unl.flatten().tolist() == [8.0, 9.0] and x_unl_fm.flatten().tolist() == [3.0, 4.0]
+    x_lab, y_lab, x_unl, x_unl_fm = got[0]  # iteration 1, each with the models' dimension first
+    assert x_lab.shape == (1, 2, 1) and y_lab.tolist() == [[102, 103]]
+    assert x_unl.flatten().tolist() == [8.0, 9.0] and x_unl_fm.flatten().tolist() == [3.0, 4.0]
 
 
 def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from ssgan.checkpoint import load_checkpoint, write_checkpoint
+from ssgan.rundir import load_checkpoint
 from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 
@@ -50,7 +51,7 @@ def inputs(tmp_path_factory) -> Path:
     payload = load_checkpoint(root / "run" / "checkpoint.pt")
     payload["config"]["model"]["d_widths"] = [64, 64]
     (root / "other_arch").mkdir()
-    write_checkpoint(root / "other_arch" / "checkpoint.pt", payload)
+    torch.save(payload, root / "other_arch" / "checkpoint.pt")
     (root / "no_checkpoint").mkdir()
     (root / "notes.txt").write_text("not an image")
     (root / "taken.csv").write_text("keep me")

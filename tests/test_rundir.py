@@ -3,6 +3,7 @@ weights-only loading that refuses pickled code."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from ssgan import losses
-from ssgan.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_run, write_checkpoint
+from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_checkpoint, load_run
 from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 
@@ -132,27 +133,27 @@ class _Payload:
 def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "payload": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(RunDirError, match="refused"):
         load_checkpoint(path)
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "payload": _Payload()}))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(RunDirError):
         load_checkpoint(plain)
 
 
-def test_write_checkpoint_is_atomic(tmp_path, monkeypatch):
+def test_atomic_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "epoch": 1})
+    atomic_write(path, b"the previous checkpoint")
 
-    def failing_save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"partial")
-        raise OSError("disk full")
+    def failing_fsync(fd):  # the new content is partly written when the disk fills up
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "epoch": 2})
+        atomic_write(path, b"a new, longer checkpoint")
     monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left over
 
 
 def test_load_run_round_trip(uninterrupted):
@@ -160,3 +161,21 @@ def test_load_run_round_trip(uninterrupted):
     assert run.epoch == 6 and run.config.train.epochs == 6 and len(run.class_names) == 10
     logits, feats = run.discriminator(torch.zeros(2, 1, 8, 8))
     assert logits.shape == (2, 10)
+
+
+def test_metrics_log_starts_clean_and_a_resume_keeps_the_finished_epochs(tmp_path):
+    from ssgan.rundir import METRICS_NAME, MetricsLog
+
+    (tmp_path / METRICS_NAME).write_text('{"epoch": 1, "loss": 9}\n')  # an old run's log
+    log = MetricsLog(tmp_path)
+    log.write({"epoch": 1, "loss": 1.0})
+    log.write({"epoch": 2, "loss": 0.5})
+    log.write({"epoch": 3, "loss": 0.2})  # lost to a kill after the checkpoint of epoch 2
+    log.close()
+    resumed = MetricsLog(tmp_path, resume_epoch=2)
+    assert [r["loss"] for r in resumed.history] == [1.0, 0.5]
+    resumed.write({"epoch": 3, "loss": 0.25})
+    resumed.close()
+    lines = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    assert [(r["epoch"], r["loss"]) for r in lines] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert MetricsLog(None).history == []  # no run directory: nothing is written

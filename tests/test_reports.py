@@ -1,12 +1,10 @@
-"""Seeds, ensembles and tables (ssgan/tables.py; ``ssgan fit --seeds``, ``ssgan table``, ``ssgan ensemble``),
-on the CPU with the digits data and tiny models: the numbers against a direct computation, an ensemble of
-identical models equals one model, a rerun skips finished seeds, the table files carry the published columns
-and their provenance, and a sweep through Hydra's joblib launcher is aggregated job by job."""
+"""Reports (ssgan/reports.py; ``ssgan table``, ``ssgan ensemble``), on the CPU with the digits data and tiny
+models: the numbers against a direct computation, an ensemble of identical models equals one model, a rerun
+of a table skips finished seeds, the table files carry the published columns and their provenance, and a
+sweep through Hydra's joblib launcher is aggregated job by job."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import sys
@@ -16,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssgan.cli import job_device, main
-from ssgan.tables import (PUBLISHED, PUBLISHED_COLUMNS, RunRecord, SeedsResult, aggregate, config_key,
-                          ensemble_error, plot_table, write_table)
-from tests.conftest import TINY_OVERRIDES
+from ssgan.cli import main
+from ssgan.reports import PUBLISHED, PUBLISHED_COLUMNS, SeedsResult, aggregate, ensemble_error, plot_table, write_table
+from ssgan.rundir import RunRecord
+from tests.conftest import TINY_OVERRIDES, direct_probs
 
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
 
@@ -27,27 +25,6 @@ TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the
 def _record(seed: int, test_error: float, labels: int = 20, dataset: str = "digits") -> RunRecord:
     return RunRecord(Path(f"run{seed}"), seed, dataset, labels, "improved_gan", test_error, 1, 2, "cpu",
                      torch.__version__, {})
-
-
-def _direct_probs(run_dir: Path) -> tuple:
-    """A run's test probabilities computed here, independently of ssgan.tables."""
-    from ssgan.checkpoint import load_run
-    from ssgan.data import load_data
-    from ssgan.evaluate import predict_proba
-
-    run = load_run(run_dir, "cpu")
-    data = load_data(run.config.dataset, run.config.seed)
-    return predict_proba(run.discriminator, data.x_test), data.y_test
-
-
-@pytest.fixture(scope="module")
-def seeds_run(tmp_path_factory):
-    """``ssgan fit --seeds 2``: seeds 0 and 1 in one run directory; returns the directory and the output."""
-    run_dir = tmp_path_factory.mktemp("seeds") / "run"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *TINY, "dataset.labels=20"]) == 0
-    return run_dir, out.getvalue().strip().splitlines()
 
 
 # ------------------------------------------------------------------------------------------- numbers
@@ -79,55 +56,7 @@ def test_aggregate_against_a_direct_computation():
     assert aggregate([_record(0, 10.0)], probs[:1], y).std is None  # no std from one seed
 
 
-def test_config_key_ignores_seed_and_bookkeeping_only():
-    from dataclasses import asdict
-
-    from ssgan.config import Config
-
-    base = Config()
-    same = Config(seed=3, run_dir="elsewhere")
-    same.train.progress, same.train.device, same.dataset.root = False, "cpu", "/data"
-    other = Config()
-    other.train.epochs = 3
-    assert config_key(asdict(base)) == config_key(asdict(same))
-    assert config_key(asdict(base)) != config_key(asdict(other))
-
-
 # ------------------------------------------------------------------------------------- fit --seeds
-
-def test_fit_seeds_prints_each_seed_the_ensemble_then_the_mean(seeds_run):
-    run_dir, lines = seeds_run
-    errors = [json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] for s in (0, 1)]
-    assert lines[0] == f"seed 0: test error {errors[0]:.2f} % ({run_dir / 'seed0'})"
-    assert lines[1] == f"seed 1: test error {errors[1]:.2f} % ({run_dir / 'seed1'})"
-    mean, std = np.mean(errors), np.std(errors, ddof=1)
-    assert lines[-1] == f"test error: {mean:.2f} +- {std:.2f} % over 2 seeds (sample std)"
-    (p0, y), (p1, _) = _direct_probs(run_dir / "seed0"), _direct_probs(run_dir / "seed1")
-    ensemble = 100 * np.mean(np.argmax((p0 + p1) / 2, axis=1) != y)
-    assert lines[-2].startswith(f"ensemble test error: {ensemble:.2f} % (2 models")
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and summary["complete"]
-    assert summary["mean"] == pytest.approx(mean) and summary["std"] == pytest.approx(std)
-    assert summary["ensemble_error"] == pytest.approx(ensemble)
-    for seed in (0, 1):
-        assert {"config.yaml", "checkpoint.pt", "result.json"} <= {p.name for p in (run_dir / f"seed{seed}").iterdir()}
-    md = (run_dir / "summary.md").read_text()
-    assert "sample std (ddof=1)" in md and "- command: `ssgan fit --seeds 2" in md and "- seeds: 0-1" in md
-
-
-def test_resume_of_a_seeds_run_keeps_finished_seeds(seeds_run, tmp_path, capsys):
-    run_dir, lines = seeds_run
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    (copy / "seed1" / "result.json").unlink()  # seed 1 as if killed after its last checkpoint
-    mtime = (copy / "seed0" / "checkpoint.pt").stat().st_mtime_ns
-    assert main(["fit", "--resume", str(copy)]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert "finished before, not trained again" in out[0] and "continuing from its checkpoint" in out[1]
-    assert out[-1] == lines[-1]
-    assert (copy / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
-
 
 # -------------------------------------------------------------------------------------------- ensemble
 
@@ -135,7 +64,7 @@ def test_ensemble_of_identical_models_equals_one_model(seeds_run, tmp_path, caps
     run_dir, _ = seeds_run
     twin = tmp_path / "twin"
     shutil.copytree(run_dir / "seed0", twin)
-    probs, y = _direct_probs(twin)
+    probs, y = direct_probs(twin)
     assert ensemble_error([probs, probs, probs], y) == pytest.approx(100 * np.mean(np.argmax(probs, 1) != y))
 
     out_file = tmp_path / "ensemble.json"
@@ -240,13 +169,6 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------------------- scale-out
-
-def test_job_device_spreads_multirun_jobs_over_gpus():
-    assert job_device("auto", 5, 4) == "cuda:1"
-    assert [job_device("auto", j, 2) for j in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    assert job_device("auto", None, 4) == "auto"  # not a multirun
-    assert job_device("auto", 3, 1) == "auto" and job_device("cpu", 3, 4) == "cpu"
-
 
 def test_joblib_launcher_sweep_is_aggregated_job_by_job(tmp_path, monkeypatch, capsys):
     """seeds x labels through a real launcher (joblib, 2 processes), then ``ssgan table --from``."""

@@ -1,0 +1,251 @@
+"""Seed runs: one config trained with seeds s .. s+K-1 (``ssgan fit --seeds K``, the cells of ``ssgan table``).
+
+A seeds run is a folder ``DIR/`` holding ``seeds.json`` (the plan: config, seeds, command; written before the
+first seed starts, so that a run stopped at any point can be continued) and one run directory per seed,
+``DIR/seed<N>/``, each written by ``train.fit`` (or, with ``train.concurrent_seeds``, by
+``concurrent.fit_concurrent`` for the seeds that train together). ``train_seeds`` yields each seed's
+outcome; the summary over the seeds (mean +- std, ensemble) is ``reports``' business.
+
+The *cache key* of a config is a hash of it without the seed and the bookkeeping fields (``NOT_IN_KEY``):
+a table keeps each cell in ``CACHE/<dataset>/<key>/``, so that a rerun trains only the seeds that have not
+finished. Every error is that of a run's final Polyak-averaged discriminator (METHOD.md sec. 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .concurrent import check_supported, fit_concurrent
+from .config import Config, ConfigError, config_from_dict, resolve_device
+from .data import DataError, ImageData, load_data
+from .evaluate import predict_proba
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, RunRecord, atomic_write, load_checkpoint,
+                     load_run, read_run, write_config)
+from .train import TrainingInterrupted, fit
+
+logger = logging.getLogger(__name__)
+
+PLAN_NAME = "seeds.json"
+SUMMARY_NAME = "summary.json"  # written by reports.write_summary; older seeds runs kept their plan in it
+
+# Config fields that say where a run lives or how it reports, not what it trains: left out of a cell's key,
+# so that e.g. moving the data or switching the progress bar off does not retrain anything. How the runs
+# are executed (device, seeds one after another or concurrent) is left out too, so that a table can be
+# continued on another machine; each run's result.json records its device.
+NOT_IN_KEY = ("seed", "run_dir", "overwrite", "dataset.root", "dataset.download", "train.device",
+              "train.concurrent_seeds", "train.data_placement", "train.progress", "train.tensorboard",
+              "train.sample_grid", "train.checkpoint_every", "train.eval_every", "train.eval_batch_size")
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+def config_key(config: Dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of a resolved config (nested dicts as ``dataclasses.asdict`` gives)
+    without the fields of ``NOT_IN_KEY``, serialised as JSON with sorted keys."""
+    text = json.dumps(keyed_fields(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def keyed_fields(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as the current schema reads it (a field added since a run was trained gets its default),
+    without the fields of ``NOT_IN_KEY``: what ``config_key`` hashes."""
+    try:
+        config = asdict(config_from_dict(config))
+    except ConfigError:  # a field this version no longer knows: keep the config as it is
+        pass
+    kept = json.loads(json.dumps(config))  # a deep copy of plain values
+    for dotted in NOT_IN_KEY:
+        *parents, name = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(name, None)
+    return kept
+
+
+def config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted names of the fields in which two configs differ."""
+    names = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            names += config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def cell_directory(cache_dir: Path, cfg: Config) -> Path:
+    """``cache_dir/<dataset>/<key>``, the seeds run of a table cell. A cell written under another key whose
+    stored config now gives the same key (a field added to the schema since, defaulting to the old behaviour)
+    is found and reused, so that no finished seed is trained again."""
+    key = config_key(asdict(cfg))
+    root = Path(cache_dir) / cfg.dataset.name
+    if not (root / key).exists() and root.is_dir():
+        for plan in sorted([*root.glob(f"*/{PLAN_NAME}"), *root.glob(f"*/{SUMMARY_NAME}")]):
+            try:
+                stored = json.loads(plan.read_text(encoding="utf-8"))["config"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if config_key(stored) == key:
+                return plan.parent
+    return root / key
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+def write_plan(out_dir: Path, cfg: Config, seeds: Sequence[int], command: str) -> None:
+    """``seeds.json``: what the seeds run trains (its config, seeds and command), before anything trains."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / PLAN_NAME, json.dumps({"config": asdict(cfg), "seeds": [int(s) for s in seeds],
+                                                  "command": command}, indent=1))
+
+
+def is_seeds_run(path: Path) -> bool:
+    return (Path(path) / PLAN_NAME).is_file() or (Path(path) / SUMMARY_NAME).is_file()
+
+
+def read_plan(run_dir: Path) -> Tuple[Config, List[int], str]:
+    """The config, seeds and command of a seeds run (to continue it), from its ``seeds.json`` (or the
+    ``summary.json`` of a run written before there was a plan file)."""
+    path = Path(run_dir) / PLAN_NAME
+    if not path.is_file():
+        path = Path(run_dir) / SUMMARY_NAME
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        return config_from_dict(plan["config"]), [int(s) for s in plan["seeds"]], str(plan["command"])
+    except (OSError, KeyError, TypeError, ValueError, ConfigError) as error:
+        raise RunDirError(f"{path}: not a seeds plan ({type(error).__name__}: {error})") from None
+
+
+# ------------------------------------------------------------------------------------------- training
+
+@dataclass
+class SeedOutcome:
+    """A finished seed: its run's record, its class probabilities on the test set (N, K) and how it came
+    about (trained now, continued, trained concurrently, or finished before)."""
+
+    record: RunRecord
+    probs: np.ndarray
+    y_test: np.ndarray
+    how: str
+
+    @property
+    def seed(self) -> int:
+        return self.record.seed
+
+
+def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
+                fresh: bool = False) -> Iterator[SeedOutcome]:
+    """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome in order.
+
+    A seed whose ``result.json`` exists is not trained again (unless ``fresh``); one with a checkpoint but no
+    result continues from it exactly. With ``train.concurrent_seeds`` the seeds that start at the same
+    position (not started, or checkpointed together) train together, which also makes an interrupted
+    concurrent run continue exactly as it would have gone on. Raises TrainingDiverged or TrainingInterrupted
+    (naming ``out_dir`` to resume) from the training.
+    """
+    data = load_data(cfg.dataset, seeds[0])  # the test split is the same for every seed
+    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes), run_dir=str(out_dir))
+    if cfg.train.concurrent_seeds:
+        check_supported(cfg)
+    key = config_key(asdict(cfg))
+    write_plan(out_dir, cfg, seeds, command)
+    finished = {seed for seed in seeds if not fresh and (out_dir / f"seed{seed}" / RESULT_NAME).is_file()}
+    for seed in sorted(finished):
+        _check_key(out_dir / f"seed{seed}", cfg, key)
+
+    together: Dict[int, Any] = {}  # seed -> FitResult of the seeds trained concurrently
+    if cfg.train.concurrent_seeds:
+        resumes = {s: _resume_payload(out_dir / f"seed{s}", key, fresh) for s in seeds if s not in finished}
+        for group in _groups_by_position(list(resumes), resumes):
+            if len(group) < 2:
+                continue
+            run_dirs = [out_dir / f"seed{s}" for s in group]
+            for seed, run_dir in zip(group, run_dirs):
+                write_config(run_dir, replace(cfg, seed=seed, run_dir=str(run_dir)))
+            _log_continuing(group, resumes)
+            try:
+                results = fit_concurrent(cfg, group, data=data, run_dirs=run_dirs, resumes=[resumes[s] for s in group])
+            except TrainingInterrupted as stop:
+                raise stop.resume_with(f"ssgan fit --resume {out_dir}") from None
+            together.update(zip(group, results))
+
+    device = resolve_device(cfg.train.device)
+    for seed in seeds:
+        seed_dir = out_dir / f"seed{seed}"
+        seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
+        if seed in finished:
+            run = load_run(seed_dir, device)
+            probs = predict_proba(run.discriminator, seed_data.x_test, cfg.train.eval_batch_size)
+            yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "finished before, not trained again")
+            continue
+        if seed in together:
+            probs = predict_proba(together[seed].discriminator, seed_data.x_test, cfg.train.eval_batch_size)
+            yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently")
+            continue
+        resume = _resume_payload(seed_dir, key, fresh)  # read when its turn comes: one checkpoint in memory
+        result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, out_dir)
+        probs = predict_proba(result.discriminator, seed_data.x_test, cfg.train.eval_batch_size)
+        yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
+                          "continued from its checkpoint" if resume is not None else "trained")
+
+
+def _resume_payload(seed_dir: Path, key: str, fresh: bool) -> Optional[Dict]:
+    """The checkpoint of an unfinished seed, if it has one (and belongs to this config)."""
+    if fresh or (seed_dir / RESULT_NAME).is_file() or not (seed_dir / CHECKPOINT_NAME).is_file():
+        return None
+    payload = load_checkpoint(seed_dir / CHECKPOINT_NAME)
+    if config_key(payload["config"]) != key:
+        raise RunDirError(f"{seed_dir}/{CHECKPOINT_NAME} belongs to another config; move it away to train "
+                          f"this seed again")
+    return payload
+
+
+def _check_key(seed_dir: Path, cfg: Config, key: str) -> None:
+    record = read_run(seed_dir)
+    if config_key(record.config) != key:
+        fields = config_differences(keyed_fields(asdict(cfg)), keyed_fields(record.config))
+        raise RunDirError(f"{seed_dir} was trained with another config (it differs in {', '.join(fields)}); "
+                          f"move it away to train seed {record.seed} again")
+
+
+def _groups_by_position(seeds: Sequence[int], resumes: Dict[int, Optional[Dict]]) -> List[List[int]]:
+    """The seeds that start at the same (epoch, iteration): not started ones at (0, 0), checkpointed ones
+    where their checkpoints stand (equal for seeds interrupted together)."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for seed in seeds:
+        payload = resumes[seed]
+        position = (0, 0) if payload is None else (int(payload["epoch"]), int(payload["iteration"]))
+        groups.setdefault(position, []).append(seed)
+    return list(groups.values())
+
+
+def _log_continuing(seeds: Sequence[int], resumes: Dict[int, Optional[Dict]]) -> None:
+    for seed in seeds:
+        if resumes[seed] is not None:
+            logger.info(f"seed {seed}: continuing from its checkpoint at epoch {int(resumes[seed]['epoch'])}")
+
+
+def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageData, out_dir: Path):
+    """One seed with ``train.fit``; a seed that could not start leaves nothing behind."""
+    if resume is not None:
+        logger.info(f"seed {cfg.seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")
+    created = not seed_dir.exists()
+    write_config(seed_dir, cfg)
+    try:
+        return fit(cfg, data=data, run_dir=seed_dir, resume=resume)
+    except (ConfigError, DataError, RunDirError):
+        if created and not (seed_dir / CHECKPOINT_NAME).exists():  # bad input: leave nothing behind
+            shutil.rmtree(seed_dir, ignore_errors=True)
+        raise
+    except TrainingInterrupted as stop:
+        raise stop.resume_with(f"ssgan fit --resume {out_dir}") from None
