@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import time
 from dataclasses import replace
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 from ssgan.cli import main
 from ssgan.concurrent import fit_concurrent
 from ssgan.config import ConfigError, MethodConfig, ModelConfig
+from ssgan.rundir import load_checkpoint
 from ssgan.train import fit
 
 
@@ -66,3 +70,119 @@ def test_fit_seeds_trains_them_concurrently_when_asked(tmp_path, capsys):
     assert "trained concurrently" in out and out.strip().splitlines()[-1].endswith("over 2 seeds (sample std)")
     assert (run_dir / "seed0" / "result.json").is_file() and (run_dir / "seed1" / "result.json").is_file()
     assert (run_dir / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------ the single-run frame, for several seeds
+
+CONCURRENT = ["train.concurrent_seeds=true", "train.deterministic=true", "train.checkpoint_every=1"]
+
+
+def _seeds_overrides(epochs: int, iters: int) -> list:
+    from tests.conftest import TINY_OVERRIDES
+
+    return [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+        f"train.epochs={epochs}", f"train.iters_per_epoch={iters}", *CONCURRENT]
+
+
+def test_deterministic_and_tensorboard_behave_as_in_a_single_run(tiny_config, tmp_path, monkeypatch):
+    from ssgan import concurrent
+
+    seen = []
+    original = concurrent.StackedEngine.step
+
+    def recording_step(self, *args):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self, *args)
+
+    monkeypatch.setattr(concurrent.StackedEngine, "step", recording_step)
+    pytest.importorskip("tensorboard")
+    cfg = replace(tiny_config, train=replace(tiny_config.train, deterministic=True, tensorboard=True))
+    fit_concurrent(cfg, [0, 1], run_dirs=[tmp_path / "s0", tmp_path / "s1"])
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+    for run_dir in (tmp_path / "s0", tmp_path / "s1"):
+        events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and events[0].stat().st_size > 0
+
+
+def _start_seeds(run_dir, overrides):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ssgan", "fit", "--seeds", "2", "--run-dir", str(run_dir),
+                             *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_concurrent(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("concurrent") / "seeds"
+    assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *_seeds_overrides(4, 40)]) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_every_seed_and_resume_finishes_them_exactly(uninterrupted_concurrent, tmp_path,
+                                                                          signum, capsys):
+    """Noise on, as in every recipe: the seeds continue together from the same position and random states,
+    so the resumed run ends with exactly the weights of the uninterrupted one."""
+    run_dir = tmp_path / "seeds"
+    process = _start_seeds(run_dir, _seeds_overrides(4, 40))
+    deadline = time.time() + 120
+    while not (run_dir / "seed1" / "checkpoint.pt").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err and f"--resume {run_dir}" in err
+    assert "Traceback" not in err
+    positions = [(load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")["epoch"],
+                  load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")["iteration"]) for s in (0, 1)]
+    assert positions[0] == positions[1]  # both seeds checkpointed at the same position
+
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("over 2 seeds (sample std)")
+    for s in (0, 1):
+        a = load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")
+        b = load_checkpoint(uninterrupted_concurrent / f"seed{s}" / "checkpoint.pt")
+        for part in ("discriminator", "discriminator_avg", "generator"):
+            for name in a[part]:
+                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3, 4]
+
+
+def test_a_non_finite_parameter_stops_with_exit_code_3(tmp_path, capsys, monkeypatch):
+    from ssgan import concurrent
+
+    calls = {"n": 0}
+    original = concurrent.StackedEngine.step
+
+    def poisoning_step(self, *args):
+        calls["n"] += 1
+        stats = original(self, *args)
+        if calls["n"] == 7:  # epoch 2 (of 5 iterations), seed 1's discriminator
+            with torch.no_grad():
+                next(iter(self.params_d.values()))[1].fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(concurrent.StackedEngine, "step", poisoning_step)
+    run_dir = tmp_path / "seeds"
+    assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *_seeds_overrides(3, 5)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diverged at epoch 2" in err and "(seed 1)" in err
+    assert "non-finite discriminator parameter" in err or "non-finite loss" in err
+    assert load_checkpoint(run_dir / "seed1" / "checkpoint.pt")["epoch"] == 1  # the last good one is kept
+
+
+def test_overwrite_starts_clean_logs(tmp_path):
+    run_dir = tmp_path / "seeds"
+    overrides = _seeds_overrides(2, 2)
+    assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *overrides]) == 0
+    assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), "--overwrite", *overrides]) == 0
+    for s in (0, 1):
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2]
