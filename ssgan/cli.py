@@ -18,8 +18,10 @@ import csv
 import itertools
 import json
 import logging
+import re
 import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -34,17 +36,17 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from . import __version__
-from .config import (DATASETS, METHODS, Config, ConfigError, compose, config_from_dict, first_line,
-                     register_configs, resolve_device, to_config, validate)
+from .config import (DATASETS, MAX_SEED, METHODS, Config, ConfigError, compose, first_line, register_configs,
+                     resolve_device, resolve_paths, to_config, validate)
 from .data import DataError, load_data, read_inputs
 from .evaluate import (discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
-from .rundir import (CHECKPOINT_NAME, RunDirError, check_free, default_name, find_runs, load_checkpoint,
-                     load_run, write_config)
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
+                     default_name, find_runs, is_used, load_checkpoint, load_run, make_dir, write_overrides)
 from .seeds import cell_directory, is_seeds_run, read_plan
-from .train import TrainingDiverged, TrainingInterrupted, fit
+from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
 COMMANDS = {
@@ -121,7 +123,7 @@ def _fit_parser() -> argparse.ArgumentParser:
 
 def fit_overrides(args: argparse.Namespace) -> List[str]:
     """Rewrite the flags into Hydra overrides; the explicit KEY=VALUE words come last and win."""
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in FIT_FLAGS.items()
+    overrides = [f"{key}={_quote(str(getattr(args, flag)))}" for flag, key in FIT_FLAGS.items()
                  if getattr(args, flag) is not None]
     if args.overwrite:
         overrides.append("overwrite=true")
@@ -129,6 +131,34 @@ def fit_overrides(args: argparse.Namespace) -> List[str]:
         if "=" not in word:
             raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
     return overrides + list(args.overrides)
+
+
+def _quote(value: str) -> str:
+    """A flag's value as a Hydra override value: quoted (and escaped) unless it is a plain word, so that paths
+    with spaces or other characters pass as they were typed."""
+    if re.fullmatch(r"[\w./:@+-]*", value, re.ASCII):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_out(out: Optional[str], suffix: str) -> None:
+    """An ``--out`` file: new (never overwritten), in an existing folder, with the expected extension."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists():
+        raise UsageError(f"{out} already exists; choose another --out")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
+    if path.suffix.lower() != suffix:
+        raise UsageError(f"--out {out}: expected a {suffix} file")
+
+
+def _check_seeds(first: int, n_seeds: int) -> None:
+    if n_seeds < 1:
+        raise UsageError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+    if first + n_seeds > MAX_SEED:
+        raise UsageError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
 
 
 def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
@@ -159,23 +189,28 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
     """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
     K seeds into sub-directories of it. Errors travel to ``main`` past Hydra (``_Passthrough``)."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    created = not run_dir.exists() or not any(run_dir.iterdir())
+    run_dir = Path(hydra_cfg.runtime.output_dir)  # however it was named: run_dir=, hydra.run.dir=, a sweep
+    created = not is_used(run_dir)
     try:
-        cfg = to_config(dict_cfg)
+        cfg = resolve_paths(to_config(dict_cfg))
+        check_free(run_dir, cfg.overwrite)  # a finished run is never overwritten silently
+        if cfg.overwrite:
+            clear_outputs(run_dir)
         cfg.run_dir = str(run_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         cfg.train.device = job_device(cfg.train.device, hydra_cfg.job.num if multirun else None,
                                       torch.cuda.device_count())
+        write_overrides(run_dir, hydra_cfg.overrides.task)
         if n_seeds is not None:
             command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
             return _train_and_print(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), run_dir, command,
                                     fresh=cfg.overwrite).mean
-        write_config(run_dir, cfg)
         return _fit_and_print(cfg, run_dir).test_error
-    except BAD_INPUT as error:
-        if created and run_dir.exists() and not is_seeds_run(run_dir):  # nothing has finished: no trace left
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except (*BAD_INPUT, KeyboardInterrupt) as error:
+        if created and run_dir.is_dir() and not any(run_dir.glob(f"**/{RESULT_NAME}")):  # nothing finished
+            shutil.rmtree(run_dir, ignore_errors=True)  # bad input or Ctrl-C at start-up: no trace left
+        if isinstance(error, KeyboardInterrupt):
+            raise
         raise _Passthrough(error) from None
     except (TrainingDiverged, TrainingInterrupted) as error:
         raise _Passthrough(error) from None
@@ -223,17 +258,24 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
         _train_and_print(cfg, seeds, path, command)
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
-    cfg = config_from_dict(payload["config"])
+    cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
     if overrides:
+        fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(RESUME_OVERRIDABLE))
+        if fixed:
+            raise UsageError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with its own "
+                             f"(allowed: {', '.join(RESUME_OVERRIDABLE)})")
         try:
             merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
             cfg = OmegaConf.to_object(merged)
         except Exception as error:  # OmegaConf's validation errors
             raise UsageError(first_line(error)) from None
+    cfg = resolve_paths(cfg)
     validate(cfg)
-    if payload["epoch"] >= cfg.train.epochs and not payload["iteration"]:
+    finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
+    if finished and (path / RESULT_NAME).is_file():
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
                          f"to train on")
+    # (finished without result.json: a kill during the final writes; the resume writes them)
     _fit_and_print(cfg, path, resume=payload)
     return 0
 
@@ -273,13 +315,16 @@ def cmd_fit(argv: Sequence[str]) -> int:
         _run_hydra(overrides, multirun=True, n_seeds=args.seeds)
         return 0
     cfg = compose(overrides)
+    if args.seeds is not None:
+        _check_seeds(cfg.seed, args.seeds)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
-        overrides.append(f"run_dir={default_name(cfg, args.seeds)}")
-        cfg.run_dir = overrides[-1].split("=", 1)[1]
+        cfg.run_dir = default_name(cfg, args.seeds)
+        overrides.append(f"run_dir={_quote(cfg.run_dir)}")
     check_free(cfg.run_dir, cfg.overwrite)
     run_dir = Path(cfg.run_dir).absolute()
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
+        make_dir(run_dir)  # here, so that a read-only or missing place is one line, before Hydra starts
         _run_hydra(overrides, multirun=False, n_seeds=args.seeds)
     except BaseException:
         for path in created:  # deepest first: leave nothing behind for a run that could not start
@@ -298,6 +343,8 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     run = load_run(args.run_dir, resolve_device(args.device))
     data = load_data(run.config.dataset, run.config.seed)
+    if len(data.y_test) == 0:
+        raise DataError(f"{args.run_dir}: its data set has no test images to evaluate on")
     probs = predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size)
     print(f"test error: {error_rate(probs, data.y_test):.2f} %")
     return 0
@@ -312,8 +359,9 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    if args.out and Path(args.out).exists():
-        raise UsageError(f"{args.out} already exists; choose another --out")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size={args.batch_size}: must be positive")
+    _check_out(args.out, ".csv")
     run = load_run(args.run_dir, resolve_device(args.device))
     names, x = read_inputs(args.inputs, run.config.dataset)
     probs = predict_proba(run.discriminator, x, args.batch_size)
@@ -354,10 +402,12 @@ def cmd_sample(argv: Sequence[str]) -> int:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
     if args.no_grid and not args.score:
         raise UsageError("--no-grid writes nothing without --score")
+    if args.score and args.splits > args.n_score:
+        raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
-    if not args.no_grid and out.exists():
-        raise UsageError(f"{out} already exists; choose another --out")
+    if not args.no_grid:
+        _check_out(str(out), ".png")
     device = resolve_device(args.device)
     run = load_run(run_path, device)
     batch_size = args.batch_size or run.config.train.batch_size
@@ -466,7 +516,8 @@ def cmd_table(argv: Sequence[str]) -> int:
         base += [f"train.device={args.device}"] if args.device else []
         base += [f"dataset.root={args.data_root}"] if args.data_root else []
         # Every cell is composed and checked before the first one trains.
-        cells = [compose([*base, f"dataset.labels={n}"]) for n in labels]
+        cells = [resolve_paths(compose([*base, f"dataset.labels={n}"])) for n in labels]
+        _check_seeds(cells[0].seed, n_seeds)
         rows = []
         for cfg in cells:
             cell_dir = cell_directory(Path(args.cache_dir), cfg)
@@ -502,8 +553,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", help="where the test images are (default: each run's dataset.root)")
     args = parser.parse_args(argv)
-    if args.out and Path(args.out).exists():
-        raise UsageError(f"{args.out} already exists; choose another --out")
+    _check_out(args.out, ".json")
     records = find_runs(args.run_dirs)
     probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root)
     result = aggregate(records, probs, y_test)
@@ -572,8 +622,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _exit_code(error)
     except SystemExit as stop:  # argparse and Hydra exit this way
         return int(stop.code) if isinstance(stop.code, int) else (0 if stop.code is None else 2)
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+    except KeyboardInterrupt:  # Ctrl-C outside training (start-up): nothing was left behind
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         library_log.removeHandler(console)
         library_log.setLevel(level)

@@ -178,7 +178,7 @@ def fit_concurrent(cfg: Config, seeds: Sequence[int], data: Optional[ImageData] 
     if len(positions) > 1:
         raise ConfigError(f"seeds trained together must start at the same position, got {sorted(positions)}")
     with deterministic_algorithms(cfg.train.deterministic):
-        cfg, data, device = prepare(cfg, data, seeds[0])
+        cfg, data, device = prepare(cfg, data, seeds[0], len(seeds))
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         members, networks = [], []
         for i, seed in enumerate(seeds):

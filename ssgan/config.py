@@ -11,7 +11,8 @@ Each hyperparameter of the method is one field here; the published recipes set t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -148,6 +149,9 @@ def register_configs() -> None:
     cs.store(name="ssgan_schema", node=Config)
 
 
+MAX_SEED = 2 ** 32  # numpy.random.RandomState takes 32-bit seeds
+
+
 class ConfigError(ValueError):
     """A configuration that parses but cannot run: reported as one line, exit code 2."""
 
@@ -174,6 +178,12 @@ def validate(cfg: Config) -> None:
         (m.z_dim > 0, f"model.z_dim={m.z_dim}: must be positive"),
         (m.arch != "cnn" or len(m.d_widths) == 5, "model.d_widths: the cnn needs 5 widths"),
         (m.arch != "cnn" or len(m.g_widths) == 3, "model.g_widths: the cnn generator needs 3 widths"),
+        (len(m.d_widths) > 0 and min(m.d_widths) > 0, f"model.d_widths={list(m.d_widths)}: widths must be positive"),
+        (len(m.g_widths) > 0 and min(m.g_widths) > 0, f"model.g_widths={list(m.g_widths)}: widths must be positive"),
+        (m.mbd_kernels > 0 and m.mbd_kernel_dim > 0, "model.mbd_kernels and model.mbd_kernel_dim must be positive"),
+        (min(m.input_noise, m.hidden_noise) >= 0, "model.input_noise and model.hidden_noise must be >= 0"),
+        (0 <= m.input_dropout < 1 and 0 <= m.hidden_dropout < 1, "model.input_dropout and model.hidden_dropout "
+                                                                 "must be in [0, 1)"),
         (t.epochs >= 0, f"train.epochs={t.epochs}: must be >= 0"),
         (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
@@ -188,6 +198,7 @@ def validate(cfg: Config) -> None:
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          f"train.device={t.device!r}: expected auto, cpu or cuda"),
         (t.eval_every > 0, f"train.eval_every={t.eval_every}: must be positive"),
+        (t.eval_batch_size > 0, f"train.eval_batch_size={t.eval_batch_size}: must be positive"),
         (t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r}: expected fp32, bf16 or fp16"),
         (t.data_placement in ("auto", "device", "host"),
          f"train.data_placement={t.data_placement!r}: expected auto, device or host"),
@@ -198,7 +209,9 @@ def validate(cfg: Config) -> None:
          f"max-autotune-no-cudagraphs"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
-        (cfg.seed >= 0, f"seed={cfg.seed}: must be >= 0"),
+        (0 <= t.translate < min(d.image_shape[1:]),
+         f"train.translate={t.translate}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
+        (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -256,6 +269,14 @@ def config_from_dict(values: Dict[str, Any]) -> Config:
     except Exception as error:  # OmegaConf raises several error types for schema mismatches
         raise ConfigError(f"the stored config does not match this version of ssgan: "
                           f"{str(error).splitlines()[0]}") from None
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """The config with ``dataset.root`` and ``dataset.path`` made absolute (``~`` expanded), so that a run's
+    stored config finds its data from any working directory."""
+    d = cfg.dataset
+    path = None if d.path is None else os.path.abspath(os.path.expanduser(d.path))
+    return replace(cfg, dataset=replace(d, root=os.path.abspath(os.path.expanduser(d.root)), path=path))
 
 
 def resolve_device(name: str) -> torch.device:

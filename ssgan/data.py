@@ -116,6 +116,20 @@ def prepare_images(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
     return _check_size(_to_nchw(np.asarray(x), cfg.image_shape[0], what), cfg, what)
 
 
+def check_pixels(x: np.ndarray, value_max: float, what: str) -> None:
+    """Raw pixel values must be finite real numbers in 0..value_max: NaN, infinities, complex numbers and
+    values out of the range are refused rather than trained on or predicted silently."""
+    if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{what} have dtype {x.dtype}; expected real pixel values")
+    if x.size == 0 or x.dtype == np.uint8 and value_max >= 255:
+        return  # nothing to check
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contain NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > value_max:
+        raise DataError(f"{what}: pixel values must lie in 0..{value_max:g}, found {low:g}..{high:g}")
+
+
 def input_value_max(x: np.ndarray, cfg: DataConfig) -> float:
     """The pixel value that stands for white in images given for prediction (or to the estimator), when
     none is stated: uint8: 255; floats of at most 1: 1 (already in [0, 1]); otherwise the raw range of the
@@ -310,6 +324,12 @@ def load_data(cfg: DataConfig, seed: int = 0) -> ImageData:
     x_te = _check_size(_to_nchw(np.asarray(x_te), channels, "test images"), cfg, "test images")
     y_tr, y_te = np.asarray(y_tr, dtype=np.int64), np.asarray(y_te, dtype=np.int64)
     k = len(names)
+    if k < 2:
+        raise DataError(f"the data have {k} class{'es' * (k != 1)} ({', '.join(names)}); a classifier needs at "
+                        f"least two")
+    for what, x in (("train images", x_tr), ("test images", x_te), ("unlabeled images", extra)):
+        if x is not None:
+            check_pixels(np.asarray(x), value_max, what)
     for what, y in (("train", y_tr), ("test", y_te)):
         if len(y) and (y.min() < 0 or y.max() >= k):
             raise DataError(f"{what} labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
@@ -364,7 +384,9 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
             x = prepare_images(x, cfg, item)
             names += [f"{item}[{i}]" for i in range(len(x))]
             # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
-            batches.append(scale_images(x, cfg.scaling, input_value_max(x, cfg)))
+            value_max = input_value_max(x, cfg)
+            check_pixels(x, value_max, f"{item}: images")
+            batches.append(scale_images(x, cfg.scaling, value_max))
             continue
         files = ([p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
                  if path.is_dir() else [path])

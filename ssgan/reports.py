@@ -25,8 +25,8 @@ from . import __version__
 from .config import Config
 from .data import load_data
 from .evaluate import ensemble_proba, error_rate, predict_proba
-from .rundir import RunDirError, RunRecord, atomic_write, load_run
-from .seeds import SUMMARY_NAME, SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
+from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, load_run
+from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
 
 STD_KIND = "sample std (ddof=1)"
 ENSEMBLE_RULE = "the mean of the models' class probabilities, then argmax (METHOD.md sec. 5)"
@@ -168,6 +168,8 @@ def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_ro
         if identity not in test_sets:  # the test split does not depend on the seed: load it once
             test_sets[identity] = load_data(data_cfg, run.config.seed)
         data = test_sets[identity]
+        if len(data.y_test) == 0:
+            raise RunDirError(f"{record.path}: its data set has no test images to evaluate on")
         if y_test is not None and not np.array_equal(data.y_test, y_test):
             raise RunDirError(f"runs with different test sets: {records[0].path} and {record.path}")
         y_test, class_names = data.y_test, list(run.class_names)
@@ -182,7 +184,7 @@ def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
     yield each seed's outcome with the summary of the seeds so far (the last one is the seeds run's)."""
     outcomes: List[SeedOutcome] = []
     for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh):
-        outcomes.append(outcome)
+        outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
         summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test)
         write_summary(out_dir, summary, list(seeds), command)
         yield outcome, summary
@@ -272,7 +274,7 @@ def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], comm
               f"| ensemble | {_pct(result.ensemble_error)} | {len(finished)} models |", "",
               f"Test set: {result.n_test} images. Config key {result.key}.", ""]
     lines += _provenance_lines(meta)
-    atomic_write(out_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write(out_dir / SUMMARY_MD_NAME, "\n".join(lines) + "\n")
 
 
 def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], command: str) -> List[Path]:

@@ -3,6 +3,7 @@
 A run directory holds
 
     config.yaml     the resolved config
+    overrides.yaml  the command-line overrides that composed it (``ssgan fit``)
     checkpoint.pt   both networks, the averaged discriminator, the optimizers, the position (epoch, iteration,
                     that epoch's data order and statistics), the random states, the labeled indices and the
                     class names; weights-only, written atomically
@@ -10,26 +11,36 @@ A run directory holds
                     also tensorboard/
     result.json     the final test error, seed, labeled indices, resolved config, device and versions
     samples.png     a grid of generator samples
+    .lock           held by the process that trains the run (``RunLock``): one at a time
+
+A seeds run (``seeds.py``) is a folder of run directories ``seed<N>/`` with ``seeds.json`` (the plan) and
+``summary.json`` / ``summary.md``.
 
 Every file is written through ``atomic_write`` (a temporary file in the same folder, flushed to disk, then
 renamed over the target), so a kill at any moment leaves the previous version or the new one, never a partial
 file. Checkpoints hold only tensors, numbers, strings, lists and dicts and are always read with
-``torch.load(weights_only=True)``: loading never executes code from the file.
+``torch.load(weights_only=True)``: loading never executes code from the file; a SHA-256 of their content
+inside them turns flipped bytes into a refusal rather than wrong weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
+import logging
 import os
+import re
+import shutil
 import pickle
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,13 +50,23 @@ from torch import nn
 from .config import Config, ConfigError, config_from_dict
 from .models import build_models
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_FORMAT = "ssgan-checkpoint-v1"
 CONFIG_NAME = "config.yaml"
+OVERRIDES_NAME = "overrides.yaml"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 SAMPLES_NAME = "samples.png"
 TENSORBOARD_NAME = "tensorboard"
+LOCK_NAME = ".lock"
+PLAN_NAME = "seeds.json"  # a seeds run's plan (seeds.py)
+SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py); older seeds runs kept their plan in it
+SUMMARY_MD_NAME = "summary.md"
+OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME,
+                TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
+NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 
 def _umask() -> int:
@@ -69,7 +90,10 @@ def atomic_write(path: Path, content: bytes | str) -> None:
     file is removed and ``path`` is left as it was."""
     path = Path(path)
     data = content.encode("utf-8") if isinstance(content, str) else content
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as file:
             os.fchmod(file.fileno(), FILE_MODE)
@@ -77,10 +101,20 @@ def atomic_write(path: Path, content: bytes | str) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError):  # a full or read-only disk: the previous file is left as it was
+            raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+
+
+def make_dir(path: Path) -> None:
+    """``mkdir -p``, with a file in the way or a read-only parent as one clear line."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot create the directory {path}: {error.strerror or error}") from None
 
 
 def default_name(cfg: Config, n_seeds: Optional[int] = None) -> str:
@@ -91,19 +125,127 @@ def default_name(cfg: Config, n_seeds: Optional[int] = None) -> str:
     return f"runs/{cfg.dataset.name}-{cfg.dataset.labels}-{cfg.method.name}-{seeds}-{stamp}"
 
 
-def check_free(run_dir: Path | str, overwrite: bool) -> None:
-    """A run never overwrites an existing, non-empty directory (or a file) unless ``overwrite``."""
+def is_used(run_dir: Path | str) -> bool:
+    """Whether a folder holds anything (but a lock file or Hydra's .hydra/): a run that must not be
+    overwritten without ``--overwrite``."""
     path = Path(run_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+    return path.is_dir() and any(p.name not in NOT_CONTENT for p in path.iterdir())
+
+
+def check_free(run_dir: Path | str, overwrite: bool) -> None:
+    """A run never overwrites a used directory unless ``overwrite``; a file where the directory (or one of its
+    parents) should be is refused even then."""
+    path = Path(run_dir)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise RunDirError(f"run directory {run_dir}: {part} is a file, not a directory")
+    if is_used(path) and not overwrite:
         raise RunDirError(f"run directory {run_dir} already exists; choose another --run-dir or pass "
                           f"--overwrite")
+
+
+def clear_outputs(run_dir: Path | str) -> None:
+    """What ``--overwrite`` removes before a run starts again: every file of the run-directory format
+    (``OUTPUT_NAMES``, leftover temporary files) and the ``seed<N>/`` runs of a seeds run, so that no old
+    result stands beside a new checkpoint. Other files in the folder are left alone."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return
+    for item in path.iterdir():
+        seed_run = item.is_dir() and re.fullmatch(r"seed\d+", item.name) is not None
+        if item.name in OUTPUT_NAMES or seed_run or (item.name.startswith(".") and item.name.endswith(".tmp")):
+            try:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            except OSError as error:
+                raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
+
+
+class RunLock:
+    """The lock of a run directory (``flock`` on its ``.lock`` file): one process trains a run at a time.
+
+    The operating system releases it when the process ends, however it ends, so a killed run never leaves
+    a stale lock. Held locks are counted per process, so the frame can take the lock that a seeds run
+    already holds. ``acquire(wait=False)`` returns False when another process holds it; ``wait=True``
+    says so once and waits.
+    """
+
+    _held: Dict[Path, List] = {}  # resolved path -> [file descriptor, count], in this process
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.run_dir = Path(run_dir)
+        self.key: Optional[Path] = None
+
+    def acquire(self, wait: bool) -> bool:
+        make_dir(self.run_dir)
+        key = self.run_dir.resolve()
+        if key in self._held:
+            self._held[key][1] += 1
+            self.key = key
+            return True
+        fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                os.close(fd)
+                return False
+            logger.info(f"{self.run_dir} is being trained by another process ({self._holder(fd)}); waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._held[key] = [fd, 1]
+        self.key = key
+        return True
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return f"pid {pid}" if pid.isdigit() else "pid unknown"
+
+    def holder(self) -> str:
+        fd = os.open(self.run_dir / LOCK_NAME, os.O_RDONLY)
+        try:
+            return self._holder(fd)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.key is None:
+            return
+        entry = self._held[self.key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+            os.close(entry[0])
+            del self._held[self.key]
+        self.key = None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path | str) -> Iterator[None]:
+    """Hold a run directory's lock, or fail at once with one line if another process trains it."""
+    lock = RunLock(run_dir)
+    if not lock.acquire(wait=False):
+        raise RunDirError(f"{run_dir} is being trained by another process ({lock.holder()}); wait for it to "
+                          f"finish")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
     """Create the run directory and write its resolved config as ``config.yaml``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     atomic_write(run_dir / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def write_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
+    """``overrides.yaml``: the overrides that composed the run's config, one list item each (as Hydra's
+    own ``.hydra/overrides.yaml``), so that the command can be told from the resolved config."""
+    make_dir(run_dir)
+    atomic_write(Path(run_dir) / OVERRIDES_NAME, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
 
 def write_result(run_dir: Path, result: Dict[str, Any]) -> None:
@@ -138,9 +280,41 @@ def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: 
 def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any]) -> None:
     """``checkpoint.pt``: the format tag, the resolved config and a training state (``train.Member``'s and
     the networks' ``state_dict``), written atomically."""
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state}
+    payload["sha256"] = content_digest(payload)
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state}, buffer)
+    torch.save(payload, buffer)
     atomic_write(Path(run_dir) / CHECKPOINT_NAME, buffer.getvalue())
+
+
+def content_digest(value: Any) -> str:
+    """SHA-256 of a checkpoint's content (tensors' bytes, shapes and dtypes; plain values as JSON), keys in
+    order; the ``sha256`` entry itself is left out."""
+    digest = hashlib.sha256()
+
+    def feed(item: Any) -> None:
+        if torch.is_tensor(item):
+            flat = item.detach().cpu().reshape(-1)
+            flat = flat.new_empty(flat.shape).copy_(flat)  # stride 1, whatever the view it came from
+            digest.update(f"T{item.dtype}{tuple(item.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(item, dict):
+            digest.update(b"{")
+            for key, sub in item.items():
+                if key != "sha256":
+                    digest.update(json.dumps(str(key)).encode())
+                    feed(sub)
+            digest.update(b"}")
+        elif isinstance(item, (list, tuple)):
+            digest.update(b"[")
+            for sub in item:
+                feed(sub)
+            digest.update(b"]")
+        else:
+            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+
+    feed(value)
+    return digest.hexdigest()
 
 
 def read_payload(path: Path) -> Dict[str, Any]:
@@ -166,11 +340,28 @@ def read_payload(path: Path) -> Dict[str, Any]:
     return payload
 
 
+# What a checkpoint must hold, and of which kind (the networks' and optimizers' entries are dicts).
+CHECKPOINT_FIELDS = {"config": dict, "epoch": int, "iteration": int, "discriminator": dict,
+                     "discriminator_avg": dict, "generator": dict, "opt_d": dict, "opt_g": dict, "rng": dict,
+                     "labeled_indices": torch.Tensor, "class_names": list}
+
+
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a run's checkpoint (``read_payload``) and check its format."""
+    """Read a run's checkpoint (``read_payload``) and check its format, its checksum and its fields."""
     payload = read_payload(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path}: not an ssgan checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if "sha256" in payload and payload["sha256"] != content_digest(payload):
+        raise RunDirError(f"{path}: corrupt checkpoint (its content does not match its checksum)")
+    missing = [k for k in CHECKPOINT_FIELDS if k not in payload]
+    if missing:
+        raise RunDirError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    for key, kind in CHECKPOINT_FIELDS.items():
+        value = payload[key]
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise RunDirError(f"{path}: malformed checkpoint entry {key!r} ({type(value).__name__} {value!r:.40})")
+    if not all(isinstance(name, str) for name in payload["class_names"]):
+        raise RunDirError(f"{path}: malformed checkpoint entry 'class_names' (expected a list of strings)")
     return payload
 
 
@@ -240,13 +431,16 @@ class MetricsLog:
         self.file, self.writer = None, None
         if run_dir is None:
             return
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(Path(run_dir))
         path = Path(run_dir) / METRICS_NAME
         if resume_epoch is not None and path.exists():
             records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             self.history = [r for r in records if r["epoch"] <= resume_epoch]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.history))
-        self.file = open(path, "a", encoding="utf-8")
+        try:
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError as error:
+            raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -260,8 +454,11 @@ class MetricsLog:
         """Append one epoch's record (``record["epoch"]`` counts from 1)."""
         self.history.append(record)
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as error:
+                raise RunDirError(f"cannot write {self.file.name}: {error.strerror or error}") from None
         if self.writer is not None:
             for key, value in record.items():
                 if key != "epoch":
@@ -321,7 +518,7 @@ def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
             raise RunDirError(f"{item}: no such run directory")
         found = [path] if (path / RESULT_NAME).is_file() else sorted(p.parent for p in path.rglob(RESULT_NAME))
         if not found:
-            hint = (" (an unfinished run: continue it with ssgan fit --resume)"
+            hint = (f" (an unfinished run: continue it with ssgan fit --resume {path})"
                     if (path / CHECKPOINT_NAME).exists() else "")
             raise RunDirError(f"{item}: no finished runs (no {RESULT_NAME}) in it{hint}")
         for run_dir in found:

@@ -13,6 +13,7 @@ finished. Every error is that of a run's final Polyak-averaged discriminator (ME
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,14 +28,12 @@ from .concurrent import check_supported, fit_concurrent
 from .config import Config, ConfigError, config_from_dict, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, RunRecord, atomic_write, load_checkpoint,
-                     load_run, read_run, write_config)
+from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, SUMMARY_NAME, RunDirError, RunLock, RunRecord,
+                     atomic_write, clear_outputs, is_used, load_checkpoint, load_run, read_run)
 from .train import TrainingInterrupted, fit
 
 logger = logging.getLogger(__name__)
 
-PLAN_NAME = "seeds.json"
-SUMMARY_NAME = "summary.json"  # written by reports.write_summary; older seeds runs kept their plan in it
 
 # Config fields that say where a run lives or how it reports, not what it trains: left out of a cell's key,
 # so that e.g. moving the data or switching the progress bar off does not retrain anything. How the runs
@@ -145,63 +144,95 @@ class SeedOutcome:
 
 def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
                 fresh: bool = False) -> Iterator[SeedOutcome]:
-    """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome in order.
+    """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome.
 
-    A seed whose ``result.json`` exists is not trained again (unless ``fresh``); one with a checkpoint but no
-    result continues from it exactly. With ``train.concurrent_seeds`` the seeds that start at the same
-    position (not started, or checkpointed together) train together, which also makes an interrupted
-    concurrent run continue exactly as it would have gone on. Raises TrainingDiverged or TrainingInterrupted
-    (naming ``out_dir`` to resume) from the training.
+    A seed whose ``result.json`` exists is not trained again (unless ``fresh``, which first clears the old
+    outputs); one with a checkpoint but no result continues from it exactly. With ``train.concurrent_seeds``
+    the seeds that start at the same position (not started, or checkpointed together) train together, which
+    also makes an interrupted concurrent run continue exactly as it would have gone on. A seed that another
+    process is training (its run directory's lock is held) is left for last and then waited for, so two
+    processes on one seeds run share the work. Raises TrainingDiverged or TrainingInterrupted (naming
+    ``out_dir`` to resume) from the training.
     """
     data = load_data(cfg.dataset, seeds[0])  # the test split is the same for every seed
     cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes), run_dir=str(out_dir))
     if cfg.train.concurrent_seeds:
         check_supported(cfg)
     key = config_key(asdict(cfg))
+    if fresh:
+        clear_outputs(out_dir)  # --overwrite: no old result may stand beside a new checkpoint
     write_plan(out_dir, cfg, seeds, command)
-    finished = {seed for seed in seeds if not fresh and (out_dir / f"seed{seed}" / RESULT_NAME).is_file()}
-    for seed in sorted(finished):
-        _check_key(out_dir / f"seed{seed}", cfg, key)
+    together = _train_together(cfg, seeds, out_dir, data, key) if cfg.train.concurrent_seeds else {}
+    waiting = []
+    for seed in seeds:
+        lock = RunLock(out_dir / f"seed{seed}")
+        if not lock.acquire(wait=False):
+            logger.info(f"seed {seed}: another process is training it ({lock.holder()}); coming back to it after "
+                        f"the other seeds")
+            waiting.append(seed)
+            continue
+        try:
+            yield _seed_outcome(cfg, seed, out_dir, data, key, together)
+        finally:
+            lock.release()
+    for seed in waiting:
+        lock = RunLock(out_dir / f"seed{seed}")
+        lock.acquire(wait=True)
+        try:
+            yield _seed_outcome(cfg, seed, out_dir, data, key, together, "finished by another process")
+        finally:
+            lock.release()
 
-    together: Dict[int, Any] = {}  # seed -> FitResult of the seeds trained concurrently
-    if cfg.train.concurrent_seeds:
-        resumes = {s: _resume_payload(out_dir / f"seed{s}", key, fresh) for s in seeds if s not in finished}
-        for group in _groups_by_position(list(resumes), resumes):
+
+def _seed_outcome(cfg: Config, seed: int, out_dir: Path, data: ImageData, key: str, together: Dict[int, Any],
+                  finished_how: str = "finished before, not trained again") -> SeedOutcome:
+    """One seed's outcome, its lock held: read if finished, else trained (or continued from its checkpoint)."""
+    seed_dir = out_dir / f"seed{seed}"
+    seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
+    batch = cfg.train.eval_batch_size
+    if seed in together:
+        probs = predict_proba(together[seed].discriminator, seed_data.x_test, batch)
+        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently")
+    if (seed_dir / RESULT_NAME).is_file():
+        _check_key(seed_dir, cfg, key)
+        run = load_run(seed_dir, resolve_device(cfg.train.device))
+        probs = predict_proba(run.discriminator, seed_data.x_test, batch)
+        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how)
+    resume = _resume_payload(seed_dir, key)  # read when its turn comes: one checkpoint in memory
+    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, out_dir)
+    probs = predict_proba(result.discriminator, seed_data.x_test, batch)
+    return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
+                       "continued from its checkpoint" if resume is not None else "trained")
+
+
+def _train_together(cfg: Config, seeds: Sequence[int], out_dir: Path, data: ImageData, key: str) -> Dict[int, Any]:
+    """With ``train.concurrent_seeds``: train the unfinished seeds that start at the same position together
+    (``concurrent.fit_concurrent``), their locks held (waiting for another process that holds one);
+    return their FitResults by seed."""
+    together: Dict[int, Any] = {}
+    with contextlib.ExitStack() as held:
+        for seed in seeds:
+            lock = RunLock(out_dir / f"seed{seed}")
+            lock.acquire(wait=True)
+            held.callback(lock.release)
+        todo = [s for s in seeds if not (out_dir / f"seed{s}" / RESULT_NAME).is_file()]
+        resumes = {s: _resume_payload(out_dir / f"seed{s}", key) for s in todo}
+        for group in _groups_by_position(todo, resumes):
             if len(group) < 2:
                 continue
             run_dirs = [out_dir / f"seed{s}" for s in group]
-            for seed, run_dir in zip(group, run_dirs):
-                write_config(run_dir, replace(cfg, seed=seed, run_dir=str(run_dir)))
             _log_continuing(group, resumes)
             try:
                 results = fit_concurrent(cfg, group, data=data, run_dirs=run_dirs, resumes=[resumes[s] for s in group])
             except TrainingInterrupted as stop:
                 raise stop.resume_with(f"ssgan fit --resume {out_dir}") from None
             together.update(zip(group, results))
-
-    device = resolve_device(cfg.train.device)
-    for seed in seeds:
-        seed_dir = out_dir / f"seed{seed}"
-        seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
-        if seed in finished:
-            run = load_run(seed_dir, device)
-            probs = predict_proba(run.discriminator, seed_data.x_test, cfg.train.eval_batch_size)
-            yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "finished before, not trained again")
-            continue
-        if seed in together:
-            probs = predict_proba(together[seed].discriminator, seed_data.x_test, cfg.train.eval_batch_size)
-            yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently")
-            continue
-        resume = _resume_payload(seed_dir, key, fresh)  # read when its turn comes: one checkpoint in memory
-        result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, out_dir)
-        probs = predict_proba(result.discriminator, seed_data.x_test, cfg.train.eval_batch_size)
-        yield SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
-                          "continued from its checkpoint" if resume is not None else "trained")
+    return together
 
 
-def _resume_payload(seed_dir: Path, key: str, fresh: bool) -> Optional[Dict]:
+def _resume_payload(seed_dir: Path, key: str) -> Optional[Dict]:
     """The checkpoint of an unfinished seed, if it has one (and belongs to this config)."""
-    if fresh or (seed_dir / RESULT_NAME).is_file() or not (seed_dir / CHECKPOINT_NAME).is_file():
+    if (seed_dir / RESULT_NAME).is_file() or not (seed_dir / CHECKPOINT_NAME).is_file():
         return None
     payload = load_checkpoint(seed_dir / CHECKPOINT_NAME)
     if config_key(payload["config"]) != key:
@@ -239,8 +270,7 @@ def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageD
     """One seed with ``train.fit``; a seed that could not start leaves nothing behind."""
     if resume is not None:
         logger.info(f"seed {cfg.seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")
-    created = not seed_dir.exists()
-    write_config(seed_dir, cfg)
+    created = not is_used(seed_dir)  # (its lock file aside)
     try:
         return fit(cfg, data=data, run_dir=seed_dir, resume=resume)
     except (ConfigError, DataError, RunDirError):

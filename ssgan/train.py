@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import signal
 import sys
 import threading
@@ -29,13 +30,20 @@ from tqdm.auto import tqdm
 
 from . import losses
 from .config import Config, MethodConfig, resolve_device, validate
-from .data import ImageData, augment, balanced_labeled_subset, epoch_order, load_data
+from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
 from .models import build_models, sample_z
 from .optim import make_optimizer
-from .rundir import (CHECKPOINT_NAME, SAMPLES_NAME, MetricsLog, atomic_write, restore_rng, rng_state,
-                     write_checkpoint, write_result)
+from .rundir import (CHECKPOINT_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write, locked, restore_rng,
+                     rng_state, write_checkpoint, write_config, write_result)
+
+# What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change: the length and schedule of training and how it
+# runs and reports; anything else (networks, data, method, batches) would not fit the checkpoint.
+RESUME_OVERRIDABLE = ("train.epochs", "train.lr", "train.lr_d", "train.lr_g", "train.decay_start", "train.device",
+                      "train.data_placement", "train.precision", "train.deterministic", "train.checkpoint_every",
+                      "train.eval_every", "train.eval_batch_size", "train.progress", "train.tensorboard",
+                      "train.sample_grid", "dataset.root", "dataset.path", "dataset.download")
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
 STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
@@ -371,14 +379,19 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """SIGINT / SIGTERM: a checkpoint of the exact position was written; ``--resume`` continues.
 
-    ``how_to_continue`` is the command that continues (``ssgan fit --resume DIR``); a seeds run or a table
-    replaces it with its own (``resume_with``).
+    ``where``: the position (None: the signal came during the final writes of a finished run, which were
+    completed first). ``how_to_continue``: the command that continues (``ssgan fit --resume DIR``; None when
+    nothing is left); a seeds run or a table replaces it with its own (``resume_with``).
     """
 
-    def __init__(self, where: str, signum: int, how_to_continue: str) -> None:
+    def __init__(self, where: Optional[str], signum: int, how_to_continue: Optional[str]) -> None:
         self.where, self.signum, self.how_to_continue = where, signum, how_to_continue
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; checkpoint written, "
-                         f"continue with: {how_to_continue}")
+        name = signal.Signals(signum).name
+        if where is None:
+            message = f"interrupted by {name} while writing the outputs of the finished run, which were completed"
+        else:
+            message = f"interrupted by {name} at {where}; checkpoint written"
+        super().__init__(message + (f", continue with: {how_to_continue}" if how_to_continue else ""))
 
     def resume_with(self, how_to_continue: str) -> "TrainingInterrupted":
         return TrainingInterrupted(self.where, self.signum, how_to_continue)
@@ -446,7 +459,7 @@ class Member:
         """The member's part of a checkpoint; ``stats`` (iteration, len(STAT_NAMES)): this epoch's so far."""
         return {"epoch": self.epoch, "iteration": self.iteration, "rng": rng_state(self.order_rng, self.z_rng),
                 "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
-                "stats": {k: stats[:, i].cpu() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
+                "stats": {k: stats[:, i].cpu().clone() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
                 "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names)}
 
     def load_state_dict(self, payload: Dict) -> None:
@@ -477,8 +490,12 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
     networks = build_networks(cfg, x_all, device)
     member = Member(cfg, run_dir, lab_idx, list(data.class_names), order_rng, z_rng)
     if resume is not None:
-        networks.load_state_dict(resume)
-        member.load_state_dict(resume)
+        try:
+            networks.load_state_dict(resume)
+            member.load_state_dict(resume)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            raise RunDirError(f"{run_dir}: the checkpoint does not fit the networks its config names "
+                              f"({str(error).strip().splitlines()[0][:200]})") from None
     return member, networks
 
 
@@ -515,11 +532,23 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def prepare(cfg: Config, data: Optional[ImageData], seed: int) -> Tuple[Config, ImageData, torch.device]:
-    """The device, the data (loaded unless given) and the config with the data's number of classes."""
+def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1,
+            ) -> Tuple[Config, ImageData, torch.device]:
+    """The device, the data (loaded unless given) and the config with the data's number of classes; sizes
+    that the data or the memory cannot hold are refused before anything is allocated."""
     device = resolve_device(cfg.train.device)
     if data is None:
         data = load_data(cfg.dataset, seed)
+    t, n_unlabeled = cfg.train, len(data.x_unlabeled)
+    if t.batch_size > n_unlabeled:
+        raise DataError(f"train.batch_size={t.batch_size} is larger than the {n_unlabeled} unlabeled images")
+    # An epoch's order: three (iterations, batch) index arrays per model, plus copies on the way to the device.
+    order_bytes = 4 * 3 * 8 * n_models * iterations_per_epoch(t, n_unlabeled) * t.batch_size
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if order_bytes > memory / 4:
+        raise DataError(f"train.iters_per_epoch x train.batch_size = {iterations_per_epoch(t, n_unlabeled)} x "
+                        f"{t.batch_size}: an epoch's data order ({order_bytes / 2**30:.1f} GiB) does not fit in "
+                        f"memory ({memory / 2**30:.1f} GiB)")
     return replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes)), data, device
 
 
@@ -534,6 +563,8 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     test images). Raises TrainingDiverged or TrainingInterrupted.
     """
     validate(cfg)
+    if run_dir is not None:
+        cfg = replace(cfg, run_dir=str(run_dir))
     with deterministic_algorithms(cfg.train.deterministic):
         cfg, data, device = prepare(cfg, data, cfg.seed)
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
@@ -552,55 +583,71 @@ def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Ten
     ``engine``: ``SingleEngine`` or ``concurrent.StackedEngine``, holding the members' networks.
     ``x_all``: the unlabeled pool as placed (``place_data``).
     """
+    with contextlib.ExitStack() as held:
+        for member in members:  # one process trains a run directory at a time
+            if member.run_dir is not None:
+                held.enter_context(locked(member.run_dir))
+                write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
+        with _StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
+            _train_epochs(members, engine, data, x_all, device, signals)
+            results = [_finish(member, engine.networks(s), data, device) for s, member in enumerate(members)]
+            if signals.signum is not None:  # it came during the final writes, which are complete
+                raise TrainingInterrupted(None, signals.signum, None)
+    return results
+
+
+def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Tensor, device: torch.device,
+                  signals: "_StopSignals") -> None:
+    """The epoch loop of ``train_members``: learning rates, the data order, ``train_one_epoch``, the
+    divergence check, evaluation, the metrics log and periodic checkpoints; a signal checkpoints every
+    member's exact position and raises TrainingInterrupted."""
     t = members[0].cfg.train
     y_all = torch.from_numpy(data.y_train).to(device)  # (N,) labels of the first N rows of x_all
-    iters = t.iters_per_epoch or max(1, len(x_all) // t.batch_size)
+    iters = iterations_per_epoch(t, len(x_all))
     epoch, iteration = members[0].epoch, members[0].iteration
     for member in members:
         member.open_log()
     progress = _progress(t.epochs * iters, t.progress, _description(members))
     progress.update(epoch * iters + iteration)
     try:
-        with _StopSignals(any(m.run_dir is not None for m in members)) as signals:
-            while epoch < t.epochs:
-                lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
-                lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
-                for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g)):
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats)
+        while epoch < t.epochs:
+            lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
+            lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
+            for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g)):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats)
+            for s, member in enumerate(members):
+                member.begin_epoch(len(x_all), iters, stats[s])
+            done = train_one_epoch(engine, members, x_all, y_all, stats, start=iteration, device=device,
+                                   stop=lambda: signals.signum is not None, progress=progress)
+            if done < iters:  # stopped by a signal: every member's exact position is checkpointed
                 for s, member in enumerate(members):
-                    member.begin_epoch(len(x_all), iters, stats[s])
-                done = train_one_epoch(engine, members, x_all, y_all, stats, start=iteration, device=device,
-                                       stop=lambda: signals.signum is not None, progress=progress)
-                if done < iters:  # stopped by a signal: every member's exact position is checkpointed
-                    for s, member in enumerate(members):
-                        member.iteration = done
-                        _checkpoint(member, engine.networks(s), stats[s, :done], label=_label(members, s))
-                    raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signals.signum,
-                                              f"ssgan fit --resume {_resume_dir(members)}")
-                for s, member in enumerate(members):
-                    _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir, label=_label(members, s))
-                epoch, iteration = epoch + 1, 0
-                evaluate_now = len(data.y_test) and (epoch % t.eval_every == 0 or epoch == t.epochs)
-                for s, member in enumerate(members):
-                    member.epoch, member.iteration, member.batches = epoch, 0, None
-                    record = {"epoch": epoch, "lr": lr_d, **_epoch_means(stats[s])}
-                    if evaluate_now:
-                        member.test_error = error_rate(predict_proba(engine.averaged(s), data.x_test,
-                                                                     t.eval_batch_size), data.y_test)
-                        record["test_error"] = member.test_error
-                    member.log_epoch(record)
-                    if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
-                        _checkpoint(member, engine.networks(s), stats[s, :0], label=_label(members, s))
-                progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
-                                      if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
-                                     refresh=False)  # redrawn at most once a second (mininterval)
+                    member.iteration = done
+                    _checkpoint(member, engine.networks(s), stats[s, :done], label=_label(members, s))
+                raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signals.signum,
+                                          f"ssgan fit --resume {_resume_dir(members)}")
+            for s, member in enumerate(members):
+                _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir, label=_label(members, s))
+            epoch, iteration = epoch + 1, 0
+            evaluate_now = len(data.y_test) and (epoch % t.eval_every == 0 or epoch == t.epochs)
+            for s, member in enumerate(members):
+                member.epoch, member.iteration, member.batches = epoch, 0, None
+                record = {"epoch": epoch, "lr": lr_d, **_epoch_means(stats[s])}
+                if evaluate_now:
+                    member.test_error = error_rate(predict_proba(engine.averaged(s), data.x_test,
+                                                                 t.eval_batch_size), data.y_test)
+                    record["test_error"] = member.test_error
+                member.log_epoch(record)
+                if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
+                    _checkpoint(member, engine.networks(s), stats[s, :0], label=_label(members, s))
+            progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
+                                  if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
+                                 refresh=False)  # redrawn at most once a second (mininterval)
     finally:
         progress.close()
         for member in members:
             member.log.close()
-    return [_finish(member, engine.networks(s), data, iters, device) for s, member in enumerate(members)]
 
 
 def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Tensor, stats: Tensor, *,
@@ -627,6 +674,11 @@ def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Ten
         stats[:, it] = engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g)
         progress.update(1)
     return iters
+
+
+def iterations_per_epoch(t, n_unlabeled: int) -> int:
+    """``train.iters_per_epoch``, or one pass over the unlabeled pool (at least one iteration)."""
+    return t.iters_per_epoch or max(1, n_unlabeled // t.batch_size)
 
 
 def _epoch_means(stats: Tensor) -> Dict[str, float]:
@@ -673,7 +725,7 @@ def _checkpoint(member: Member, networks: Networks, stats: Tensor, *, label: str
     write_checkpoint(member.run_dir, member.cfg, {**member.state_dict(stats), **networks.state_dict()})
 
 
-def _finish(member: Member, networks: Networks, data: ImageData, iters: int, device: torch.device) -> FitResult:
+def _finish(member: Member, networks: Networks, data: ImageData, device: torch.device) -> FitResult:
     """The end of a member's training: its final test (and validation) error and, with a run directory, the
     final checkpoint, samples.png and result.json."""
     t = member.cfg.train
@@ -687,7 +739,7 @@ def _finish(member: Member, networks: Networks, data: ImageData, iters: int, dev
                        member.class_names, member.log.history, member.run_dir, val_error)
     if member.run_dir is not None:
         _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
-        write_outputs(result, member.cfg, iters, device)
+        write_outputs(result, member.cfg, iterations_per_epoch(t, len(data.x_unlabeled)), device)
     return result
 
 

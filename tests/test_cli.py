@@ -137,3 +137,62 @@ def test_job_device_spreads_multirun_jobs_over_gpus():
     assert [job_device("auto", j, 2) for j in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     assert job_device("auto", None, 4) == "auto"  # not a multirun
     assert job_device("auto", 3, 1) == "auto" and job_device("cpu", 3, 4) == "cpu"
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_sweep_into_a_used_sweep_directory_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    argv = ["fit", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY_OVERRIDES]
+    assert main(argv) == 0
+    before = _mtimes(sweep)
+    capsys.readouterr()
+    assert main(argv) == 2  # the same sweep again: its finished jobs are not overwritten
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--overwrite" in err
+    assert {p: t for p, t in _mtimes(sweep).items() if p.name != "multirun.yaml"} == \
+        {p: t for p, t in before.items() if p.name != "multirun.yaml"}
+
+
+def test_hydra_run_dir_onto_a_finished_run_is_refused(trained_run, capsys):
+    before = _mtimes(trained_run)
+    assert main(["fit", f"hydra.run.dir={trained_run}", *TINY_OVERRIDES]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert _mtimes(trained_run) == before
+
+
+def test_a_run_directory_with_spaces_and_non_ascii_characters(tmp_path, capsys):
+    run_dir = tmp_path / "my runs" / "première"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    assert (run_dir / "result.json").is_file()
+    assert f"run directory: {run_dir}" in capsys.readouterr().out
+
+
+def test_ctrl_c_at_start_up_exits_130_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from ssgan import train
+
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "load_data", interrupted_load)
+    assert main(["fit", *TINY_OVERRIDES]) == 130
+    assert capsys.readouterr().err.strip() == "ssgan: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_data_paths_are_stored_as_absolute_ones(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(0)
+    np.savez("data.npz", x_train=rng.randint(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 2,
+             x_test=rng.randint(0, 255, (4, 8, 8), dtype=np.uint8), y_test=np.arange(4) % 2)
+    assert main(["fit", "--run-dir", "run", *TINY_OVERRIDES, "dataset.source=npz", "dataset.path=data.npz",
+                 "dataset.labels=2"]) == 0
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["dataset"]
+    assert stored["path"] == str(tmp_path / "data.npz") and stored["root"] == str(tmp_path / "data")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["config"]["dataset"]["path"] == stored["path"]

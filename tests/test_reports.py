@@ -16,7 +16,7 @@ import torch
 
 from ssgan.cli import main
 from ssgan.reports import PUBLISHED, PUBLISHED_COLUMNS, SeedsResult, aggregate, ensemble_error, plot_table, write_table
-from ssgan.rundir import RunRecord
+from ssgan.rundir import RunRecord, content_digest
 from tests.conftest import TINY_OVERRIDES, direct_probs
 
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
@@ -92,6 +92,7 @@ def test_ensemble_refuses_other_data_sets_and_classes(seeds_run, tmp_path, capsy
     shutil.copytree(run_dir / "seed1", renamed)
     payload = torch.load(renamed / "checkpoint.pt", weights_only=True)
     payload["class_names"] = [f"c{k}" for k in range(10)]
+    payload["sha256"] = content_digest(payload)  # a run of other classes, not a corrupt file
     torch.save(payload, renamed / "checkpoint.pt")
     assert main(["ensemble", str(run_dir / "seed0"), str(renamed), "--device", "cpu"]) == 2
     assert "different classes" in capsys.readouterr().err

@@ -99,6 +99,7 @@ def test_resume_can_extend_the_epochs(uninterrupted, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().err
     assert main(["fit", "--resume", str(run_dir), "train.epochs=7"]) == 0
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 7
+    assert "epochs: 7" in (run_dir / "config.yaml").read_text()  # the config it now trains with
 
 
 def test_divergence_stops_with_epoch_and_iteration_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
@@ -149,7 +150,7 @@ def test_atomic_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(RunDirError, match="No space left on device"):
         atomic_write(path, b"a new, longer checkpoint")
     monkeypatch.undo()
     assert path.read_bytes() == b"the previous checkpoint"
@@ -179,3 +180,115 @@ def test_metrics_log_starts_clean_and_a_resume_keeps_the_finished_epochs(tmp_pat
     lines = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
     assert [(r["epoch"], r["loss"]) for r in lines] == [(1, 1.0), (2, 0.5), (3, 0.25)]
     assert MetricsLog(None).history == []  # no run directory: nothing is written
+
+
+# --------------------------------------------------------------- the windows of "Never lose a run, part two"
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs but finally-blocks (which write nothing)."""
+
+
+def _kill_after_first_checkpoint(monkeypatch):
+    from ssgan import train
+
+    original = train._checkpoint
+
+    def checkpoint_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(train, "_checkpoint", checkpoint_then_die)
+
+
+def test_a_kill_in_the_final_writes_is_finished_by_resume(uninterrupted, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "final"
+    shutil.copytree(uninterrupted, run_dir)
+    for name in ("result.json", "samples.png"):  # killed after the last checkpoint, before these
+        (run_dir / name).unlink()
+    assert main(["ensemble", str(run_dir), "--device", "cpu"]) == 2
+    assert f"ssgan fit --resume {run_dir}" in capsys.readouterr().err  # ensemble sends the user to --resume ...
+    assert main(["fit", "--resume", str(run_dir)]) == 0  # ... which finishes the run instead of refusing
+    assert (run_dir / "samples.png").is_file()
+    assert json.loads((run_dir / "result.json").read_text())["test_error"] == \
+        json.loads((uninterrupted / "result.json").read_text())["test_error"]
+    assert main(["ensemble", str(run_dir), "--device", "cpu"]) == 0
+
+
+def test_a_signal_during_the_final_writes_completes_them_first(tmp_path, monkeypatch):
+    from ssgan import train
+
+    received = []
+    guard = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # if ssgan had none
+    original = train.write_outputs
+
+    def signalled_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "write_outputs", signalled_write)
+    try:
+        code = main(["fit", "--run-dir", str(tmp_path / "run"), *TINY_OVERRIDES])
+    finally:
+        signal.signal(signal.SIGTERM, guard)
+    assert code == 128 + signal.SIGTERM and not received  # ssgan's handler took it
+    assert (tmp_path / "run" / "result.json").is_file() and (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_overwrite_clears_the_old_outputs_before_it_trains(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + ["train.epochs=2"]
+    assert main(["fit", "--run-dir", str(run_dir), *overrides]) == 0
+    _kill_after_first_checkpoint(monkeypatch)
+    with pytest.raises(_Killed):
+        main(["fit", "--run-dir", str(run_dir), "--overwrite", *overrides])
+    assert (run_dir / "checkpoint.pt").is_file()
+    assert not (run_dir / "result.json").exists() and not (run_dir / "samples.png").exists()
+    assert main(["ensemble", str(run_dir)]) == 2
+    assert f"an unfinished run: continue it with ssgan fit --resume {run_dir}" in capsys.readouterr().err
+
+
+def test_a_run_that_another_process_trains_is_refused(uninterrupted, tmp_path, capsys):
+    import fcntl
+    import shutil
+
+    run_dir = tmp_path / "busy"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "result.json").unlink()
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)  # another process's lock on the run
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert main(["fit", "--resume", str(run_dir)]) == 2
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "being trained by another process" in err
+    assert not (run_dir / "result.json").exists()
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(uninterrupted, tmp_path):
+    """torch.load does not check its zip records' CRCs: without the checksum a flipped byte loads as a
+    wrong weight."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "checkpoint.pt"
+    data = bytearray((uninterrupted / "checkpoint.pt").read_bytes())
+    with zipfile.ZipFile(uninterrupted / "checkpoint.pt") as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_length, extra_length = struct.unpack("<HH", data[record.header_offset + 26:record.header_offset + 30])
+    data[record.header_offset + 30 + name_length + extra_length + record.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["format"] == CHECKPOINT_FORMAT  # torch reads it without a word
+    with pytest.raises(RunDirError, match="does not match its checksum"):
+        load_checkpoint(path)
+
+
+def test_the_checksum_covers_strided_one_element_tensors():
+    from ssgan.rundir import content_digest
+
+    column = torch.zeros(1, 7)[:, 3]  # (1,) with stride 7: "contiguous", yet not viewable as bytes
+    assert content_digest({"x": column}) == content_digest({"x": torch.zeros(1)})
+    assert content_digest({"x": torch.arange(12.0).view(3, 4)[:, 1]}) == content_digest({"x": torch.tensor([1.0, 5.0, 9.0])})
+    assert content_digest({"x": torch.zeros(2)}) != content_digest({"x": torch.ones(2)})

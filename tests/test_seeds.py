@@ -60,3 +60,71 @@ def test_resume_of_a_seeds_run_keeps_finished_seeds(seeds_run, tmp_path, capsys)
     assert "finished before, not trained again" in out[0] and "continuing from its checkpoint" in out[1]
     assert out[-1] == lines[-1]
     assert (copy / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs but finally-blocks (which write nothing)."""
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_seeds_run_killed_in_its_first_seed_continues_with_resume(tmp_path, monkeypatch, capsys, concurrent):
+    from ssgan import train
+    from tests.conftest import TINY_SEEDS
+
+    original, calls = train._checkpoint, {"n": 0}
+
+    def checkpoint_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == (2 if concurrent else 1):  # the first checkpoint of seed 0 (of both, concurrently)
+            raise _Killed
+
+    run_dir = tmp_path / "seeds"
+    overrides = [o for o in TINY_SEEDS if not o.startswith("train.epochs")] + [
+        "train.epochs=2", "train.checkpoint_every=1", "dataset.labels=20", f"train.concurrent_seeds={concurrent}"]
+    monkeypatch.setattr(train, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(_Killed):
+        main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *overrides])
+    monkeypatch.undo()
+    assert not (run_dir / "summary.json").exists()  # no seed finished
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["finished"] == [0, 1]
+    for seed in (0, 1):
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2]
+
+
+def test_two_processes_on_one_table_share_its_seeds(tmp_path, capsys):
+    """A second ``ssgan table`` on the same cache leaves the seed that the first is training to it, trains
+    another, then waits for the first; every seed is trained once and both tables are complete."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY_SEEDS
+
+    overrides = [o for o in TINY_SEEDS if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+        "train.epochs=3", "train.iters_per_epoch=40", "train.checkpoint_every=1"]
+    table = ["table", "--dataset", "digits", "--labels", "20", "--seeds", "2", "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "ssgan", *table, "--out-dir", str(tmp_path / "a"), *overrides],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "cache").glob("digits/*/seed0/checkpoint.pt")):
+        assert first.poll() is None, first.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert main([*table, "--out-dir", str(tmp_path / "b"), *overrides]) == 0
+    out_first, err_first = first.communicate(timeout=120)
+    assert first.returncode == 0, err_first
+    assert "Traceback" not in err_first
+    out = capsys.readouterr().out
+    assert "seed 0: another process is training it" in out and "finished by another process" in out
+    (cell,) = (tmp_path / "cache" / "digits").iterdir()
+    for seed in (0, 1):
+        epochs = [json.loads(line)["epoch"] for line in (cell / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3]  # trained once, by one of the two
+    rows = [json.loads((tmp_path / side / "digits.json").read_text())["rows"][0] for side in ("a", "b")]
+    assert rows[0]["test_errors"] == rows[1]["test_errors"] and rows[0]["seeds"] == [0, 1]

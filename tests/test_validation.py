@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssgan.rundir import load_checkpoint
+from ssgan.rundir import content_digest, load_checkpoint
 from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 
@@ -44,6 +44,18 @@ def inputs(tmp_path_factory) -> Path:
     np.savez(root / "count.npz", **{**good, "y_train": np.zeros(19, np.int64)})
     np.savez(root / "strings.npz", **{**good, "x_train": np.array(["a"] * 20)})
     (root / "not_an_archive.npz").write_bytes(b"PK broken")
+    floats = np.full((20, 8, 8), 100.0, np.float32)
+    np.savez(root / "nan_train.npz", **{**good, "x_train": np.where(np.arange(20)[:, None, None] == 3, np.nan, floats)})
+    np.savez(root / "inf_test.npz", **{**good, "x_test": np.full((4, 8, 8), np.inf, np.float32)})
+    np.savez(root / "negative.npz", **{**good, "x_train": floats - 150.0})
+    np.savez(root / "too_bright.npz", **{**good, "x_train": floats * 3})
+    np.savez(root / "one_class.npz", **{**good, "y_train": np.zeros(20, np.int64), "y_test": np.zeros(4, np.int64)})
+    np.savez(root / "nan_x.npz", x=np.full((3, 8, 8), np.nan, np.float32))
+    np.savez(root / "no_test.npz", **{**good, "x_train": np.random.RandomState(0).randint(0, 255, (20, 8, 8),
+                                                                                       dtype=np.uint8),
+                                      "x_test": np.zeros((0, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)})
+    assert main(["fit", "--run-dir", str(root / "no_test_run"), *TINY_OVERRIDES, "dataset.source=npz",
+                 f"dataset.path={root / 'no_test.npz'}", "dataset.labels=2"]) == 0
 
     checkpoint = (root / "run" / "checkpoint.pt").read_bytes()
     (root / "truncated").mkdir()
@@ -51,8 +63,16 @@ def inputs(tmp_path_factory) -> Path:
     payload = load_checkpoint(root / "run" / "checkpoint.pt")
     payload["config"]["model"]["d_widths"] = [64, 64]
     (root / "other_arch").mkdir()
+    payload["sha256"] = content_digest(payload)  # a well-formed checkpoint whose config names other widths
     torch.save(payload, root / "other_arch" / "checkpoint.pt")
     (root / "no_checkpoint").mkdir()
+    for name, change in (("no_class_names", lambda c: c.pop("class_names")),
+                         ("bad_epoch", lambda c: c.update(epoch="one"))):
+        broken = load_checkpoint(root / "run" / "checkpoint.pt")
+        change(broken)
+        broken["sha256"] = content_digest(broken)
+        (root / name).mkdir()
+        torch.save(broken, root / name / "checkpoint.pt")
     (root / "notes.txt").write_text("not an image")
     (root / "taken.csv").write_text("keep me")
     return root
@@ -102,6 +122,37 @@ CASES = [
     (["predict", "{root}/run", "{root}/big/train/a/0.png"], "dataset.resize=true"),
     (["predict", "{root}/run", "{root}/run/samples.png", "--out", "{root}/taken.csv"], "already exists"),
     (["frobnicate"], "unknown command"),
+    # Never lose a run, part two: data that is silently wrong
+    (["fit", "dataset.source=npz", "dataset.path={root}/nan_train.npz", "dataset.labels=2"], "NaN or infinite"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/inf_test.npz", "dataset.labels=2"], "test images contain NaN"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/negative.npz", "dataset.labels=2"], "must lie in 0..255"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/too_bright.npz", "dataset.labels=2"], "found 300..300"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/one_class.npz", "dataset.labels=2"], "at least two"),
+    (["predict", "{root}/run", "{root}/nan_x.npz"], "NaN or infinite"),
+    (["predict", "{root}/run", "{root}/nan_x.npz", "--batch-size", "-5"], "--batch-size=-5"),
+    # ... and tracebacks that became one line
+    (["fit", "--seed", "4294967296"], "seed=4294967296"),
+    (["fit", "--seed", "4294967295", "--seeds", "2"], "below 4294967296"),
+    (["fit", "train.eval_batch_size=0"], "train.eval_batch_size=0"),
+    (["fit", "train.batch_size=100000"], "larger than the 1347 unlabeled images"),
+    (["fit", "train.iters_per_epoch=10000000000"], "does not fit in memory"),
+    (["fit", "--run-dir", "{root}/notes.txt", "--overwrite"], "is a file"),
+    (["fit", "--run-dir", "{root}/notes.txt/sub"], "is a file"),
+    (["fit", "--run-dir", "/proc/ssgan-cannot-be-here/run"], "cannot create"),
+    (["evaluate", "{root}/no_test_run"], "no test images"),
+    (["ensemble", "{root}/no_test_run"], "no test images"),
+    (["predict", "{root}/run", "{root}/nan_x.npz", "--out", "{root}/nowhere/p.csv"], "does not exist"),
+    (["predict", "{root}/run", "{root}/nan_x.npz", "--out", "{root}/p.txt"], "expected a .csv file"),
+    (["sample", "{root}/run", "--out", "{root}/nowhere/grid.png"], "does not exist"),
+    (["sample", "{root}/run", "--out", "{root}/grid.jpg"], "expected a .png file"),
+    (["sample", "{root}/run", "--no-grid", "--score", "--n-score", "10", "--splits", "20"], "more splits"),
+    (["ensemble", "{root}/run", "--out", "{root}/nowhere/e.json"], "does not exist"),
+    (["ensemble", "{root}/run", "--out", "{root}/e.csv"], "expected a .json file"),
+    (["fit", "--resume", "{root}/run", "model.d_widths=[64,64]"], "cannot change model.d_widths"),
+    (["fit", "--resume", "{root}/other_arch"], "does not fit"),
+    (["evaluate", "{root}/no_class_names"], "missing class_names"),
+    (["evaluate", "{root}/bad_epoch"], "malformed checkpoint entry 'epoch'"),
+    (["fit", "model.d_widths=[0,0,0]"], "widths must be positive"),
 ]
 
 
@@ -125,4 +176,4 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, fragment, inputs
 
 
 def test_the_table_is_large():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 70
