@@ -138,6 +138,12 @@ def input_value_max(x: np.ndarray, cfg: DataConfig) -> float:
         return 255.0
     if np.issubdtype(x.dtype, np.floating) and x.size and float(np.max(x)) <= 1.0:
         return 1.0
+    return source_value_max(cfg)
+
+
+def source_value_max(cfg: DataConfig) -> float:
+    """The pixel value that stands for white in the raw images of the run's source: 16 for scikit-learn's
+    digits (``load_digits`` gives 0..16), 255 for every other source."""
     return 16.0 if cfg.source == "builtin" else 255.0
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     ["concurrent"],
     ["seeds"],
     ["reports"],
-    ["estimator"],
+    ["estimator", "export"],
     ["cli"],
     ["__main__"],
 ]
