@@ -41,6 +41,7 @@ from .config import (DATASETS, MAX_SEED, METHODS, Config, ConfigError, compose, 
 from .data import DataError, load_data, read_inputs
 from .evaluate import (discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
+from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
@@ -56,6 +57,7 @@ COMMANDS = {
     "sample": "write a grid of generator samples; --score: Inception Score (or the discriminator's score)",
     "table": "train the seeds x labels grid of a data set (resuming) and write results/<dataset>.md, .json, .png",
     "ensemble": "evaluate trained runs together: each one's test error, mean +- std and the ensemble's error",
+    "export": "write a run's classifier (input scaling and softmax inside) as an ONNX or TorchScript file",
 }
 
 
@@ -574,8 +576,25 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
 
 
 
+def cmd_export(argv: Sequence[str]) -> int:
+    """The averaged discriminator of a run, raw pixels in and class probabilities out (``ssgan.export``)."""
+    parser = _Parser(prog=f"{PROG} export", description=COMMANDS["export"] + ". The file takes float32 images "
+                     "(N, C, H, W) of raw pixel values (0..255; 0..16 for the builtin digits) and returns (N, K) "
+                     "class probabilities; the class names travel inside it.")
+    parser.add_argument("run_dir", help="a run directory written by ssgan fit")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (needs the export "
+                        "extra) or torchscript")
+    parser.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt); "
+                        "never overwritten")
+    args = parser.parse_args(argv)
+    exported = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {exported.path} ({exported.fmt}): float32 (N, {', '.join(map(str, exported.input_shape))}) raw "
+          f"pixels 0..{exported.input_value_max:g} -> (N, {len(exported.class_names)}) class probabilities")
+    return 0
+
+
 HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample,
-            "table": cmd_table, "ensemble": cmd_ensemble}
+            "table": cmd_table, "ensemble": cmd_ensemble, "export": cmd_export}
 
 
 def _usage() -> str:

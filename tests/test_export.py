@@ -229,3 +229,16 @@ def test_the_wrapper_scales_as_scale_images(scaling, value_max):
     expected = torch.softmax(torch.from_numpy(scale_images(raw, scaling, value_max)).flatten(1)[:, :5], dim=1)
     got = ScaledClassifier(_FirstPixels(), scaling, value_max).eval()(torch.from_numpy(raw))
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-7)
+
+
+def test_the_export_command(tmp_path, capsys):
+    from ssgan.cli import main
+    from tests.conftest import TINY_OVERRIDES
+
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "torchscript"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {run_dir / 'model.pt'} (torchscript)")
+    assert main(["export", str(run_dir), "--format", "torchscript"]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
