@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import Config, ConfigError, validate
 from .data import ImageData
 from .optim import make_optimizer
-from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, deterministic_algorithms,
+from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
                     discriminator_loss, generator_loss, place_data, prepare, start_member, train_members, update)
 
 # Options the vectorised step does not cover (they need per-model autograd, state or data), as
@@ -116,26 +116,28 @@ class StackedEngine:
         self.optimizers = (self.opt_d, self.opt_g)
         template_d, template_g = copy.deepcopy(first.disc).train(), copy.deepcopy(first.gen).train()
 
-        def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z):
+        def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z, targets):
             return discriminator_loss(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_lab, y_lab,
-                                      x_unl, z, method)
+                                      x_unl, z, method, targets)
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_loss(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z, method.fm_norm)
 
-        self.d_loss = vmap(d_loss, randomness="different")
+        targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
+        self.d_loss = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
         self.g_loss = vmap(g_loss, randomness="different")
 
     def train(self) -> None:
         """The templates are always in training mode (dropout and noise on)."""
 
-    def step(self, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, x_unl_fm: Tensor, z_d: Tensor,
-             z_g: Tensor) -> Tensor:
-        """One D step, one G step and the Polyak update of every member; the stats rows (S, len(STAT_NAMES))."""
+    def step(self, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, x_unl_fm: Tensor, z_d: Tensor, z_g: Tensor,
+             targets: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """One D step, one G step and the Polyak update of every member; the stats rows (S, len(STAT_NAMES))
+        and the unlabeled pass's logits and features (S, B, K + F)."""
         frozen_g = {k: v.detach() for k, v in self.params_g.items()}
         with autocast(x_lab.device, self.amp_dtype):
-            loss_d, stats = self.d_loss(self.params_d, self.buffers_d, frozen_g, self.buffers_g, x_lab, y_lab,
-                                        x_unl, z_d)
+            loss_d, stats, outputs = self.d_loss(self.params_d, self.buffers_d, frozen_g, self.buffers_g, x_lab,
+                                                 y_lab, x_unl, z_d, targets)
         update(loss_d, self.opt_d)  # (S,) losses of independent models
         frozen_d = {k: v.detach() for k, v in self.params_d.items()}
         with autocast(x_lab.device, self.amp_dtype):
@@ -145,7 +147,7 @@ class StackedEngine:
             torch._foreach_lerp_(list(self.avg_d.values()), [p.detach() for p in self.params_d.values()],
                                  1.0 - self.ema_decay)
         stats = {**stats, "loss_g": loss_g}
-        return torch.stack([stats[k].detach().float() for k in STAT_NAMES], dim=1)
+        return torch.stack([stats[k].detach().float() for k in STAT_NAMES], dim=1), outputs
 
     def networks(self, s: int) -> Networks:
         """Member s as single-model modules and optimizers (for checkpoints, evaluation and results)."""
@@ -177,7 +179,7 @@ def fit_concurrent(cfg: Config, seeds: Sequence[int], data: Optional[ImageData] 
     positions = {(int(r["epoch"]), int(r["iteration"])) if r is not None else (0, 0) for r in resumes}
     if len(positions) > 1:
         raise ConfigError(f"seeds trained together must start at the same position, got {sorted(positions)}")
-    with deterministic_algorithms(cfg.train.deterministic):
+    with numerics(cfg.train):
         cfg, data, device = prepare(cfg, data, seeds[0], len(seeds))
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         members, networks = [], []

@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
-SCALINGS = ("unit", "cifar", "symmetric")
-METHODS = ("improved_gan", "ct_gan")
+SCALINGS = ("unit", "cifar", "symmetric", "half")
+METHODS = ("improved_gan", "ct_gan", "ct_gan_te")
 ARCHS = ("mlp", "cnn")
 
 
@@ -43,7 +43,8 @@ class DataConfig:
     # (C, H, W) the recipe's network expects; user data of another size needs resize=true.
     image_shape: List[int] = field(default_factory=lambda: [1, 8, 8])
     resize: bool = False
-    # unit: x / max -> [0, 1]; cifar: (x - 127.5) / 128; symmetric: (x - 127.5) / 127.5
+    # unit: x / max -> [0, 1]; cifar: (x - 127.5) / 128; symmetric: (x - 127.5) / 127.5;
+    # half: (x - 127.5) / 255 -> [-0.5, 0.5] (CT-GAN's CIFAR-10 loader)
     scaling: str = "unit"
     # Held out of the train split for model selection: a fraction if < 1, else a count. 0 as in the papers.
     val_size: float = 0.0
@@ -60,6 +61,9 @@ class ModelConfig:
     g_widths: List[int] = field(default_factory=lambda: [256, 256])
     z_dim: int = 100
     weight_init_std: float = 0.1  # std of the direction parameters v before normalisation
+    # The generator's weights: normal (N(0, weight_init_std)) or glorot (Lasagne's default GlorotUniform, gain 1,
+    # as in the official MNIST generator)
+    g_init: str = "normal"
     input_noise: float = 0.3  # mlp: Gaussian noise std on the input
     hidden_noise: float = 0.5  # mlp: Gaussian noise std after each hidden layer
     input_dropout: float = 0.2  # cnn: dropout on the input
@@ -82,6 +86,11 @@ class MethodConfig:
     ct_weight: float = 0.0  # lambda of the consistency term; 0 disables it
     ct_feat_weight: float = 0.1  # weight of the second-to-last-layer term inside CT
     ct_margin: float = 0.0  # M'
+    # two_pass: CT between two dropout / noise passes of the unlabeled batch (CT_CIFAR.py); temporal: between one
+    # pass and per-example targets, a bias-corrected moving average over epochs of each example's earlier
+    # logits and features (CT_CIFAR-10_TE.py)
+    ct_mode: str = "two_pass"
+    te_decay: float = 0.6  # decay of the temporal ensemble (ct_mode=temporal)
     fm_norm: int = 1  # feature matching: 1 = mean absolute, 2 = mean squared difference
     # Options from the same family, off by default
     label_smoothing: float = 0.0  # one-sided: real target 1 - label_smoothing
@@ -106,7 +115,13 @@ class TrainConfig:
     optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
     adam_eps: float = 1e-8
     ema_decay: float = 0.9999  # Polyak averaging of D for evaluation
-    init_batch: int = 500  # images for the data-dependent initialisation
+    init_batch: int = 500  # images for the data-dependent initialisation of D
+    # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
+    # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
+    # first of epoch 0's labeled stream; official CIFAR-10 / SVHN)
+    init_source: str = "pool"
+    init_pad: int = 0  # reflect padding of the init images (CT-GAN's CIFAR-10: 2, i.e. 36x36)
+    init_z: Optional[int] = None  # z for the generator's init (official: 100); None: init_batch
     augment: bool = False  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
     translate: int = 2
     flip: bool = True
@@ -115,6 +130,9 @@ class TrainConfig:
     # one ahead), or auto (device while they take at most half of the GPU's free memory).
     data_placement: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
+    # TensorFloat-32 for float32 convolutions and matrix products on GPUs: false is true float32, as Theano ran
+    # the official code; true is a speed option (10-bit mantissa inside the products).
+    tf32: bool = False
     channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
     # torch.compile of the D and G loss computations: off | inductor | aot_eager | eager (the backend), and its
     # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
@@ -171,10 +189,13 @@ def validate(cfg: Config) -> None:
         (d.source not in ("folder", "npz") or d.path, f"dataset.source={d.source} needs dataset.path=..."),
         (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
         (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
+        (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
+        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
         (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
         (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
         (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),
         (m.norm in ("weight", "spectral"), f"model.norm={m.norm!r}: expected weight or spectral"),
+        (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),
         (m.z_dim > 0, f"model.z_dim={m.z_dim}: must be positive"),
         (m.arch != "cnn" or len(m.d_widths) == 5, "model.d_widths: the cnn needs 5 widths"),
         (m.arch != "cnn" or len(m.g_widths) == 3, "model.g_widths: the cnn generator needs 3 widths"),
@@ -209,6 +230,11 @@ def validate(cfg: Config) -> None:
          f"max-autotune-no-cudagraphs"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
+        (t.init_source in ("pool", "permuted", "labeled"),
+         f"train.init_source={t.init_source!r}: expected pool, permuted or labeled"),
+        (0 <= t.init_pad < min(d.image_shape[1:]),
+         f"train.init_pad={t.init_pad}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
+        (t.init_z is None or t.init_z > 0, f"train.init_z={t.init_z}: must be positive"),
         (0 <= t.translate < min(d.image_shape[1:]),
          f"train.translate={t.translate}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
         (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)"),

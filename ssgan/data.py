@@ -58,31 +58,31 @@ class ImageData:
 
 # ----------------------------------------------------------------------------------------------- scaling
 
-def scale_images(x: np.ndarray, scaling: str, value_max: float = 255.0) -> np.ndarray:
-    """Scale raw pixel values to the recipe's input range (METHOD.md sec. 3).
+# The centred scalings: (x - 127.5) / divisor on 0..255 pixel values (docs/method.md sec. 6.6).
+CENTRED_DIVISORS = {"cifar": 128.0,  # Improved GAN's CIFAR-10 loader: [-0.996, 0.996]
+                    "symmetric": 127.5,  # Improved GAN's SVHN: [-1, 1]
+                    "half": 255.0}  # CT-GAN's CIFAR-10 loader: [-0.5, 0.5]
 
-    unit: x / value_max -> [0, 1] (MNIST; digits with value_max 16); cifar: (x - 127.5) / 128;
-    symmetric: (x - 127.5) / 127.5 -> [-1, 1] (SVHN). Values are first brought to 0..255.
+
+def scale_images(x: np.ndarray, scaling: str, value_max: float = 255.0) -> np.ndarray:
+    """Scale raw pixel values to the recipe's input range (docs/method.md sec. 3, 6.6).
+
+    unit: x / value_max -> [0, 1] (MNIST; digits with value_max 16); the centred scalings of
+    ``CENTRED_DIVISORS``: (x - 127.5) / divisor, values first brought to 0..255.
     """
     x = x.astype(np.float32)
     if scaling == "unit":
         return x / np.float32(value_max)
+    if scaling not in CENTRED_DIVISORS:
+        raise DataError(f"unknown scaling {scaling!r}")
     x = x * np.float32(255.0 / value_max)
-    if scaling == "cifar":
-        return (x - 127.5) / 128.0
-    if scaling == "symmetric":
-        return (x - 127.5) / 127.5
-    raise DataError(f"unknown scaling {scaling!r}")
+    return (x - 127.5) / CENTRED_DIVISORS[scaling]
 
 
 def unscale_images(x: np.ndarray, scaling: str) -> np.ndarray:
-    """Inverse of ``scale_images`` to [0, 1], for writing sample grids."""
-    if scaling == "unit":
-        out = x
-    elif scaling == "cifar":
-        out = (x * 128.0 + 127.5) / 255.0
-    else:
-        out = (x * 127.5 + 127.5) / 255.0
+    """Inverse of ``scale_images`` to [0, 1], for writing sample grids (a generator's tanh output may exceed
+    the data's range: it is clipped)."""
+    out = x if scaling == "unit" else (x * CENTRED_DIVISORS[scaling] + 127.5) / 255.0
     return np.clip(out, 0.0, 1.0)
 
 

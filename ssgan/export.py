@@ -13,7 +13,7 @@ Input contract
     images cast to float32). This value is ``input_value_max`` (``data.source_value_max``). Inside, the
     recipe's ``dataset.scaling`` is applied as ``data.scale_images`` applies it:
     ``unit``: x / value_max; ``cifar``: (x * 255 / value_max - 127.5) / 128;
-    ``symmetric``: (x * 255 / value_max - 127.5) / 127.5.
+    ``symmetric``: (x * 255 / value_max - 127.5) / 127.5; ``half``: (x * 255 / value_max - 127.5) / 255.
     Images of another size must be resized beforehand (the run's ``dataset.resize`` is not part of the file).
     Unlike ``ssgan predict``, which reads the range from the array (uint8: 0..255, floats up to 1: 0..1), the
     file takes this one range only: for a digits run, images of 0..255 are to be multiplied by 16 / 255 first.
@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .data import source_value_max
+from .data import CENTRED_DIVISORS, source_value_max
 from .rundir import CHECKPOINT_NAME, Run, RunDirError, atomic_write, load_run
 
 # format -> (file extension, default file name in the run directory)
@@ -234,13 +234,13 @@ class ScaledClassifier(nn.Module):
 
     Args:
         discriminator: a network returning ``(logits, feats)``, logits (N, K).
-        scaling: ``unit``, ``cifar`` or ``symmetric`` (``dataset.scaling``).
+        scaling: ``unit`` or one of ``data.CENTRED_DIVISORS`` (``dataset.scaling``).
         value_max: the raw value that stands for white (``data.source_value_max``).
     """
 
     def __init__(self, discriminator: nn.Module, scaling: str, value_max: float) -> None:
         super().__init__()
-        if scaling not in ("unit", "cifar", "symmetric"):
+        if scaling != "unit" and scaling not in CENTRED_DIVISORS:
             raise RunDirError(f"unknown scaling {scaling!r} in the run's config")
         self.discriminator = discriminator
         self.scaling = scaling
@@ -252,6 +252,6 @@ class ScaledClassifier(nn.Module):
             x = x / self.value_max
         else:
             x = x * (255.0 / self.value_max) - 127.5
-            x = x / (128.0 if self.scaling == "cifar" else 127.5)
+            x = x / CENTRED_DIVISORS[self.scaling]
         logits, _ = self.discriminator(x)
         return torch.softmax(logits, dim=1)

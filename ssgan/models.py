@@ -136,6 +136,16 @@ def sample_z(n: int, z_dim: int, device: torch.device | str = "cpu",
     return torch.rand(n, z_dim, device=device, generator=generator)
 
 
+@torch.no_grad()
+def _init_generator_weight(weight: Tensor, cfg: ModelConfig) -> None:
+    """``model.g_init``: N(0, weight_init_std), or Glorot-uniform with gain 1 (Lasagne's default, which the
+    official MNIST generator's three dense layers take: U(-a, a), a = sqrt(6 / (fan_in + fan_out)))."""
+    if cfg.g_init == "glorot":
+        nn.init.xavier_uniform_(weight)
+    else:
+        nn.init.normal_(weight, std=cfg.weight_init_std)
+
+
 def _output_activation(scaling: str) -> Callable[[Tensor], Tensor]:
     return torch.sigmoid if scaling == "unit" else torch.tanh
 
@@ -150,9 +160,11 @@ class MLPGenerator(_Generator):
         self.hidden = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:]))
         self.norms = nn.ModuleList(self._norm(b) for b in widths[1:])
         for layer in self.hidden:
-            nn.init.normal_(layer.weight, std=cfg.weight_init_std)
+            _init_generator_weight(layer.weight, cfg)
         self.out = WNLinear(widths[-1], math.prod(image_shape), init_std=cfg.weight_init_std,
                             train_scale=True, data_init=False)
+        if cfg.g_init == "glorot":  # (normal: WNLinear's own N(0, init_std) draw)
+            _init_generator_weight(self.out.v, cfg)
         self.activation = _output_activation(scaling)
         self.image_shape = tuple(image_shape)
 
@@ -186,10 +198,12 @@ class CNNGenerator(_Generator):
         self.up2 = nn.ConvTranspose2d(g1, g2, 5, stride=2, padding=2, output_padding=1, bias=False)
         self.norm2 = self._norm(g2)
         for layer in (self.fc, self.up1, self.up2):
-            nn.init.normal_(layer.weight, std=cfg.weight_init_std)
+            _init_generator_weight(layer.weight, cfg)
         self.out = WNConvTranspose2d(g2, c, 5, stride=2, padding=2, output_padding=1,
                                      init_std=cfg.weight_init_std, target_std=cfg.out_init_std,
                                      train_scale=True)
+        if cfg.g_init == "glorot":
+            _init_generator_weight(self.out.v, cfg)
         self.activation = _output_activation(scaling)
 
     def body(self, z: Tensor) -> Tensor:

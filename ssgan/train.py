@@ -134,25 +134,31 @@ def update(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
 
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
                        y_lab: Tensor, x_unl: Tensor, z: Tensor, *, method: MethodConfig,
-                       history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
-                       loss_fn: Optional[Callable] = None) -> Dict[str, Tensor]:
+                       targets: Optional[Tensor] = None, history: Optional[HistoricalAverage] = None,
+                       amp_dtype: Optional[torch.dtype] = None,
+                       loss_fn: Optional[Callable] = None) -> Tuple[Dict[str, Tensor], Tensor]:
     """One update of D on L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms).
 
-    x_lab: (B, C, H, W), y_lab: (B,), x_unl: (B, C, H, W), z: (B, z_dim). ``loss_fn``: the loss computation,
-    ``discriminator_loss`` or its torch.compile'd form. Returns the step's statistics (0-d tensors).
+    x_lab: (B, C, H, W), y_lab: (B,), x_unl: (B, C, H, W), z: (B, z_dim); ``targets`` (B, K + F): the
+    temporal ensemble's targets of x_unl (``method.ct_mode=temporal``). ``loss_fn``: the loss computation,
+    ``discriminator_loss`` or its torch.compile'd form. Returns the step's statistics (0-d tensors) and the
+    unlabeled pass's logits and features, (B, K + F), detached.
     """
     with autocast(x_lab.device, amp_dtype):
-        loss, stats = (loss_fn or discriminator_loss)(disc, gen, x_lab, y_lab, x_unl, z, method, history)
+        loss, stats, outputs = (loss_fn or discriminator_loss)(disc, gen, x_lab, y_lab, x_unl, z, method, targets,
+                                                               history)
     update(loss, optimizer)
     if history is not None:
         history.update()
-    return stats
+    return stats, outputs
 
 
 def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
-                       z: Tensor, method: MethodConfig,
-                       history: Optional[HistoricalAverage] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """L_D and its parts, from one pass of D over the labeled, unlabeled and generated batches."""
+                       z: Tensor, method: MethodConfig, targets: Optional[Tensor] = None,
+                       history: Optional[HistoricalAverage] = None,
+                       ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
+    """L_D and its parts, from one pass of D over the labeled, unlabeled and generated batches; and that
+    unlabeled pass's logits and features (B, K + F), detached (what the temporal ensemble records)."""
     with torch.no_grad():
         x_gen = gen(z)  # (B, C, H, W)
     (logits_lab, _), (logits_unl, feats_unl), (logits_gen, _) = _forward_parts(disc, [x_lab, x_unl, x_gen])
@@ -160,7 +166,12 @@ def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Te
     unl = losses.unlabeled_loss(logits_unl, method.label_smoothing)
     fake = losses.fake_loss(logits_gen)
     ct = torch.zeros((), device=x_lab.device)
-    if method.ct_weight > 0:
+    if method.ct_weight > 0 and method.ct_mode == "temporal":
+        # The one unlabeled pass against each example's moving average of earlier logits and features.
+        target_logits, target_feats = targets.split([logits_unl.shape[1], feats_unl.shape[1]], dim=1)
+        ct = losses.consistency_loss(logits_unl.float().softmax(1), target_logits.float().softmax(1), feats_unl,
+                                     target_feats, method.ct_feat_weight, method.ct_margin)
+    elif method.ct_weight > 0:
         # Second pass of the same unlabeled batch under fresh dropout / noise; the first is the one above.
         logits_unl2, feats_unl2 = disc(x_unl)
         ct = losses.consistency_loss(logits_unl.float().softmax(1), logits_unl2.float().softmax(1), feats_unl,
@@ -177,8 +188,9 @@ def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Te
         loss = loss + method.historical_averaging * history.penalty()
     with torch.no_grad():
         acc = (logits_lab.argmax(1) == y_lab).float().mean()
+    outputs = torch.cat([logits_unl.float(), feats_unl.float()], dim=1).detach()  # (B, K + F)
     return loss, {"loss_d": loss.detach(), "loss_sup": sup.detach(), "loss_unl": unl.detach(),
-                  "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}
+                  "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}, outputs
 
 
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
@@ -221,6 +233,42 @@ def compiled_losses(backend: str, mode: Optional[str] = None) -> Tuple[Optional[
 
 # -------------------------------------------------------------------------------- networks and engine
 
+class TemporalEnsemble:
+    """The per-example targets of CT-GAN's temporal-ensemble form (Wei et al. 2018; CT_CIFAR-10_TE.py,
+    docs/method.md sec. 6.9): for every example of the unlabeled pool, a moving average over epochs of its
+    logits and features from the unlabeled pass of D's step (dropout on, before the step's update).
+
+    After each epoch, ensemble <- decay ensemble + (1 - decay) values, where ``values`` holds each example's
+    latest logits and features; during epoch e (e finished epochs before it) the targets are
+    ensemble / (1 - decay^e), bias-corrected, and zero in the first epoch.
+    """
+
+    def __init__(self, n_examples: int, width: int, decay: float, device: torch.device) -> None:
+        self.decay = decay
+        self.ensemble = torch.zeros(n_examples, width, device=device)  # (U, K + F)
+        self.values = torch.zeros(n_examples, width, device=device)  # (U, K + F), the latest per example
+
+    def targets(self, rows: Tensor, epoch: int) -> Tensor:
+        """The targets of the pool's ``rows`` (B,) during epoch ``epoch`` (from 0): (B, K + F)."""
+        if epoch == 0:
+            return torch.zeros(len(rows), self.ensemble.shape[1], device=self.ensemble.device)
+        return self.ensemble[rows] / (1 - self.decay ** epoch)
+
+    def record(self, rows: Tensor, outputs: Tensor) -> None:
+        """This iteration's logits and features (B, K + F) of the pool's ``rows`` (B,)."""
+        self.values[rows] = outputs.float()
+
+    def end_epoch(self) -> None:
+        self.ensemble.mul_(self.decay).add_(self.values, alpha=1 - self.decay)
+
+    def state_dict(self) -> Dict[str, Tensor]:
+        return {"ensemble": self.ensemble.cpu(), "values": self.values.cpu()}
+
+    def load_state_dict(self, state: Dict[str, Tensor]) -> None:
+        self.ensemble.copy_(state["ensemble"])
+        self.values.copy_(state["values"])
+
+
 @dataclass
 class Networks:
     """One model's networks and optimizers: D, its Polyak average (the classifier), G, and their Adams."""
@@ -251,22 +299,42 @@ class Networks:
             self.hist_g.load_state_dict(payload["historical_average"]["g"])
 
 
-def init_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
-    """Build D and G and initialise their weight-normalised layers on a first batch (METHOD.md sec. 3):
-    ``init_batch`` training images drawn with the seed, and as many generated images. Draws from torch's
-    global generator, which the caller has seeded."""
+def init_images(cfg: Config, x_all: Tensor, n_train: int, labeled_indices: np.ndarray,
+                batches: Optional[Tuple[np.ndarray, ...]]) -> Tensor:
+    """The images of D's data-dependent initialisation (``train.init_source``; docs/method.md sec. 6.4):
+    ``pool``: ``init_batch`` images of the unlabeled pool drawn with ``RandomState([seed, 2])`` (ours);
+    ``permuted``: the first of the permutation of the train split that picks the labeled subset (official
+    MNIST); ``labeled``: the first of epoch 0's labeled stream, ``batches`` (official CIFAR-10 / SVHN);
+    reflect-padded by ``train.init_pad`` pixels (CT-GAN's 36x36). (B, C, H + 2 pad, W + 2 pad)."""
+    t = cfg.train
+    if t.init_source == "pool":
+        rows = np.random.RandomState([cfg.seed, 2]).permutation(len(x_all))[:t.init_batch]
+    elif t.init_source == "permuted":  # balanced_labeled_subset's permutation (RandomState(seed))
+        rows = np.random.RandomState(cfg.seed).permutation(n_train)[:t.init_batch]
+    else:
+        rows = labeled_indices[batches[0].reshape(-1)[:t.init_batch]]
+    x = x_all[torch.from_numpy(rows).to(x_all.device)]
+    if t.init_pad:
+        x = torch.nn.functional.pad(x, (t.init_pad,) * 4, mode="reflect")
+    return x
+
+
+def init_networks(cfg: Config, x_init: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
+    """Build D and G and initialise their weight-normalised layers (docs/method.md sec. 3, 6.3): D on the
+    images ``x_init`` (``init_images``), G on ``train.init_z`` z (``init_batch`` when unset). Noise and
+    dropout are active, as in the official code. Draws from torch's global generator, which the caller has
+    seeded."""
     disc, gen = build_models(cfg.dataset, cfg.model)
     disc, gen = disc.to(device), gen.to(device)
-    init_idx = np.random.RandomState([cfg.seed, 2]).permutation(len(x_unl_all))[:cfg.train.init_batch]
-    data_dependent_init(disc, x_unl_all[torch.from_numpy(init_idx).to(x_unl_all.device)].to(device))
-    data_dependent_init(gen, gen.sample_z(cfg.train.init_batch, device))
+    data_dependent_init(disc, x_init.to(device))
+    data_dependent_init(gen, gen.sample_z(cfg.train.init_z or cfg.train.init_batch, device))
     return disc, gen
 
 
-def build_networks(cfg: Config, x_unl_all: Tensor, device: torch.device) -> Networks:
+def build_networks(cfg: Config, x_init: Tensor, device: torch.device) -> Networks:
     """``init_networks``, the Polyak average (started from the initial weights) and the optimizers."""
     t = cfg.train
-    disc, gen = init_networks(cfg, x_unl_all, device)
+    disc, gen = init_networks(cfg, x_init, device)
     if t.channels_last:
         disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
     disc_avg = copy.deepcopy(disc).eval()
@@ -294,18 +362,19 @@ class SingleEngine:
         self.net.disc.train()
         self.net.gen.train()
 
-    def step(self, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, x_unl_fm: Tensor, z_d: Tensor,
-             z_g: Tensor) -> Tensor:
-        """One D step, one G step and the Polyak update; returns the stats row, (1, len(STAT_NAMES))."""
+    def step(self, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, x_unl_fm: Tensor, z_d: Tensor, z_g: Tensor,
+             targets: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """One D step, one G step and the Polyak update; returns the stats row (1, len(STAT_NAMES)) and the
+        unlabeled pass's logits and features (1, B, K + F)."""
         n = self.net
-        stats = discriminator_step(n.disc, n.gen, n.opt_d, x_lab[0], y_lab[0], x_unl[0], z_d[0],
-                                   method=self.method, history=n.hist_d, amp_dtype=self.amp_dtype,
-                                   loss_fn=self.d_loss_fn)
+        stats, outputs = discriminator_step(n.disc, n.gen, n.opt_d, x_lab[0], y_lab[0], x_unl[0], z_d[0],
+                                            method=self.method, targets=None if targets is None else targets[0],
+                                            history=n.hist_d, amp_dtype=self.amp_dtype, loss_fn=self.d_loss_fn)
         stats["loss_g"] = generator_step(n.disc, n.gen, n.opt_g, x_unl_fm[0], z_g[0], fm_norm=self.method.fm_norm,
                                          history_weight=self.method.historical_averaging, history=n.hist_g,
                                          amp_dtype=self.amp_dtype, loss_fn=self.g_loss_fn)
         polyak_update(n.disc_avg, n.disc, self.ema_decay)
-        return torch.stack([stats[k].float() for k in STAT_NAMES])[None]
+        return torch.stack([stats[k].float() for k in STAT_NAMES])[None], outputs[None]
 
     def networks(self, index: int) -> Networks:
         return self.net
@@ -430,6 +499,7 @@ class Member:
     resumed: bool = False
     log: Optional[MetricsLog] = None
     test_error: float = float("nan")
+    te: Optional["TemporalEnsemble"] = None  # method.ct_mode=temporal: the per-example targets
     clock: float = 0.0  # time.time() at the start of training, less the seconds of the epochs before a resume
 
     def open_log(self) -> None:
@@ -460,7 +530,8 @@ class Member:
         return {"epoch": self.epoch, "iteration": self.iteration, "rng": rng_state(self.order_rng, self.z_rng),
                 "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
                 "stats": {k: stats[:, i].cpu().clone() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
-                "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names)}
+                "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names),
+                "temporal_ensemble": None if self.te is None else self.te.state_dict()}
 
     def load_state_dict(self, payload: Dict) -> None:
         self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
@@ -468,6 +539,8 @@ class Member:
         if payload["stats"] and self.iteration:
             self.stats = torch.stack([payload["stats"][k][:self.iteration].float() for k in STAT_NAMES], dim=1)
         restore_rng(payload["rng"], self.order_rng, self.z_rng)
+        if self.te is not None:
+            self.te.load_state_dict(payload["temporal_ensemble"])
         self.resumed = True
 
 
@@ -487,8 +560,18 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
         lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
     else:
         lab_idx = np.asarray(labeled_indices, dtype=np.int64)
-    networks = build_networks(cfg, x_all, device)
+    t = cfg.train
     member = Member(cfg, run_dir, lab_idx, list(data.class_names), order_rng, z_rng)
+    if t.init_source == "labeled":  # epoch 0's order is drawn now: its labeled stream gives the init images
+        member.batches = epoch_order(order_rng, len(lab_idx), len(x_all), iterations_per_epoch(t, len(x_all)),
+                                     t.batch_size)
+    x_init = init_images(cfg, x_all, len(data.y_train), lab_idx, member.batches)
+    networks = build_networks(cfg, x_init, device)
+    if cfg.method.ct_mode == "temporal":
+        with torch.no_grad():  # eval mode: no noise or dropout, so no random number is drawn
+            logits, feats = networks.disc.eval()(x_init[:2].to(device))
+        networks.disc.train()
+        member.te = TemporalEnsemble(len(x_all), logits.shape[1] + feats.shape[1], cfg.method.te_decay, device)
     if resume is not None:
         try:
             networks.load_state_dict(resume)
@@ -522,14 +605,29 @@ class _StopSignals:
 
 
 @contextlib.contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms`` for the duration of a training (``train.deterministic``)."""
+def numerics(t) -> Iterator[None]:
+    """The numerics of a training, for its duration: ``torch.use_deterministic_algorithms``
+    (``train.deterministic``) and TensorFloat-32 for float32 matrix products and cuDNN convolutions
+    (``train.tf32``; off: true float32, as the official Theano code ran; PyTorch's own default turns it on
+    for convolutions). Both are restored afterwards."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled or was_deterministic)
+    torch.use_deterministic_algorithms(t.deterministic or was_deterministic)
+    precision = "tf32" if t.tf32 else "ieee"
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: fp32_precision per backend
+        flags = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
+        values = [precision, precision]
+    else:
+        flags = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")]
+        values = [t.tf32, t.tf32]
+    saved = [getattr(owner, name) for owner, name in flags]
+    for (owner, name), value in zip(flags, values):
+        setattr(owner, name, value)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1,
@@ -565,7 +663,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     validate(cfg)
     if run_dir is not None:
         cfg = replace(cfg, run_dir=str(run_dir))
-    with deterministic_algorithms(cfg.train.deterministic):
+    with numerics(cfg.train):
         cfg, data, device = prepare(cfg, data, cfg.seed)
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         if cfg.train.channels_last:
@@ -629,6 +727,8 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                                           f"ssgan fit --resume {_resume_dir(members)}")
             for s, member in enumerate(members):
                 _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir, label=_label(members, s))
+                if member.te is not None:
+                    member.te.end_epoch()
             epoch, iteration = epoch + 1, 0
             evaluate_now = len(data.y_test) and (epoch % t.eval_every == 0 or epoch == t.epochs)
             for s, member in enumerate(members):
@@ -663,6 +763,8 @@ def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Ten
     lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(members)])
     engine.train()
     iters = stats.shape[1]
+    temporal = members[0].te is not None
+    unl_rows = unl.to(device) if temporal else None  # (S, iters, B) rows of the pool, for the targets
     stream = batch_stream((lab_rows, unl, unl_fm), start, x_all, y_all, device)  # (S, iters, B) each
     for it, (x_lab, y_lab, x_unl, x_unl_fm) in zip(range(start, iters), stream):
         if stop():
@@ -671,7 +773,13 @@ def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Ten
             x_lab, x_unl, x_unl_fm = (_augment_stacked(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
         z_d = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])  # (S, B, z_dim)
         z_g = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])
-        stats[:, it] = engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g)
+        targets = None
+        if temporal:  # (S, B, K + F): each example's moving average of its earlier logits and features
+            targets = torch.stack([m.te.targets(unl_rows[s, it], m.epoch) for s, m in enumerate(members)])
+        stats[:, it], outputs = engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets)
+        if temporal:
+            for s, member in enumerate(members):
+                member.te.record(unl_rows[s, it], outputs[s])
         progress.update(1)
     return iters
 

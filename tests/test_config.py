@@ -21,7 +21,8 @@ def test_every_dataset_and_method_composes(dataset, method):
     assert cfg.dataset.name == dataset
     assert cfg.method.name == method
     assert cfg.train.optimizer == "official_adam"  # the faithful default of every recipe
-    assert (cfg.method.ct_weight > 0) == (method == "ct_gan")
+    assert (cfg.method.ct_weight > 0) == (method in ("ct_gan", "ct_gan_te"))
+    assert (cfg.method.ct_mode == "temporal") == (method == "ct_gan_te")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -86,3 +87,28 @@ def test_short_runs_of_a_decaying_recipe_are_valid():
     # CIFAR-10 decays from epoch 800; a 2-epoch run keeps the constant lr (lr_at) instead of failing.
     cfg = compose(["dataset=cifar10", "train.epochs=2"])
     assert cfg.train.decay_start == 800 and cfg.train.epochs == 2
+
+
+@pytest.mark.parametrize("overrides, init", [
+    # (train.init_source, init_batch, init_pad, init_z), dataset.scaling, model.g_init: docs/method.md sec. 6.4-6.6
+    (["dataset=mnist"], (("permuted", 500, 0, 100), "unit", "glorot")),
+    (["dataset=mnist", "method=ct_gan"], (("permuted", 500, 0, 100), "unit", "glorot")),
+    (["dataset=cifar10"], (("labeled", 500, 0, 100), "cifar", "normal")),
+    (["dataset=svhn"], (("labeled", 500, 0, 100), "symmetric", "normal")),
+    (["dataset=cifar10", "method=ct_gan"], (("labeled", 500, 2, 100), "half", "normal")),
+    (["dataset=cifar10", "method=ct_gan_te"], (("labeled", 1000, 2, 100), "half", "normal")),
+    (["dataset=digits"], (("pool", 500, 0, None), "unit", "normal")),  # ours: not a published recipe
+])
+def test_each_recipe_uses_the_official_init_batch_scaling_and_generator_init(overrides, init):
+    cfg = compose(overrides)
+    t = cfg.train
+    assert ((t.init_source, t.init_batch, t.init_pad, t.init_z), cfg.dataset.scaling, cfg.model.g_init) == init
+    assert not t.tf32  # true float32, as Theano ran the official code
+
+
+def test_the_temporal_ensemble_recipe():
+    te = compose(["dataset=cifar10", "method=ct_gan_te"])
+    assert (te.method.ct_mode, te.method.te_decay, te.method.ct_weight, te.method.ct_feat_weight,
+            te.method.ct_margin) == ("temporal", 0.6, 1.0, 0.1, 0.0)
+    assert te.model.d_widths == [128, 256, 512, 256, 128] and te.model.z_dim == 50
+    assert te.train.augment and te.train.epochs == 1000 and te.train.decay_start is None

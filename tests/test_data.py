@@ -128,12 +128,17 @@ def test_scale_symmetric_maps_0_and_255_to_minus_1_and_1():
     np.testing.assert_allclose(out, [-1.0, 0.0, 1.0], atol=1e-7)
 
 
+def test_scale_half_is_ct_gans_x_minus_127_5_over_255():
+    out = scale_images(np.array([0, 127.5, 255]), "half")  # CT-GAN's cifar10_data.py: [-0.5, 0.5]
+    np.testing.assert_allclose(out, [-0.5, 0.0, 0.5], atol=1e-7)
+
+
 def test_scale_rejects_an_unknown_scaling():
     with pytest.raises(DataError, match="unknown scaling"):
         scale_images(np.zeros(3), "minmax")
 
 
-@pytest.mark.parametrize("scaling", ["unit", "cifar", "symmetric"])
+@pytest.mark.parametrize("scaling", ["unit", "cifar", "symmetric", "half"])
 def test_unscale_inverts_scale(scaling):
     x = np.arange(256, dtype=np.uint8).reshape(4, 1, 8, 8)
     np.testing.assert_allclose(unscale_images(scale_images(x, scaling), scaling), x / 255.0, atol=1e-6)

@@ -66,7 +66,7 @@ def test_discriminator_step_updates_only_d(options):
     d_before = copy.deepcopy(disc.state_dict())
     g_before = copy.deepcopy(gen.state_dict())
     y = torch.arange(20) % 10
-    stats = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), method=MethodConfig(**options))
+    stats, _ = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), method=MethodConfig(**options))
     assert all(torch.isfinite(v) for v in stats.values())
     if options.get("ct_weight"):
         assert stats["loss_ct"] > 0
@@ -90,7 +90,7 @@ def test_generator_step_updates_only_g_and_leaves_d_trainable():
 def test_minibatch_discrimination_step_runs():
     disc, gen, x = _tiny_models(minibatch_discrimination=True, mbd_kernels=4, mbd_kernel_dim=3)
     opt = OfficialAdam(disc.parameters(), lr=1e-3)
-    stats = discriminator_step(disc, gen, opt, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
+    stats, _ = discriminator_step(disc, gen, opt, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
                                method=MethodConfig())
     assert torch.isfinite(stats["loss_d"])
 
@@ -151,7 +151,7 @@ def test_bf16_step_agrees_with_the_float32_step(channels_last):
         if channels_last and amp:
             d, g = d.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
         before = [p.detach().clone() for p in d.parameters()]
-        stats = discriminator_step(d, g, torch.optim.SGD(d.parameters(), lr=0.1), inputs[:20], y, inputs[20:], z,
+        stats, _ = discriminator_step(d, g, torch.optim.SGD(d.parameters(), lr=0.1), inputs[:20], y, inputs[20:], z,
                                    method=MethodConfig(ct_weight=1.0), amp_dtype=amp)
         loss_g = generator_step(d, g, torch.optim.SGD(g.parameters(), lr=0.1), inputs[20:], z, fm_norm=1,
                                 amp_dtype=amp)
@@ -205,3 +205,135 @@ def test_compiled_losses_give_the_same_run(tiny_config, backend):
     torch._dynamo.reset()
     for a, b in zip(eager.discriminator.state_dict().values(), compiled.discriminator.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------- the official init batches, TF32, the temporal ensemble
+
+def _digits_data():
+    from ssgan.data import load_data
+
+    return load_data(DataConfig(labels=20))
+
+
+@pytest.mark.parametrize("source", ["pool", "permuted", "labeled"])
+def test_the_init_batch_of_each_source(tiny_config, source):
+    from ssgan.data import balanced_labeled_subset
+    from ssgan.train import init_images, start_member
+
+    data = _digits_data()
+    cfg = replace(tiny_config, train=replace(tiny_config.train, init_source=source, init_batch=30))
+    x_all = torch.from_numpy(data.x_unlabeled)
+    member, _ = start_member(cfg, data, x_all, torch.device("cpu"), None)
+    x_init = init_images(cfg, x_all, len(data.y_train), member.labeled_indices, member.batches)
+    if source == "pool":  # ours: 30 images of the pool drawn with RandomState([seed, 2])
+        rows = np.random.RandomState([0, 2]).permutation(len(x_all))[:30]
+    elif source == "permuted":  # MNIST: the first of the permutation that picks the labeled subset
+        rows = np.random.RandomState(0).permutation(len(data.y_train))[:30]
+        # ... whose first images of each class are the labeled subset
+        lab = balanced_labeled_subset(data.y_train, 20, 10, 0)
+        assert set(lab[data.y_train[lab] == data.y_train[rows[0]]]) >= {rows[0]}
+    else:  # CIFAR-10 / SVHN: the first of epoch 0's labeled stream, which epoch 0 then trains on
+        assert member.batches is not None  # drawn at the start, kept for the first epoch
+        rows = member.labeled_indices[member.batches[0].reshape(-1)[:30]]
+        assert set(rows) <= set(member.labeled_indices)
+    assert torch.equal(x_init, x_all[torch.from_numpy(rows)])
+
+
+def test_the_init_batch_is_reflect_padded_for_ct_gan(tiny_config):
+    from ssgan.train import init_images
+
+    x_all = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    cfg = replace(tiny_config, train=replace(tiny_config.train, init_source="pool", init_batch=2, init_pad=2))
+    x_init = init_images(cfg, x_all, 2, np.arange(2), None)
+    assert x_init.shape == (2, 1, 12, 12)  # 36x36 from 32x32 in CT_CIFAR.py
+    first = x_all[int(np.random.RandomState([0, 2]).permutation(2)[0]), 0]
+    assert torch.equal(x_init[0, 0, 2:-2, 2:-2], first) and torch.equal(x_init[0, 0, 2:-2, 0], first[:, 2])
+
+
+def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypatch):
+    from ssgan import train
+
+    seen = []
+    original = train.SingleEngine.step
+
+    def recording_step(self, *args):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        return original(self, *args)
+
+    monkeypatch.setattr(train.SingleEngine, "step", recording_step)
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    fit(tiny_config)
+    fit(replace(tiny_config, train=replace(tiny_config.train, tf32=True)))
+    assert seen[0] == ("ieee", "ieee") and seen[-1] == ("tf32", "tf32")
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+def test_temporal_ensemble_targets_against_a_direct_computation():
+    from ssgan.train import TemporalEnsemble
+
+    te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    rows = torch.tensor([2, 0, 1])
+    assert torch.equal(te.targets(rows, 0), torch.zeros(3, 2))  # the first epoch: zero targets
+    epochs = [torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])]
+    ensemble = torch.zeros(3, 2)
+    for e, values in enumerate(epochs, start=1):
+        te.record(torch.tensor([0, 1, 2]), values)
+        te.end_epoch()
+        ensemble = 0.6 * ensemble + 0.4 * values  # CT_CIFAR-10_TE.py: ensemble, then / (1 - 0.6^e)
+        torch.testing.assert_close(te.targets(rows, e), (ensemble / (1 - 0.6 ** e))[rows])
+    first = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    first.record(torch.tensor([0, 1, 2]), epochs[0])
+    first.end_epoch()
+    torch.testing.assert_close(first.targets(rows, 1), epochs[0][rows])  # after one epoch: exactly its values
+
+
+def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
+    from ssgan.train import discriminator_loss
+
+    disc, gen, x = _tiny_models()
+    method = MethodConfig(ct_weight=1.0, ct_feat_weight=0.1, ct_mode="temporal")
+    targets = torch.randn(20, 10 + 16)
+    calls = []
+    disc.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    torch.manual_seed(3)
+    loss, stats, outputs = discriminator_loss(disc, gen, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
+                                              method, targets)
+    assert calls == [60]  # labeled, unlabeled and generated in one pass; no second unlabeled pass
+    logits_unl, feats_unl = outputs.split([10, 16], dim=1)
+    expected = losses.consistency_loss(logits_unl.softmax(1), targets[:, :10].softmax(1), feats_unl, targets[:, 10:],
+                                       0.1, 0.0)
+    torch.testing.assert_close(stats["loss_ct"], expected)
+
+
+def test_a_temporal_ensemble_run_resumes_exactly(tmp_path, monkeypatch):
+    """The per-example targets are in the checkpoint: an interrupted ct_gan_te run continues exactly."""
+    import os
+    import signal
+
+    from ssgan import train
+    from ssgan.cli import main
+    from ssgan.rundir import load_checkpoint
+    from tests.conftest import TINY_OVERRIDES
+
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+        "method=ct_gan_te", "train.epochs=3", "train.iters_per_epoch=5", "train.deterministic=true"]
+    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
+    calls, original = {"n": 0}, train.SingleEngine.step
+
+    def interrupting_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 2, iteration 3: the targets hold epoch 1's values
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
+    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
+    monkeypatch.undo()
+    payload = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (payload["epoch"], payload["iteration"]) == (1, 3) and payload["temporal_ensemble"]["ensemble"].abs().sum() > 0
+    assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
+    a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for part in ("discriminator", "discriminator_avg", "generator"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    assert torch.equal(a["temporal_ensemble"]["ensemble"], b["temporal_ensemble"]["ensemble"])
