@@ -235,7 +235,7 @@ def validate(cfg: Config) -> None:
         (0 <= t.init_pad < min(d.image_shape[1:]),
          f"train.init_pad={t.init_pad}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
         (t.init_z is None or t.init_z > 0, f"train.init_z={t.init_z}: must be positive"),
-        (0 <= t.translate < min(d.image_shape[1:]),
+        (not t.augment or 0 <= t.translate < min(d.image_shape[1:]),
          f"train.translate={t.translate}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
         (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)"),
     ]

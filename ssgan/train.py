@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import signal
 import sys
@@ -638,14 +639,17 @@ def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1
     if data is None:
         data = load_data(cfg.dataset, seed)
     t, n_unlabeled = cfg.train, len(data.x_unlabeled)
-    if t.batch_size > n_unlabeled:
-        raise DataError(f"train.batch_size={t.batch_size} is larger than the {n_unlabeled} unlabeled images")
-    # An epoch's order: three (iterations, batch) index arrays per model, plus copies on the way to the device.
-    order_bytes = 4 * 3 * 8 * n_models * iterations_per_epoch(t, n_unlabeled) * t.batch_size
+    iters = iterations_per_epoch(t, n_unlabeled)
+    # An epoch's order: three (iterations, batch) index arrays per model, with copies on the way to the device;
+    # a batch: three real and one generated batch of images per model (activations come on top).
+    order_bytes = 4 * 3 * 8 * n_models * iters * t.batch_size
+    batch_bytes = 4 * 4 * n_models * t.batch_size * math.prod(data.x_unlabeled.shape[1:])
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if order_bytes > memory / 4:
-        raise DataError(f"train.iters_per_epoch x train.batch_size = {iterations_per_epoch(t, n_unlabeled)} x "
-                        f"{t.batch_size}: an epoch's data order ({order_bytes / 2**30:.1f} GiB) does not fit in "
+    if device.type == "cuda":
+        memory = min(memory, torch.cuda.mem_get_info(device)[1])
+    if order_bytes + batch_bytes > memory / 4:
+        raise DataError(f"train.batch_size={t.batch_size} with train.iters_per_epoch={iters}: an epoch's data order "
+                        f"and a batch take {(order_bytes + batch_bytes) / 2**30:.1f} GiB, which does not fit in "
                         f"memory ({memory / 2**30:.1f} GiB)")
     return replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes)), data, device
 

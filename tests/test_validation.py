@@ -134,7 +134,7 @@ CASES = [
     (["fit", "--seed", "4294967296"], "seed=4294967296"),
     (["fit", "--seed", "4294967295", "--seeds", "2"], "below 4294967296"),
     (["fit", "train.eval_batch_size=0"], "train.eval_batch_size=0"),
-    (["fit", "train.batch_size=100000"], "larger than the 1347 unlabeled images"),
+    (["fit", "train.batch_size=100000000000"], "does not fit in memory"),
     (["fit", "train.iters_per_epoch=10000000000"], "does not fit in memory"),
     (["fit", "--run-dir", "{root}/notes.txt", "--overwrite"], "is a file"),
     (["fit", "--run-dir", "{root}/notes.txt/sub"], "is a file"),
