@@ -18,6 +18,7 @@ import csv
 import itertools
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -32,12 +33,14 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .config import (DATASETS, MAX_SEED, METHODS, Config, ConfigError, compose, first_line, register_configs,
-                     resolve_device, resolve_paths, to_config, validate)
+from .config import (DATASETS, MAX_SEED, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line,
+                     register_configs, resolve_device, resolve_paths, to_config, validate)
 from .data import DataError, load_data, read_inputs
 from .evaluate import (discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
@@ -45,7 +48,8 @@ from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
-                     default_name, find_runs, is_used, load_checkpoint, load_run, make_dir, write_overrides)
+                     default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, make_dir,
+                     write_overrides)
 from .seeds import cell_directory, is_seeds_run, read_plan
 from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
@@ -104,10 +108,12 @@ def _fit_parser() -> argparse.ArgumentParser:
                "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
                "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
                "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
-               "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)")
+               "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
+               "           ssgan fit --cfg job --dataset cifar10   (print the composed config)\n"
+               f"config groups (GROUP=OPTION; recipe/ is picked for dataset + method by itself):\n{_config_groups()}")
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=int, help="number of labeled examples (balanced over classes)")
-    parser.add_argument("--method", choices=METHODS, help="improved_gan or ct_gan")
+    parser.add_argument("--method", choices=METHODS, help=", ".join(METHODS))
     parser.add_argument("--seed", type=int, help="seed of the labeled subset, initialisation and data order")
     parser.add_argument("--seeds", type=int, metavar="K", help="train seeds seed .. seed+K-1 (one after another, "
                         "or together with train.concurrent_seeds=true) into one run directory (a sub-directory per seed, summary.json, summary.md); prints "
@@ -119,8 +125,42 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
                         "(KEY=VALUE words then change its saved config, e.g. train.epochs=600)")
     parser.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over sweeps (a=1,2)")
+    hydra_flags = parser.add_argument_group("Hydra's own flags (as in any Hydra app)")
+    hydra_flags.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="print the config instead of "
+                             "running [job|hydra|all]")
+    hydra_flags.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+    hydra_flags.add_argument("--package", "-p", help="with --cfg: the config package to print")
+    hydra_flags.add_argument("--info", "-i", nargs="?", const="all", choices=HYDRA_INFO,
+                             help=f"print Hydra information [{'|'.join(HYDRA_INFO)}]")
+    hydra_flags.add_argument("--hydra-help", action="store_true", help="Hydra's help")
+    hydra_flags.add_argument("--version", action="store_true", help="print the versions of ssgan and Hydra")
+    hydra_flags.add_argument("--shell-completion", "-sc", action="store_true", help="with install=bash (or "
+                             "zsh, fish) or uninstall=bash: shell completion, e.g. "
+                             "eval \"$(ssgan fit -sc install=bash)\"")
+    hydra_flags.add_argument("--config-path", "-cp", help="a config folder replacing ssgan's (absolute, or "
+                             "pkg://package.path)")
+    hydra_flags.add_argument("--config-name", "-cn", help="the root config (default: config)")
+    hydra_flags.add_argument("--config-dir", "-cd", help="a folder of configs searched before ssgan's (e.g. "
+                             "your own dataset/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     return parser
+
+
+HYDRA_INFO = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+
+
+def _config_groups() -> str:
+    """The config groups of the packaged configs/ and their options, for ``ssgan fit --help``."""
+    root = Path(__file__).resolve().parent / "configs"
+    if not root.is_dir():  # an editable install maps ssgan.configs to the repository's configs/
+        import ssgan.configs
+
+        root = Path(ssgan.configs.__file__).parent
+    lines = []
+    for group in sorted(p for p in root.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
+        options = ", ".join(sorted(f.stem for f in group.glob("*.yaml")))
+        lines.append(f"  {group.relative_to(root).as_posix() + ':':<18}{options}")
+    return "\n".join(lines)
 
 
 def fit_overrides(args: argparse.Namespace) -> List[str]:
@@ -282,41 +322,129 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     return 0
 
 
-def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None) -> None:
+def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None,
+               hydra_flags: Sequence[str] = ()) -> None:
+    """Run ``ssgan fit`` as the Hydra app it is, with Hydra's own flags passed on. Hydra's errors come back as
+    exceptions (HYDRA_FULL_ERROR), for ``main`` to report in one line."""
     def fit_seeds_task(dict_cfg) -> float:
         return _fit_task(dict_cfg, n_seeds)
 
     register_configs()
     GlobalHydra.instance().clear()
-    task = hydra.main(config_path="pkg://ssgan.configs", config_name="config", version_base=None)(
+    task = hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
         _fit_task if n_seeds is None else fit_seeds_task)
-    saved = sys.argv
-    sys.argv = [f"{PROG}-fit", *(["--multirun"] if multirun else []), *overrides]
+    saved, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: completion
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
     finally:
         sys.argv = saved
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
         GlobalHydra.instance().clear()
+
+
+def _hydra_flags(args: argparse.Namespace) -> List[str]:
+    """Hydra's own flags of the command line, to pass on (config folders made absolute: Hydra would read a
+    relative -cp against ssgan's package, the user means the working directory)."""
+    flags: List[str] = []
+    if args.config_path:
+        path = args.config_path
+        flags += ["-cp", path if path.startswith("pkg://") else os.path.abspath(path)]
+    if args.config_dir:
+        flags += ["-cd", os.path.abspath(args.config_dir)]
+    if args.config_name:
+        flags += ["-cn", args.config_name]
+    if args.cfg:
+        flags += ["--cfg", args.cfg] + (["--resolve"] if args.resolve else []) + (
+            ["--package", args.package] if args.package else [])
+    if args.info:
+        flags += ["--info", args.info]
+    if args.hydra_help:
+        flags.append("--hydra-help")
+    if args.shell_completion:
+        flags.append("--shell-completion")
+    return flags
+
+
+def _where(args: argparse.Namespace) -> dict:
+    """compose()'s view of -cp / -cd / -cn, so that the checks before Hydra starts compose what Hydra will."""
+    where = {}
+    if args.config_path:
+        where["config_path"] = (args.config_path if args.config_path.startswith("pkg://")
+                                else os.path.abspath(args.config_path))
+    if args.config_dir:
+        where["config_dir"] = os.path.abspath(args.config_dir)
+    if args.config_name:
+        where["config_name"] = args.config_name
+    return where
+
+
+def _completion_line(line: str) -> str:
+    """``ssgan fit --dataset mnist dataset.labels=1`` as Hydra's completion reads an app's line:
+    ``ssgan dataset=mnist dataset.labels=1`` (the command word dropped, ssgan's flags as overrides)."""
+    words = line.split()
+    ending = " " if line.endswith(" ") else ""
+    words = words[1:]
+    if words and words[0] == "fit":
+        words = words[1:]
+    partial = [] if ending or not words else [words.pop()]
+    try:
+        args, _ = _fit_parser().parse_known_args(words)
+        kept = fit_overrides(args)
+    except (UsageError, SystemExit):
+        kept = [w for w in words if "=" in w]
+    return " ".join([PROG, *kept, *partial]) + ending
 
 
 def cmd_fit(argv: Sequence[str]) -> int:
     args = _fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
+    if args.version:
+        print(f"{PROG} {__version__} (Hydra {hydra.__version__})")
+        return 0
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: the number of seeds must be at least 1")
+    hydra_flags = _hydra_flags(args)
     if args.resume:
         fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
         fixed += ["--seeds"] if args.seeds is not None else []
-        if fixed or args.multirun or args.overwrite:
-            raise UsageError(f"--resume continues a run with its saved config; drop {' '.join(fixed) or '-m'} "
-                             f"(KEY=VALUE overrides such as train.epochs=N are allowed)")
+        if fixed or args.multirun or args.overwrite or hydra_flags:
+            raise UsageError(f"--resume continues a run with its saved config; drop "
+                             f"{' '.join(fixed + hydra_flags) or '-m'} (KEY=VALUE overrides such as "
+                             f"train.epochs=N are allowed)")
         return cmd_resume(args.resume, fit_overrides(args))
+    if args.shell_completion or args.cfg or args.info or args.hydra_help:  # Hydra answers; nothing runs
+        overrides = [o for o in args.overrides] if args.shell_completion else fit_overrides(args)
+        if args.shell_completion and "COMP_LINE" in os.environ:
+            os.environ["COMP_LINE"] = _completion_line(os.environ["COMP_LINE"])
+        _run_hydra(overrides, args.multirun, hydra_flags=hydra_flags)
+        return 0
     overrides = fit_overrides(args)
     if args.multirun:
         for combo in _expand_sweeps(overrides):
-            compose(combo)
-        _run_hydra(overrides, multirun=True, n_seeds=args.seeds)
+            compose(combo, **_where(args))
+        if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+            overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
+        sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
+        created = [p for p in (sweep_dir.absolute(), *sweep_dir.absolute().parents) if not p.exists()]
+        try:
+            _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
+        except BaseException as error:
+            if created and not any(sweep_dir.glob(f"**/{RESULT_NAME}")):  # no job finished: leave no trace
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+                for path in created[1:]:
+                    if path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+            if isinstance(error, Exception) and not isinstance(error, (HydraException, OmegaConfBaseException)) \
+                    and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
+                raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
+                                 f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+            raise
         return 0
-    cfg = compose(overrides)
+    cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         _check_seeds(cfg.seed, args.seeds)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
@@ -327,7 +455,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         make_dir(run_dir)  # here, so that a read-only or missing place is one line, before Hydra starts
-        _run_hydra(overrides, multirun=False, n_seeds=args.seeds)
+        _run_hydra(overrides, multirun=False, n_seeds=args.seeds, hydra_flags=hydra_flags)
     except BaseException:
         for path in created:  # deepest first: leave nothing behind for a run that could not start
             if path.is_dir() and not any(path.iterdir()):
@@ -625,6 +753,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[0] in ("--version", "-V"):
         print(f"{PROG} {__version__}")
         return 0
+    if argv[0] in ("-sc", "--shell-completion"):  # Hydra's shell completion calls `ssgan -sc query=bash`
+        argv = ["fit", *argv]
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
         return _fail(f"unknown command {command!r}; expected one of {', '.join(HANDLERS)}")
@@ -639,6 +769,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _exit_code(carried.error)
     except (*BAD_INPUT, TrainingDiverged, TrainingInterrupted) as error:
         return _exit_code(error)
+    except (HydraException, OmegaConfBaseException) as error:  # Hydra's own errors (HYDRA_FULL_ERROR)
+        return _fail(first_line(error))
     except SystemExit as stop:  # argparse and Hydra exit this way
         return int(stop.code) if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up): nothing was left behind

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from hydra import compose as hydra_compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
@@ -254,14 +253,37 @@ def first_line(error: BaseException) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and lines[1].startswith("To append") else lines[0]
 
 
-def compose_dict(overrides: Sequence[str] = ()):
-    """Compose ``configs/`` with Hydra overrides, without running a Hydra app; the OmegaConf DictConfig
-    (for callers that need Hydra's own view, e.g. ``--cfg``). Raises ConfigError with one line."""
+PRIMARY_CONFIGS = "pkg://ssgan.configs"  # the packaged configs/ folder
+
+
+def compose_dict(overrides: Sequence[str] = (), *, config_path: str = PRIMARY_CONFIGS,
+                 config_dir: Optional[str] = None, config_name: str = "config"):
+    """Compose ``configs/`` with Hydra overrides, without running a Hydra app, as Hydra's own app would:
+    ``config_path`` (``-cp``: a ``pkg://`` or absolute path) replaces the packaged configs, ``config_dir``
+    (``-cd``) adds a folder to the search path ahead of them, ``config_name`` (``-cn``) picks the root
+    config. Returns the OmegaConf DictConfig without its ``hydra`` node; raises ConfigError with one line."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.types import RunMode
+
     register_configs()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module("ssgan.configs", version_base=None):
-            return hydra_compose("config", overrides=list(overrides))
+        search_path = create_config_search_path(config_path)
+        if config_dir is not None:
+            if not os.path.isdir(config_dir):
+                raise ConfigError(f"-cd {config_dir}: no such config directory")
+            search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                                anchor=SearchPathQuery(provider="schema"))
+        hydra = Hydra.create_main_hydra2(task_name="ssgan", config_search_path=search_path)
+        cfg = hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+                                   with_log_configuration=False)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+    except ConfigError:
+        raise
     except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
         message = first_line(error)
         if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
@@ -272,8 +294,23 @@ def compose_dict(overrides: Sequence[str] = ()):
         GlobalHydra.instance().clear()
 
 
+def unknown_keys(node, schema, prefix: str = "") -> List[str]:
+    """The dotted keys of a composed config that the schema does not have (added with ``+key=value``)."""
+    names = []
+    for key in node.keys():
+        if key not in schema:
+            names.append(f"{prefix}{key}")
+        elif OmegaConf.is_dict(node[key]) and OmegaConf.is_dict(schema[key]):
+            names += unknown_keys(node[key], schema[key], f"{prefix}{key}.")
+    return names
+
+
 def to_config(dict_cfg) -> Config:
     """A composed DictConfig -> the typed Config, with the range checks of ``validate``."""
+    unknown = unknown_keys(dict_cfg, OmegaConf.structured(Config))
+    if unknown:
+        raise ConfigError(f"unknown config key {', '.join(unknown)}: ssgan's schema has no such field "
+                          f"(see ssgan fit --cfg job for the keys)")
     try:
         cfg = OmegaConf.to_object(dict_cfg)
     except Exception as error:  # OmegaConf's validation and interpolation errors
@@ -282,9 +319,10 @@ def to_config(dict_cfg) -> Config:
     return cfg
 
 
-def compose(overrides: Sequence[str] = ()) -> Config:
-    """Hydra overrides -> a checked ``Config``: what ``ssgan fit``, the estimator and the benchmarks build."""
-    return to_config(compose_dict(overrides))
+def compose(overrides: Sequence[str] = (), **where) -> Config:
+    """Hydra overrides -> a checked ``Config``: what ``ssgan fit``, the estimator and the benchmarks build.
+    ``where``: ``compose_dict``'s config_path, config_dir and config_name."""
+    return to_config(compose_dict(overrides, **where))
 
 
 def config_from_dict(values: Dict[str, Any]) -> Config:

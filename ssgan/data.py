@@ -42,10 +42,17 @@ class ImageData:
     x_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
     val_indices: Optional[np.ndarray] = field(default=None, repr=False)
+    # The label value of each class as the data set gives it (ints 0..K-1 for torchvision, digits and npz; the
+    # folder names for folders), so that predictions compare with the data's own y. None: 0..K-1.
+    class_values: Optional[List] = None
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def label_values(self) -> List:
+        return list(range(self.n_classes)) if self.class_values is None else list(self.class_values)
 
     @property
     def x_unlabeled(self) -> np.ndarray:
@@ -341,7 +348,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> ImageData:
             raise DataError(f"{what} labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
     data = ImageData(scale_images(x_tr, cfg.scaling, value_max), y_tr, scale_images(x_te, cfg.scaling,
                      value_max), y_te, names,
-                     None if extra is None else scale_images(extra, cfg.scaling, value_max))
+                     None if extra is None else scale_images(extra, cfg.scaling, value_max),
+                     class_values=list(names) if cfg.source == "folder" else list(range(k)))
     if cfg.val_size > 0:
         data = hold_out_validation(data, cfg.val_size, seed)
     return data
@@ -362,7 +370,8 @@ def hold_out_validation(data: ImageData, val_size: float, seed: int) -> ImageDat
                         f"{error}") from None
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     return ImageData(data.x_train[train_idx], data.y_train[train_idx], data.x_test, data.y_test,
-                     data.class_names, data.x_extra, data.x_train[val_idx], data.y_train[val_idx], val_idx)
+                     data.class_names, data.x_extra, data.x_train[val_idx], data.y_train[val_idx], val_idx,
+                     data.class_values)
 
 
 def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.ndarray]:

@@ -372,10 +372,13 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SSGANClassifier":
         """Read a file written by ``save`` (weights-only unpickling); refuse anything else with one line."""
         path, device = Path(path), _device(device)
+        if path.is_dir():
+            raise RunDirError(f"{path} is a directory: SSGANClassifier.load takes a file written by save(); for a "
+                              f"run directory of ssgan fit use ssgan.load({str(path)!r})")
         payload = read_payload(path)
         if payload.get("format") == CHECKPOINT_FORMAT:
             raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
-                                  f"ssgan.load({str(path.parent)!r})")
+                              f"ssgan.load({str(path.parent)!r})")
         if payload.get("format") not in FORMATS:
             raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format {' or '.join(FORMATS)})")
         tabular = payload["format"] == TABULAR_FORMAT
@@ -422,9 +425,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     """A fitted ``SSGANClassifier`` from a run directory of ``ssgan fit`` (or its checkpoint.pt), or from a
     file written by ``SSGANClassifier.save``.
 
-    For a run, ``classes_`` are the data set's class names (strings), inputs are scaled as ``ssgan predict``
-    scales them (``value_max_`` None: see ``input_value_max``), and the parameters name the run's recipe,
-    method, epochs and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
+    For a run, ``classes_`` are the label values its data had (0..K-1 for torchvision, digits and npz data;
+    the folder names for a folder), so that ``score(X, y)`` takes the data set's own ``y``, and
+    ``class_names_`` the class names beside them; inputs are scaled as ``ssgan predict`` scales them
+    (``value_max_`` None: see ``input_value_max``), and the parameters name the run's recipe, method, epochs
+    and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
     """
     path, device = Path(path), _device(device)
     if path.is_file() and read_payload(path).get("format") in FORMATS:
@@ -433,8 +438,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     cfg = run.config
     estimator = SSGANClassifier(recipe=cfg.dataset.name, method=cfg.method.name, epochs=cfg.train.epochs,
                                 seed=cfg.seed, device=str(device))
-    estimator._set_fitted(cfg, run.discriminator, run.generator, np.array(run.class_names),
+    estimator._set_fitted(cfg, run.discriminator, run.generator, np.array(run.class_values),
                           int(math.prod(cfg.dataset.image_shape)), None, [])
+    estimator.class_names_ = list(run.class_names)
     return estimator
 
 

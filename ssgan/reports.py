@@ -21,11 +21,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import __version__
 from .config import Config
 from .data import load_data
 from .evaluate import ensemble_proba, error_rate, predict_proba
-from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, load_run
+from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, environment, load_run
 from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
 
 STD_KIND = "sample std (ddof=1)"
@@ -220,16 +219,13 @@ def _seed_ranges(seeds: Sequence[int]) -> str:
 def provenance(results: Sequence[SeedsResult], command: str) -> Dict[str, Any]:
     """Command, date, devices, versions, epochs and seeds behind a set of results."""
     runs = [r for result in results for r in result.runs]
-    here = "cpu"
-    if torch.cuda.is_available():
-        here = f"cuda ({torch.cuda.get_device_name(0)})"
+    here = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "command": command,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "devices": sorted({r.device for r in runs}),
-        "machine": f"{platform.system()} {platform.machine()}, {here}",
-        "versions": {"ssgan": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "torch_of_runs": sorted({r.torch for r in runs})},
+        "machine": f"{platform.system()} {platform.machine()}",
+        "versions": {**environment(here), "torch_of_runs": sorted({r.torch for r in runs})},
         "epochs": sorted({f"{r.epochs} epochs of {r.iters_per_epoch} iterations" for r in runs}),
         "seeds": _seed_ranges(sorted({r.seed for r in runs})),
         "std": f"{STD_KIND} over the seeds",
@@ -239,12 +235,15 @@ def provenance(results: Sequence[SeedsResult], command: str) -> Dict[str, Any]:
 
 def _provenance_lines(meta: Dict[str, Any]) -> List[str]:
     versions = meta["versions"]
+    packages = ", ".join(f"{name} {versions[name]}" for name in ("ssgan", "torch", "torchvision", "numpy",
+                                                                 "scikit-learn", "hydra-core", "python"))
     return [
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
-        f"- device the runs trained on: {', '.join(meta['devices'])}; this file written on {meta['machine']}",
-        f"- versions: ssgan {versions['ssgan']}, torch {versions['torch']} (runs: "
-        f"{', '.join(versions['torch_of_runs'])}), python {versions['python']}",
+        f"- device the runs trained on: {', '.join(meta['devices'])}; this file written on {meta['machine']}, "
+        f"{versions['device']}",
+        f"- versions: {packages} (torch of the runs: {', '.join(versions['torch_of_runs'])})",
+        f"- git commit: {versions.get('git_commit', 'not run from a git checkout')}",
         f"- epochs: {'; '.join(meta['epochs'])}",
         f"- seeds: {meta['seeds']}",
         f"- std: {meta['std']}; ensemble: {meta['ensemble']}",

@@ -125,6 +125,11 @@ def default_name(cfg: Config, n_seeds: Optional[int] = None) -> str:
     return f"runs/{cfg.dataset.name}-{cfg.dataset.labels}-{cfg.method.name}-{seeds}-{stamp}"
 
 
+def default_sweep_name() -> str:
+    """``runs/multirun-<timestamp>``: the folder of a Hydra sweep's jobs (``hydra.sweep.dir``)."""
+    return f"runs/multirun-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+
+
 def is_used(run_dir: Path | str) -> bool:
     """Whether a folder holds anything (but a lock file or Hydra's .hydra/): a run that must not be
     overwritten without ``--overwrite``."""
@@ -246,6 +251,42 @@ def write_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
     own ``.hydra/overrides.yaml``), so that the command can be told from the resolved config."""
     make_dir(run_dir)
     atomic_write(Path(run_dir) / OVERRIDES_NAME, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+
+
+def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
+    """What produced a result: the versions of ssgan, its main dependencies and Python, the device's name and,
+    when ssgan runs from a git checkout, its commit (marked when the checkout has uncommitted changes)."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = {"ssgan": __version__, "torch": torch.__version__}  # torch's own: it names the CUDA build
+    for package in ("torchvision", "numpy", "scikit-learn", "hydra-core"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["python"] = platform.python_version()
+    device = torch.device(device)
+    if device.type == "cuda":
+        versions["device"] = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        versions["device"] = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / ".git").exists():
+        try:
+            def git(*args: str) -> str:
+                return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True,
+                                      timeout=10, check=True).stdout.strip()
+
+            commit = git("rev-parse", "HEAD")
+            dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+            versions["git_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass  # no git: the versions above still say what ran
+    return versions
 
 
 def write_result(run_dir: Path, result: Dict[str, Any]) -> None:
@@ -384,6 +425,7 @@ class Run:
     labeled_indices: np.ndarray
     epoch: int
     path: Path
+    class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
 
 
 def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor],
@@ -411,8 +453,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
     disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path, device)
-    return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
-               int(payload["epoch"]), run_dir)
+    names = list(payload["class_names"])
+    # checkpoints written before class values were kept: folders used their names, other sources 0..K-1
+    values = payload.get("class_values", names if cfg.dataset.source == "folder" else list(range(len(names))))
+    return Run(cfg, disc, gen, names, payload["labeled_indices"].numpy(), int(payload["epoch"]), run_dir,
+               list(values))
 
 
 # -------------------------------------------------------------------------------------------- metrics

@@ -37,7 +37,7 @@ from .layers import data_dependent_init
 from .models import build_models, sample_z
 from .optim import make_optimizer
 from .rundir import (CHECKPOINT_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write, locked, restore_rng,
-                     rng_state, write_checkpoint, write_config, write_result)
+                     environment, rng_state, write_checkpoint, write_config, write_result)
 
 # What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change: the length and schedule of training and how it
 # runs and reports; anything else (networks, data, method, batches) would not fit the checkpoint.
@@ -479,6 +479,7 @@ class FitResult:
     history: List[Dict[str, float]] = field(default_factory=list)
     run_dir: Optional[Path] = None
     val_error: Optional[float] = None
+    class_values: List = field(default_factory=list)  # each class's label value in the data
 
 
 @dataclass
@@ -500,6 +501,7 @@ class Member:
     resumed: bool = False
     log: Optional[MetricsLog] = None
     test_error: float = float("nan")
+    class_values: List = field(default_factory=list)  # each class's label value in the data (ImageData)
     te: Optional["TemporalEnsemble"] = None  # method.ct_mode=temporal: the per-example targets
     clock: float = 0.0  # time.time() at the start of training, less the seconds of the epochs before a resume
 
@@ -532,6 +534,7 @@ class Member:
                 "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
                 "stats": {k: stats[:, i].cpu().clone() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
                 "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names),
+                "class_values": list(self.class_values),
                 "temporal_ensemble": None if self.te is None else self.te.state_dict()}
 
     def load_state_dict(self, payload: Dict) -> None:
@@ -562,7 +565,8 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
     else:
         lab_idx = np.asarray(labeled_indices, dtype=np.int64)
     t = cfg.train
-    member = Member(cfg, run_dir, lab_idx, list(data.class_names), order_rng, z_rng)
+    member = Member(cfg, run_dir, lab_idx, list(data.class_names), order_rng, z_rng,
+                    class_values=data.label_values)
     if t.init_source == "labeled":  # epoch 0's order is drawn now: its labeled stream gives the init images
         member.batches = epoch_order(order_rng, len(lab_idx), len(x_all), iterations_per_epoch(t, len(x_all)),
                                      t.batch_size)
@@ -848,7 +852,7 @@ def _finish(member: Member, networks: Networks, data: ImageData, device: torch.d
     if data.x_val is not None:
         val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size), data.y_val)
     result = FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
-                       member.class_names, member.log.history, member.run_dir, val_error)
+                       member.class_names, member.log.history, member.run_dir, val_error, member.class_values)
     if member.run_dir is not None:
         _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
         write_outputs(result, member.cfg, iterations_per_epoch(t, len(data.x_unlabeled)), device)
@@ -865,6 +869,8 @@ def write_outputs(result: FitResult, cfg: Config, iters: int, device: torch.devi
         "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
         "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
         "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
+        "versions": environment(device), "class_names": list(result.class_names),
+        "class_values": list(result.class_values),
         "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)})
 
 

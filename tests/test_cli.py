@@ -196,3 +196,102 @@ def test_relative_data_paths_are_stored_as_absolute_ones(tmp_path, monkeypatch):
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["dataset"]
     assert stored["path"] == str(tmp_path / "data.npz") and stored["root"] == str(tmp_path / "data")
     assert json.loads((tmp_path / "run" / "result.json").read_text())["config"]["dataset"]["path"] == stored["path"]
+
+
+# ------------------------------------------------------------------- Hydra's own flags, as in any Hydra app
+
+def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--cfg", "job", "--dataset", "mnist", "train.lr=0.01"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["dataset"]["name"] == "mnist" and printed["train"]["lr"] == 0.01
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--info", "searchpath"], "pkg://ssgan.configs"),
+    (["--hydra-help"], "Hydra"),
+    (["--version"], "ssgan 0.1.0 (Hydra 1."),
+    (["-sc", "install=bash"], "complete -o nospace -o default -F hydra_bash_completion ssgan"),
+])
+def test_hydras_flags_work(flags, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *flags]) == 0
+    assert fragment in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shell_completion_completes_config_groups_after_the_fit_command(monkeypatch, capsys):
+    monkeypatch.setenv("COMP_LINE", "ssgan fit --dataset mnist method=")
+    assert main(["-sc", "query=bash"]) == 0  # what the installed bash function calls
+    assert set(capsys.readouterr().out.split()) == {"method=ct_gan", "method=ct_gan_te", "method=improved_gan"}
+
+
+def test_a_config_dir_and_name_of_ones_own(tmp_path, capsys):
+    """-cd adds a folder searched before ssgan's configs (a data set of one's own); -cn picks the root."""
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "tiny_digits.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - digits\ndataset:\n  labels: 30\n")
+    (tmp_path / "conf" / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nseed: 7\n")
+    run_dir = tmp_path / "run"
+    assert main(["fit", "-cd", str(tmp_path / "conf"), "-cn", "mine", "dataset=tiny_digits", "--run-dir",
+                 str(run_dir), *[o for o in TINY_OVERRIDES if not o.startswith("dataset.labels")]]) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert (result["labels"], result["seed"]) == (30, 7)
+
+
+@pytest.mark.parametrize("override", ["+foo=1", "+train.foo=2"])
+def test_an_unknown_added_key_is_one_line_and_exit_2(override, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", override, *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown config key" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_launcher_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "-m", "seed=0,1", "hydra/launcher=slurm", *TINY_OVERRIDES]) == 2  # no SLURM here
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not be launched" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the sweep folder it had started is gone
+
+
+def test_fit_help_lists_the_config_groups(capsys):
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    for line in ("dataset:", "cifar10, digits, mnist, svhn", "method:", "ct_gan, ct_gan_te, improved_gan",
+                 "model:", "hydra/launcher:", "--cfg", "--info", "-sc"):
+        assert line in out
+
+
+def test_each_run_records_its_overrides_and_versions(trained_run):
+    import yaml
+
+    assert yaml.safe_load((trained_run / "overrides.yaml").read_text())[-len(TINY_OVERRIDES):] == TINY_OVERRIDES
+    versions = json.loads((trained_run / "result.json").read_text())["versions"]
+    for name in ("ssgan", "torch", "torchvision", "numpy", "scikit-learn", "hydra-core", "python", "device"):
+        assert versions[name]
+    assert "git_commit" in versions  # the tests run from a checkout
+
+
+def test_a_folder_runs_labels_are_its_folder_names(tmp_path):
+    from PIL import Image
+
+    import ssgan
+
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 10), ("test", 3)):
+        for name in ("cat", "dog"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / split / name / f"{i}.png")
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "dataset.source=folder",
+                 f"dataset.path={tmp_path / 'data'}", "dataset.labels=4"]) == 0
+    classifier = ssgan.load(run_dir)
+    assert list(classifier.classes_) == ["cat", "dog"] and classifier.class_names_ == ["cat", "dog"]
+    assert json.loads((run_dir / "result.json").read_text())["class_values"] == ["cat", "dog"]

@@ -362,7 +362,8 @@ def test_load_run_dir_as_an_estimator(run_dir, digits):
     from ssgan.evaluate import predict_proba
 
     est = ssgan.load(run_dir)
-    assert list(est.classes_) == [str(k) for k in range(10)]  # the data set's class names
+    assert list(est.classes_) == list(range(10))  # the data set's own label values ...
+    assert est.class_names_ == [str(k) for k in range(10)]  # ... and its class names beside them
     assert est.get_params()["recipe"] == "digits" and est.value_max_ is None
     x = digits[0]  # 0..16 floats: the builtin digits' range
     expected = predict_proba(load_run(run_dir).discriminator, x[:, None] / 16.0)
@@ -370,6 +371,22 @@ def test_load_run_dir_as_an_estimator(run_dir, digits):
     np.testing.assert_allclose(est.predict_proba(x / 16.0), expected, atol=1e-12)  # floats in [0, 1]
     with pytest.raises(RunDirError, match="a checkpoint of ssgan fit"):
         SSGANClassifier.load(run_dir / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="takes a file written by save"):
+        SSGANClassifier.load(run_dir)
+
+
+def test_a_loaded_run_scores_with_the_data_sets_own_labels(run_dir):
+    """Labels round-trip: ssgan.load(run).score(X, y) with the integer y the digits split came with."""
+    import json
+
+    from ssgan.config import DataConfig
+    from ssgan.data import load_data
+
+    data = load_data(DataConfig())  # the split the run was tested on: x scaled to [0, 1], y in 0..9
+    accuracy = ssgan.load(run_dir).score(data.x_test, data.y_test)
+    test_error = json.loads((run_dir / "result.json").read_text())["test_error"]
+    assert accuracy == pytest.approx(1 - test_error / 100)
+    assert ssgan.load(run_dir).predict(data.x_test[:5]).dtype.kind == "i"  # integers like y, not '0'..'9'
 
 
 def test_import_ssgan_stays_cheap():
