@@ -42,7 +42,7 @@ from . import __version__
 from .config import (DATASETS, MAX_SEED, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line,
                      register_configs, resolve_device, resolve_paths, to_config, validate)
 from .data import DataError, load_data, read_inputs
-from .evaluate import (discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
+from .evaluate import (class_report, discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
@@ -476,8 +476,22 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     if len(data.y_test) == 0:
         raise DataError(f"{args.run_dir}: its data set has no test images to evaluate on")
     probs = predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size)
-    print(f"test error: {error_rate(probs, data.y_test):.2f} %")
+    report = class_report(probs, data.y_test, run.class_names)
+    _print_report(report, "its")
+    print(f"test error: {report['test_error']:.2f} %")
     return 0
+
+
+def _print_report(report: dict, whose: str) -> None:
+    """Per-class errors and the confusion matrix (rows: true class, columns: predicted), as text."""
+    names = report["class_names"]
+    errors = ", ".join(f"{name}: {error:.2f}" for name, error in report["per_class_error"].items())
+    print(f"per-class test error (%), {whose} predictions: {errors}")
+    width = max(5, *(len(str(n)) for n in names), *(len(str(c)) for row in report["confusion_matrix"] for c in row))
+    print(f"confusion matrix (rows: true class, columns: predicted class):")
+    print(" " * (width + 1) + " ".join(f"{str(n)[:width]:>{width}}" for n in names))
+    for name, row in zip(names, report["confusion_matrix"]):
+        print(f"{str(name)[:width]:>{width}} " + " ".join(f"{c:>{width}}" for c in row))
 
 
 def cmd_predict(argv: Sequence[str]) -> int:
@@ -686,17 +700,20 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     _check_out(args.out, ".json")
     records = find_runs(args.run_dirs)
     probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root)
-    result = aggregate(records, probs, y_test)
+    result = aggregate(records, probs, y_test, class_names)
     for record in records:
         print(f"{record.path}: test error {record.test_error:.2f} % ({record.dataset}, {record.labels} labels, "
               f"{record.method}, seed {record.seed})")
     if result.std is not None:
         print(f"mean +- std: {result.mean:.2f} +- {result.std:.2f} % over {len(records)} runs (sample std)")
+    _print_report(result.ensemble_report, "the ensemble's")
     print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(records)} model{'s' * (len(records) > 1)})")
     if args.out:
         payload = {"runs": [str(r.path) for r in records], "test_errors": result.test_errors,
                    "mean": result.mean, "std": result.std, "std_kind": STD_KIND,
-                   "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names}
+                   "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names,
+                   "per_class_error": result.ensemble_report["per_class_error"],
+                   "confusion_matrix": result.ensemble_report["confusion_matrix"]}
         with open(args.out, "x", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=1)
         print(f"wrote {args.out}", file=sys.stderr)

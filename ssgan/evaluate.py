@@ -13,7 +13,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,20 @@ def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 100
 def error_rate(probs: np.ndarray, y: np.ndarray) -> float:
     """Test error in percent of the argmax prediction."""
     return float(100.0 * np.mean(np.argmax(probs, axis=1) != np.asarray(y)))
+
+
+def class_report(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> Dict[str, Any]:
+    """The test error (%), each class's error (% of its images predicted as another class) and the
+    confusion matrix (``sklearn.metrics.confusion_matrix``: rows the true class, columns the predicted one)
+    of argmax predictions. probs: (N, K), y: (N,) in 0..K-1."""
+    from sklearn.metrics import confusion_matrix
+
+    k = len(class_names)
+    matrix = confusion_matrix(np.asarray(y), np.argmax(probs, axis=1), labels=list(range(k)))  # (K, K)
+    counts = matrix.sum(axis=1)
+    per_class = [float(100.0 * (1 - matrix[c, c] / counts[c])) if counts[c] else float("nan") for c in range(k)]
+    return {"test_error": error_rate(probs, y), "class_names": list(class_names),
+            "per_class_error": dict(zip(class_names, per_class)), "confusion_matrix": matrix.tolist()}
 
 
 def ensemble_proba(probs_per_model: Sequence[np.ndarray]) -> np.ndarray:

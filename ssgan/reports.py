@@ -10,7 +10,6 @@ Every error is that of a run's final Polyak-averaged discriminator, never the be
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 from dataclasses import asdict, dataclass, replace
@@ -21,9 +20,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import plots
 from .config import Config
 from .data import load_data
-from .evaluate import ensemble_proba, error_rate, predict_proba
+from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
 from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, environment, load_run
 from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
 
@@ -81,6 +81,7 @@ class SeedsResult:
     std: Optional[float]  # sample std (ddof=1) over the seeds; None for one seed
     ensemble_error: float
     n_test: int
+    ensemble_report: Optional[Dict[str, Any]] = None  # evaluate.class_report of the ensemble
 
     @property
     def seeds(self) -> List[int]:
@@ -108,17 +109,21 @@ class SeedsResult:
         return config_key(self.runs[0].config)
 
 
-def aggregate(records: Sequence[RunRecord], probs: Sequence[np.ndarray], y_test: np.ndarray) -> SeedsResult:
-    """Mean +- sample std of the recorded test errors and the ensemble error of ``probs`` (one per run)."""
+def aggregate(records: Sequence[RunRecord], probs: Sequence[np.ndarray], y_test: np.ndarray,
+              class_names: Optional[Sequence[str]] = None) -> SeedsResult:
+    """Mean +- sample std of the recorded test errors and the ensemble error of ``probs`` (one per run), with
+    the ensemble's per-class errors and confusion matrix when the class names are given."""
     mean, std = mean_std([r.test_error for r in records])
-    return SeedsResult(list(records), mean, std, ensemble_error(probs, y_test), len(y_test))
+    ensemble = ensemble_proba(probs)
+    report = None if class_names is None else class_report(ensemble, y_test, class_names)
+    return SeedsResult(list(records), mean, std, error_rate(ensemble, y_test), len(y_test), report)
 
 
 def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
                   ) -> SeedsResult:
     """``aggregate`` over finished runs, with their probabilities recomputed from their checkpoints."""
-    probs, y_test, _ = probs_on_test_set(records, device, data_root)
-    return aggregate(records, probs, y_test)
+    probs, y_test, class_names = probs_on_test_set(records, device, data_root)
+    return aggregate(records, probs, y_test, class_names)
 
 
 
@@ -184,7 +189,8 @@ def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
     outcomes: List[SeedOutcome] = []
     for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh):
         outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
-        summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test)
+        summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
+                            outcome.class_names)
         write_summary(out_dir, summary, list(seeds), command)
         yield outcome, summary
 
@@ -262,6 +268,9 @@ def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], comm
         "test_errors": {str(r.seed): r.test_error for r in result.runs},
         "mean": result.mean, "std": result.std, "ensemble_error": result.ensemble_error, "n_test": result.n_test,
         "runs": {str(r.seed): r.path.name for r in result.runs}, "config": {**result.config, "seed": seeds[0]},
+        "ensemble_per_class_error": None if result.ensemble_report is None else result.ensemble_report["per_class_error"],
+        "ensemble_confusion_matrix": None if result.ensemble_report is None else
+        result.ensemble_report["confusion_matrix"],
     }
     atomic_write(out_dir / SUMMARY_NAME, json.dumps(payload, indent=1))
     title = f"# {payload['dataset']}, {result.labels} labels, {result.method}: seeds {_seed_ranges(finished)}"
@@ -326,15 +335,13 @@ def plot_table(path: Path, dataset: str, rows: Sequence[SeedsResult]) -> bool:
 
     Needs matplotlib (the ``plots`` extra); without it, says so and returns False.
     """
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-    except ImportError:
-        print(f"no plot: matplotlib is not installed (pip install 'ssgan[plots]'); {path.name} not written")
+    figure = plots.new_figure()
+    if figure is None:  # (logged, with the extra to install)
         return False
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     rows = sorted(rows, key=lambda r: r.labels)
     labels = [r.labels for r in rows]
-    figure = Figure(figsize=(6.4, 4.4))
     ax = figure.subplots()
     ax.errorbar(labels, [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows], marker="o", capsize=3,
                 label="ours, mean +- std over seeds")
@@ -359,10 +366,7 @@ def plot_table(path: Path, dataset: str, rows: Sequence[SeedsResult]) -> bool:
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{dataset}: test error against labels")
     ax.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, plots.png_bytes(figure))
     return True
 
 

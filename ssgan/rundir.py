@@ -11,6 +11,8 @@ A run directory holds
                     also tensorboard/
     result.json     the final test error, seed, labeled indices, resolved config, device and versions
     samples.png     a grid of generator samples
+    curve.png, confusion_matrix.png   the test error and losses against epochs, and the final confusion
+                    matrix (with the plots extra)
     .lock           held by the process that trains the run (``RunLock``): one at a time
 
 A seeds run (``seeds.py``) is a folder of run directories ``seed<N>/`` with ``seeds.json`` (the plan) and
@@ -59,13 +61,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 SAMPLES_NAME = "samples.png"
+CURVE_NAME = "curve.png"  # with the plots extra
+CONFUSION_NAME = "confusion_matrix.png"  # with the plots extra
 TENSORBOARD_NAME = "tensorboard"
 LOCK_NAME = ".lock"
 PLAN_NAME = "seeds.json"  # a seeds run's plan (seeds.py)
 SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py); older seeds runs kept their plan in it
 SUMMARY_MD_NAME = "summary.md"
-OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME,
-                TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
+OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
+                CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
 NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 

@@ -136,6 +136,7 @@ class SeedOutcome:
     probs: np.ndarray
     y_test: np.ndarray
     how: str
+    class_names: Optional[List[str]] = None
 
     @property
     def seed(self) -> int:
@@ -192,17 +193,17 @@ def _seed_outcome(cfg: Config, seed: int, out_dir: Path, data: ImageData, key: s
     batch = cfg.train.eval_batch_size
     if seed in together:
         probs = predict_proba(together[seed].discriminator, seed_data.x_test, batch)
-        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently")
+        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
     if (seed_dir / RESULT_NAME).is_file():
         _check_key(seed_dir, cfg, key)
         run = load_run(seed_dir, resolve_device(cfg.train.device))
         probs = predict_proba(run.discriminator, seed_data.x_test, batch)
-        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how)
+        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
     resume = _resume_payload(seed_dir, key)  # read when its turn comes: one checkpoint in memory
     result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, out_dir)
     probs = predict_proba(result.discriminator, seed_data.x_test, batch)
     return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
-                       "continued from its checkpoint" if resume is not None else "trained")
+                       "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
 
 
 def _train_together(cfg: Config, seeds: Sequence[int], out_dir: Path, data: ImageData, key: str) -> Dict[int, Any]:

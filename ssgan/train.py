@@ -29,15 +29,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import losses
+from . import losses, plots
 from .config import Config, MethodConfig, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
-from .evaluate import error_rate, predict_proba, sample_grid_png
+from .evaluate import class_report, error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
 from .models import build_models, sample_z
 from .optim import make_optimizer
-from .rundir import (CHECKPOINT_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write, locked, restore_rng,
-                     environment, rng_state, write_checkpoint, write_config, write_result)
+from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
+                     environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
 
 # What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change: the length and schedule of training and how it
 # runs and reports; anything else (networks, data, method, batches) would not fit the checkpoint.
@@ -855,22 +855,38 @@ def _finish(member: Member, networks: Networks, data: ImageData, device: torch.d
                        member.class_names, member.log.history, member.run_dir, val_error, member.class_values)
     if member.run_dir is not None:
         _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
-        write_outputs(result, member.cfg, iterations_per_epoch(t, len(data.x_unlabeled)), device)
+        write_outputs(result, member.cfg, data, iterations_per_epoch(t, len(data.x_unlabeled)), device)
     return result
 
 
-def write_outputs(result: FitResult, cfg: Config, iters: int, device: torch.device) -> None:
-    """The end of a run directory: samples.png and result.json (the checkpoint is written before)."""
+def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, device: torch.device) -> None:
+    """The end of a run directory (the checkpoint is written before): samples.png, result.json with the
+    per-class errors and confusion matrix of the averaged discriminator, and, with the plots extra,
+    curve.png and confusion_matrix.png."""
+    run_dir = result.run_dir
+    title = f"{cfg.dataset.name}, {cfg.dataset.labels} labels, {cfg.method.name}, seed {cfg.seed}"
     if cfg.train.sample_grid:
-        atomic_write(result.run_dir / SAMPLES_NAME,
+        atomic_write(run_dir / SAMPLES_NAME,
                      sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size))
-    write_result(result.run_dir, {
+    report = None
+    if len(data.y_test):
+        report = class_report(predict_proba(result.discriminator, data.x_test, cfg.train.eval_batch_size),
+                              data.y_test, result.class_names)
+        figure = plots.confusion_matrix_png(report["confusion_matrix"], result.class_names, f"{title}: test set")
+        if figure is not None:
+            atomic_write(run_dir / CONFUSION_NAME, figure)
+    curve = plots.curve_png(result.history, title)
+    if curve is not None:
+        atomic_write(run_dir / CURVE_NAME, curve)
+    write_result(run_dir, {
         "test_error": result.test_error, "val_error": result.val_error, "seed": cfg.seed,
         "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
         "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
         "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
         "versions": environment(device), "class_names": list(result.class_names),
         "class_values": list(result.class_values),
+        "per_class_error": None if report is None else report["per_class_error"],
+        "confusion_matrix": None if report is None else report["confusion_matrix"],
         "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)})
 
 

@@ -12,7 +12,7 @@ import ssgan
 # Lowest first. Modules on one line may not import each other.
 LAYERS = [
     ["config"],
-    ["data", "layers", "losses", "optim"],
+    ["data", "layers", "losses", "optim", "plots"],
     ["models"],
     ["evaluate"],
     ["rundir"],

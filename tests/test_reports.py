@@ -140,13 +140,13 @@ def test_table_row_of_mnist_sits_next_to_the_published_numbers(tmp_path):
     assert published["improved_gan"] == [0.93, 0.065]
 
 
-def test_no_matplotlib_means_no_plot_and_no_error(tmp_path, monkeypatch, capsys):
+def test_no_matplotlib_means_no_plot_and_no_error(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     rows = [SeedsResult([_record(0, 10.0)], 10.0, None, 10.0, 450)]
     written = write_table(tmp_path, "digits", rows, "ssgan table")
     assert [p.name for p in written] == ["digits.md", "digits.json"]
-    assert "pip install 'ssgan[plots]'" in capsys.readouterr().out
+    assert "pip install 'ssgan[plots]'" in caplog.text  # logged (logging.getLogger("ssgan.plots"))
     assert plot_table(tmp_path / "x.png", "digits", rows) is False
 
 
