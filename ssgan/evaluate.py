@@ -4,7 +4,8 @@ and the Inception Score with a pluggable classifier (METHOD.md sec. 1, 5).
 A classifier for sample quality is any function from a batch of generated images, in the recipe's scale,
 to class probabilities (B, K): torchvision's Inception-v3 (the score of Salimans et al. 2016, sec. 4) when its
 weights are already in the torch hub cache, or the run's own discriminator, whose score is then a
-"classifier score" and not comparable with published Inception Scores.
+"classifier score" and not comparable with published Inception Scores. ssgan.quality computes the Inception
+Score and the FID with torch-fidelity's Inception-v3 (the TensorFlow weights of the papers) when those are at hand.
 """
 
 from __future__ import annotations

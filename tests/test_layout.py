@@ -20,7 +20,7 @@ LAYERS = [
     ["concurrent"],
     ["seeds"],
     ["reports"],
-    ["estimator", "export"],
+    ["estimator", "export", "quality"],
     ["cli"],
     ["__main__"],
 ]
