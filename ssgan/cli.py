@@ -38,7 +38,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import __version__
+from . import __version__, quality
 from .config import (DATASETS, MAX_SEED, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line,
                      register_configs, resolve_device, resolve_paths, to_config, validate)
 from .data import DataError, load_data, read_inputs
@@ -524,19 +524,25 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
 
 def cmd_sample(argv: Sequence[str]) -> int:
-    """Generator samples as a PNG grid; with --score, exp(E_x KL(p(y|x) || p(y))) over --n-score samples in
-    --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits), with torchvision's Inception-v3
-    when its weights are in the torch hub cache, else the run's own discriminator (a classifier score)."""
+    """Generator samples as a PNG grid; with --score, the Inception Score exp(E_x KL(p(y|x) || p(y))) over
+    --n-score samples in --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits) and, with
+    --fid, the Frechet Inception Distance to the training images (Heusel et al. 2017), through torch-fidelity's
+    Inception-v3 when its weights are local (the quality extra); else, named as such, the run's own
+    discriminator's classifier score."""
     parser = _Parser(prog=f"{PROG} sample", description=COMMANDS["sample"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--n", type=int, default=100, help="samples in the grid (default 100: 10 x 10)")
     parser.add_argument("--out", help="PNG file of the grid (default RUN_DIR/grid.png); never overwritten")
     parser.add_argument("--no-grid", action="store_true", help="write no grid (with --score)")
     parser.add_argument("--score", action="store_true", help="compute the Inception Score of the samples")
+    parser.add_argument("--fid", action="store_true", help="with --score: also the FID to the run's training "
+                        "images (needs the Inception weights)")
     parser.add_argument("--n-score", type=int, default=50000, help="samples scored (default 50000)")
     parser.add_argument("--splits", type=int, default=10, help="splits of the score's mean +- std (default 10)")
-    parser.add_argument("--classifier", choices=("auto", "inception", "discriminator"), default="auto",
-                        help="auto: Inception-v3 if its weights are cached locally, else the discriminator")
+    parser.add_argument("--classifier", choices=("auto", "inception", "torchvision", "discriminator"),
+                        default="auto", help="auto: torch-fidelity's Inception-v3 if the quality extra and its "
+                        "weights are here, else the run's discriminator; torchvision: torchvision's ImageNet "
+                        "Inception-v3 from the torch hub cache")
     parser.add_argument("--batch-size", type=int, help="generator batch (default: the run's train.batch_size)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise z")
     parser.add_argument("--device", default="auto")
@@ -546,8 +552,14 @@ def cmd_sample(argv: Sequence[str]) -> int:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
     if args.no_grid and not args.score:
         raise UsageError("--no-grid writes nothing without --score")
+    if args.fid and not args.score:
+        raise UsageError("--fid comes with --score")
     if args.score and args.splits > args.n_score:
         raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
+    reason = quality.unavailable_reason()
+    if reason is not None and (args.fid or args.classifier == "inception"):
+        raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
+                         f"{reason}")
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
     if not args.no_grid:
@@ -560,22 +572,31 @@ def cmd_sample(argv: Sequence[str]) -> int:
         with open(out, "xb") as handle:  # never overwritten
             handle.write(sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise))
         print(f"wrote {args.n} samples to {out}")
-    if args.score:
-        classify = None
-        if args.classifier != "discriminator":
-            classify = inception_classifier(run.config.dataset.scaling, device)
-            if classify is None and args.classifier == "inception":
-                raise UsageError(f"no Inception-v3 weights in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
-                                 f"copy torchvision's inception_v3_google-*.pth there (nothing is downloaded)")
-        name, source = "Inception Score (torchvision Inception-v3)", f"Inception-v3 ({inception_weights_path()})"
-        if classify is None:
-            classify = discriminator_classifier(run.discriminator)
-            name = "classifier score (the run's own discriminator, not the Inception Score)"
-            source = "the run's discriminator" + ("" if args.classifier == "discriminator" else
-                                                  f" (no Inception-v3 weights in {torch.hub.get_dir()})")
-        print(f"scoring {args.n_score} samples in {args.splits} splits with {source}", file=sys.stderr)
-        mean, std = sample_score(run.generator, classify, args.n_score, args.splits, batch_size, noise)
-        print(f"{name}: {mean:.3f} +- {std:.3f}")
+    if not args.score:
+        return 0
+    scaling = run.config.dataset.scaling
+    if args.classifier in ("auto", "inception") and reason is None:
+        real = load_data(run.config.dataset, run.config.seed).x_train if args.fid else None
+        print(f"scoring {args.n_score} samples in {args.splits} splits with torch-fidelity's Inception-v3 "
+              f"({quality.inception_weights_available()})", file=sys.stderr)
+        scores = quality.sample_quality(run.generator, scaling, args.n_score, batch_size, real_images=real,
+                                        splits=args.splits, generator_seed=args.seed)
+        print(f"{quality.INCEPTION_SCORE_NAME}: {scores[quality.IS_MEAN]:.3f} +- {scores[quality.IS_STD]:.3f}")
+        if args.fid:
+            print(f"{quality.FID_NAME}: {scores[quality.FID]:.3f} (against {scores['n_real']} training images)")
+        return 0
+    classify = inception_classifier(scaling, device) if args.classifier == "torchvision" else None
+    if classify is None and args.classifier == "torchvision":
+        raise UsageError(f"no torchvision Inception-v3 weights in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
+                         f"copy torchvision's inception_v3_google-*.pth there (nothing is downloaded)")
+    if classify is not None:
+        name, source = "Inception Score (torchvision's ImageNet Inception-v3)", str(inception_weights_path())
+    else:
+        classify, name = discriminator_classifier(run.discriminator), quality.CLASSIFIER_SCORE_NAME
+        source = "the run's discriminator" + ("" if args.classifier == "discriminator" else f" ({reason})")
+    print(f"scoring {args.n_score} samples in {args.splits} splits with {source}", file=sys.stderr)
+    mean, std = sample_score(run.generator, classify, args.n_score, args.splits, batch_size, noise)
+    print(f"{name}: {mean:.3f} +- {std:.3f}")
     return 0
 
 

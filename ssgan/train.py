@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import signal
@@ -38,6 +39,8 @@ from .models import build_models, sample_z
 from .optim import make_optimizer
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
+
+logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
 # What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change: the length and schedule of training and how it
 # runs and reports; anything else (networks, data, method, batches) would not fit the checkpoint.
@@ -747,6 +750,8 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                                                                  t.eval_batch_size), data.y_test)
                     record["test_error"] = member.test_error
                 member.log_epoch(record)
+                logger.debug("%s: epoch %d of %d: %s", member.run_dir or f"seed {member.cfg.seed}", epoch, t.epochs,
+                             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
                 if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
                     _checkpoint(member, engine.networks(s), stats[s, :0], label=_label(members, s))
             progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()

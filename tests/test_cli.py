@@ -295,3 +295,18 @@ def test_a_folder_runs_labels_are_its_folder_names(tmp_path):
     classifier = ssgan.load(run_dir)
     assert list(classifier.classes_) == ["cat", "dog"] and classifier.class_names_ == ["cat", "dog"]
     assert json.loads((run_dir / "result.json").read_text())["class_values"] == ["cat", "dog"]
+
+
+def test_a_run_reports_per_class_errors_and_its_confusion_matrix(trained_run, capsys):
+    pytest.importorskip("matplotlib")  # the plots extra (dev installs it)
+    result = json.loads((trained_run / "result.json").read_text())
+    matrix = np.array(result["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 450  # the digits test split
+    assert 100 * (1 - np.trace(matrix) / matrix.sum()) == pytest.approx(result["test_error"])
+    assert list(result["per_class_error"]) == [str(k) for k in range(10)]
+    for name in ("curve.png", "confusion_matrix.png"):
+        assert (trained_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", str(trained_run), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("per-class test error (%)") and lines[1].startswith("confusion matrix")
+    assert [int(v) for v in lines[3].split()[1:]] == result["confusion_matrix"][0]

@@ -119,3 +119,16 @@ def test_inception_score_with_fewer_samples_than_splits_is_finite():
     mean, std = inception_score(probs, n_splits=10)
     assert math.isfinite(mean) and math.isfinite(std)
     assert (mean, std) == inception_score(probs, n_splits=3)
+
+
+def test_class_report_against_a_direct_count():
+    from ssgan.evaluate import class_report
+
+    y = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.eye(3)[[0, 1, 0, 1, 1, 0]]  # predictions 0, 1, 0, 1, 1, 0
+    report = class_report(probs, y, ["a", "b", "c"])
+    assert report["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]  # rows: true, columns: predicted
+    assert report["per_class_error"] == pytest.approx({"a": 100 / 3, "b": 0.0, "c": 100.0})
+    assert report["test_error"] == pytest.approx(100 * 2 / 6)
+    empty = class_report(np.eye(2)[[0, 0]], np.array([0, 0]), ["a", "b"])
+    assert np.isnan(empty["per_class_error"]["b"])  # no test image of class b

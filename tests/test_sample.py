@@ -202,3 +202,25 @@ def test_predict_bad_inputs_are_exit_code_2(run_dir, tmp_path, capsys, make, fra
     assert main(["predict", str(run_dir), str(item)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_score_and_fid_through_the_quality_path_with_a_stand_in_inception(run_dir, tmp_path, monkeypatch, capsys):
+    """With the quality extra and (here: stand-in) weights, --score --fid report torch-fidelity's IS and FID."""
+    from ssgan import quality
+    from tests.test_quality import StandIn
+
+    torch.manual_seed(0)
+    stand_in = StandIn()
+    monkeypatch.setattr(quality, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(quality, "inception_weights_available", lambda: tmp_path / "weights.pth")
+    monkeypatch.setattr(quality, "inception_feature_extractor", lambda *args, **kwargs: stand_in)
+    assert main(["sample", str(run_dir), "--no-grid", "--score", "--fid", "--n-score", "40", "--splits", "2",
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(quality.INCEPTION_SCORE_NAME) and lines[1].startswith(quality.FID_NAME)
+    assert float(lines[1].split(": ")[1].split()[0]) > 0
+
+
+def test_fid_without_the_weights_is_exit_code_2(run_dir, empty_hub, capsys):
+    assert main(["sample", str(run_dir), "--no-grid", "--score", "--fid", "--n-score", "10"]) == 2
+    assert "--fid needs the Inception weights" in capsys.readouterr().err

@@ -337,3 +337,13 @@ def test_a_temporal_ensemble_run_resumes_exactly(tmp_path, monkeypatch):
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), (part, name)
     assert torch.equal(a["temporal_ensemble"]["ensemble"], b["temporal_ensemble"]["ensemble"])
+
+
+def test_each_epoch_is_a_debug_record_of_the_ssgan_train_logger(tiny_config, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="ssgan.train"):
+        fit(replace(tiny_config, train=replace(tiny_config.train, epochs=2)))
+    records = [r for r in caplog.records if r.name == "ssgan.train"]
+    assert [r.getMessage().split(":")[1].strip() for r in records] == ["epoch 1 of 2", "epoch 2 of 2"]
+    assert "test_error=" in records[-1].getMessage()
