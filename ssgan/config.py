@@ -24,7 +24,7 @@ DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
 SCALINGS = ("unit", "cifar", "symmetric", "half")
 METHODS = ("improved_gan", "ct_gan", "ct_gan_te")
-ARCHS = ("mlp", "cnn")
+ARCHS = ("mlp", "cnn", "custom")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class DataConfig:
 class ModelConfig:
     """Which discriminator / generator pair to build (models.py) and its sizes."""
 
-    arch: str = "mlp"
+    arch: str = "mlp"  # mlp | cnn | custom (your own networks: model.discriminator, model.generator)
     # mlp: hidden widths of D; cnn: [width of block 1, width of block 2, last conv, NiN 1, NiN 2]
     d_widths: List[int] = field(default_factory=lambda: [256, 128, 128])
     # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
@@ -74,6 +74,12 @@ class ModelConfig:
     mbd_kernels: int = 100
     mbd_kernel_dim: int = 5
     virtual_batch_norm: bool = False
+    # model.arch=custom: your networks, as Hydra instantiation specs {_target_: import.path, **kwargs}. ssgan
+    # also passes the keyword arguments the constructors accept of: image_shape (C, H, W) and n_classes (D),
+    # image_shape and z_dim (G). Contract (checked at start-up): D(x) -> (logits (B, K), features (B, F));
+    # G(z) -> images (B, C, H, W) in the data's range.
+    discriminator: Optional[Any] = None
+    generator: Optional[Any] = None
 
 
 @dataclass
@@ -197,6 +203,9 @@ def validate(cfg: Config) -> None:
         (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),
         (m.z_dim > 0, f"model.z_dim={m.z_dim}: must be positive"),
         (m.arch != "cnn" or len(m.d_widths) == 5, "model.d_widths: the cnn needs 5 widths"),
+        (m.arch != "custom" or all(isinstance(spec, dict) and spec.get("_target_") for spec in
+                                   (m.discriminator, m.generator)),
+         "model=custom needs model.discriminator._target_=... and model.generator._target_=... (import paths)"),
         (m.arch != "cnn" or len(m.g_widths) == 3, "model.g_widths: the cnn generator needs 3 widths"),
         (len(m.d_widths) > 0 and min(m.d_widths) > 0, f"model.d_widths={list(m.d_widths)}: widths must be positive"),
         (len(m.g_widths) > 0 and min(m.g_widths) > 0, f"model.g_widths={list(m.g_widths)}: widths must be positive"),
@@ -314,7 +323,9 @@ def to_config(dict_cfg) -> Config:
     try:
         cfg = OmegaConf.to_object(dict_cfg)
     except Exception as error:  # OmegaConf's validation and interpolation errors
-        raise ConfigError(first_line(error)) from None
+        key = getattr(error, "full_key", None)
+        message = first_line(error)
+        raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
     validate(cfg)
     return cfg
 

@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 
 from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
                      validate)
-from .data import DataError, ImageData, input_value_max, prepare_images, scale_images
+from .data import DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images
 from .evaluate import predict_proba
 from .rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_networks, load_run, read_payload
 from .train import fit as train_fit
@@ -136,6 +136,10 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         overrides: Hydra overrides for anything else, e.g. ("model.d_widths=[64,32]", "train.lr_g=1e-3");
             applied last, so they also replace the tabular recipe's sizes.
         progress: show the progress bar.
+        discriminator, generator: networks of one's own (both or neither): torch.nn.Module instances (copies
+            are trained; such an estimator cannot be saved to a file) or import paths of classes (built as
+            ``model=custom`` builds them, saved and loaded like any other). Contract: D(x) -> (logits (B, K),
+            features (B, F)); G(z) -> images in the data's range; checked before training.
 
     Attributes after fit: ``classes_`` (K,), ``n_features_in_`` (values per sample), ``config_`` (the
     Config trained with), ``discriminator_`` (the averaged D, the classifier), ``generator_``,
@@ -148,7 +152,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
                  iters_per_epoch: Optional[int] = None, batch_size: Optional[int] = None,
                  lr: Optional[float] = None, ema_decay: Optional[float] = None, seed: int = 0,
                  device: str = "auto", image_shape: Optional[Sequence[int]] = None,
-                 value_max: Optional[float] = None, overrides: Sequence[str] = (), progress: bool = False) -> None:
+                 value_max: Optional[float] = None, overrides: Sequence[str] = (), progress: bool = False,
+                 discriminator: Any = None, generator: Any = None) -> None:
         # scikit-learn's rule: store the parameters unchanged; they are checked in fit.
         self.recipe = recipe
         self.method = method
@@ -163,6 +168,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         self.value_max = value_max
         self.overrides = overrides
         self.progress = progress
+        self.discriminator = discriminator
+        self.generator = generator
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()  # a classifier (ClassifierMixin): y required, multiclass
@@ -184,6 +191,13 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"overrides={self.overrides!r}: expected a sequence of KEY=VALUE strings")
         if self.value_max is not None and not self.value_max > 0:
             raise ConfigError(f"value_max={self.value_max}: must be positive")
+        if (self.discriminator is None) != (self.generator is None):
+            raise ConfigError("discriminator and generator come together: give both (modules or import paths) or "
+                              "neither")
+        for name in ("discriminator", "generator"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, torch.nn.Module)):
+                raise ConfigError(f"{name}={value!r}: expected a torch.nn.Module or an import path string")
 
     def _compose(self, dataset: str, recipe_defaults: Sequence[str] = ()) -> Config:
         """Compose ``dataset`` and the method with the parameters as Hydra overrides, as ``ssgan fit`` does:
@@ -197,6 +211,12 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
                            ("train.ema_decay", self.ema_decay)):
             if value is not None:
                 overrides.append(f"{key}={value}")
+        if self.discriminator is not None:  # networks of one's own: model=custom, by import path or class
+            overrides.append("model=custom")
+            for name in ("discriminator", "generator"):
+                value = getattr(self, name)
+                path = value if isinstance(value, str) else f"{type(value).__module__}.{type(value).__qualname__}"
+                overrides.append(f"model.{name}._target_={path}")
         return _compose_cached(tuple(overrides + list(self.overrides)))
 
     def _config(self, x: np.ndarray, n_labeled: int, n_classes: int) -> Tuple[Config, bool]:
@@ -248,6 +268,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         x = prepare_images(x, data, "X")  # (N, C, H, W)
         if value_max is None:
             value_max = input_value_max(x, data)
+        check_pixels(x, value_max, "X (pixel values)")
         return scale_images(x, data.scaling, value_max)
 
     # ---------------------------------------------------------------------------------------------- fit
@@ -294,7 +315,10 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         # Labeled rows first, so that they are the labeled subset 0..L-1; the unlabeled pool is every row.
         data = ImageData(x_scaled[~unlabeled], y_lab.astype(np.int64), empty, np.zeros(0, dtype=np.int64),
                          [str(c) for c in classes], x_extra=x_scaled[unlabeled] if unlabeled.any() else None)
-        result = train_fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)))
+        modules = None
+        if isinstance(self.discriminator, torch.nn.Module):  # copies of them are trained, not the parameters
+            modules = (self.discriminator, self.generator)
+        result = train_fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)), modules=modules)
 
         self._set_fitted(cfg, result.discriminator, result.generator, classes, int(math.prod(x.shape[1:])),
                          value_max, result.history, data_min, data_max)

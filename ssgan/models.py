@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import DataConfig, ModelConfig
+from .config import ConfigError, DataConfig, ModelConfig
 from .layers import (GaussianNoise, GeneratorNorm, MinibatchDiscrimination, WNConv2d, WNConvTranspose2d,
                      WNLinear, spectral_conv, spectral_linear)
 
@@ -219,8 +219,100 @@ MODELS: Dict[str, Tuple[type, type]] = {
 }
 
 
-def build_models(data: DataConfig, cfg: ModelConfig) -> Tuple[nn.Module, _Generator]:
-    """The (discriminator, generator) pair named by ``cfg.arch`` for images of ``data.image_shape``."""
-    d_cls, g_cls = MODELS[cfg.arch]
+def build_models(data: DataConfig, cfg: ModelConfig) -> Tuple[nn.Module, nn.Module]:
+    """The (discriminator, generator) pair named by ``cfg.arch`` for images of ``data.image_shape``;
+    ``custom``: the user's modules of ``cfg.discriminator`` / ``cfg.generator`` (``build_custom``)."""
     shape = tuple(data.image_shape)
+    if cfg.arch == "custom":
+        return build_custom(cfg.discriminator, cfg.generator, shape, data.n_classes, cfg.z_dim)
+    d_cls, g_cls = MODELS[cfg.arch]
     return d_cls(shape, data.n_classes, cfg), g_cls(shape, data.scaling, cfg)
+
+
+# ---------------------------------------------------------------------------------- your own networks
+
+class ModelError(ConfigError):
+    """Networks of one's own that cannot be built or break the contract: one line, exit code 2."""
+
+
+class CustomGenerator(nn.Module):
+    """A user's generator with what ssgan asks of one: ``z_dim`` and ``sample_z`` (z ~ U[0, 1)^z_dim)."""
+
+    def __init__(self, net: nn.Module, z_dim: int) -> None:
+        super().__init__()
+        self.net, self.z_dim = net, z_dim
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+    def sample_z(self, n: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Tensor:
+        return sample_z(n, self.z_dim, device, generator)
+
+
+def _instantiate(spec: Dict, what: str, **offered) -> nn.Module:
+    """``hydra.utils.instantiate(spec)`` with those of ``offered`` that the target's constructor accepts."""
+    import inspect
+
+    from hydra.utils import get_class, instantiate
+
+    try:
+        target = get_class(spec["_target_"])
+        parameters = inspect.signature(target).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+        extra = {k: v for k, v in offered.items() if (takes_any or k in parameters) and k not in spec}
+        module = instantiate(spec, **extra)
+    except Exception as error:  # ImportError, TypeError, the target's own: all a bad spec here
+        cause = error.__cause__ or error
+        raise ModelError(f"{what}: cannot build {spec.get('_target_')}: {type(cause).__name__}: "
+                         f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"{what}: {spec['_target_']} gave a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def build_custom(d_spec: Dict, g_spec: Dict, image_shape: Tuple[int, int, int], n_classes: int,
+                 z_dim: int) -> Tuple[nn.Module, CustomGenerator]:
+    """The user's (discriminator, generator) from Hydra instantiation specs (``model.arch=custom``)."""
+    disc = _instantiate(d_spec, "model.discriminator", image_shape=image_shape, n_classes=n_classes)
+    gen = _instantiate(g_spec, "model.generator", image_shape=image_shape, z_dim=z_dim)
+    return disc, gen if hasattr(gen, "sample_z") else CustomGenerator(gen, z_dim)
+
+
+@torch.no_grad()
+def check_contract(disc: nn.Module, gen: nn.Module, x: Tensor, n_classes: int, scaling: str) -> None:
+    """D(x) -> (logits (B, K), features (B, F)) and G(z) -> images of x's shape in the data's range, on two
+    examples in eval mode (no noise or dropout, so no random number is drawn but z's, from a generator of
+    its own); ModelError with one line when broken."""
+    was_training = disc.training, gen.training
+    disc.eval()
+    gen.eval()
+    try:
+        try:
+            out = disc(x[:2])
+        except Exception as error:  # the user's module failed on the data's images
+            raise ModelError(f"the discriminator failed on images {tuple(x[:2].shape)}: {type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(torch.is_tensor(t) for t in out)):
+            raise ModelError(f"the discriminator must return (logits (B, K), features (B, F)), it returned "
+                             f"{type(out).__name__}")
+        logits, feats = out
+        if logits.shape != (2, n_classes) or feats.dim() != 2 or feats.shape[0] != 2:
+            raise ModelError(f"the discriminator must return logits (B, {n_classes}) and features (B, F); for B=2 "
+                             f"it returned {tuple(logits.shape)} and {tuple(feats.shape)}")
+        z = gen.sample_z(2, x.device, torch.Generator(x.device).manual_seed(0))
+        try:
+            images = gen(z)
+        except Exception as error:
+            raise ModelError(f"the generator failed on z {tuple(z.shape)}: {type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
+        low, high = (0.0, 1.0) if scaling == "unit" else (-1.0, 1.0)
+        if not torch.is_tensor(images) or tuple(images.shape) != (2, *x.shape[1:]):
+            raise ModelError(f"the generator must return images {(2, *x.shape[1:])} for 2 z, it returned "
+                             f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+        if not torch.isfinite(images).all() or images.min() < low - 1e-3 or images.max() > high + 1e-3:
+            raise ModelError(f"the generator's images must lie in the data's range [{low:g}, {high:g}] "
+                             f"(dataset.scaling={scaling}); they span [{images.min():.3g}, {images.max():.3g}]")
+    finally:
+        disc.train(was_training[0])
+        gen.train(was_training[1])

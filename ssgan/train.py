@@ -35,7 +35,7 @@ from .config import Config, MethodConfig, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import class_report, error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
-from .models import build_models, sample_z
+from .models import CustomGenerator, build_models, check_contract, sample_z
 from .optim import make_optimizer
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
@@ -323,22 +323,32 @@ def init_images(cfg: Config, x_all: Tensor, n_train: int, labeled_indices: np.nd
     return x
 
 
-def init_networks(cfg: Config, x_init: Tensor, device: torch.device) -> Tuple[nn.Module, nn.Module]:
-    """Build D and G and initialise their weight-normalised layers (docs/method.md sec. 3, 6.3): D on the
-    images ``x_init`` (``init_images``), G on ``train.init_z`` z (``init_batch`` when unset). Noise and
-    dropout are active, as in the official code. Draws from torch's global generator, which the caller has
-    seeded."""
-    disc, gen = build_models(cfg.dataset, cfg.model)
+def init_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Optional[Tensor] = None,
+                  modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Tuple[nn.Module, nn.Module]:
+    """Build D and G (copies of ``modules`` when given) and initialise their weight-normalised layers
+    (docs/method.md sec. 3, 6.3): D on the images ``x_init`` (``init_images``), G on ``train.init_z`` z
+    (``init_batch`` when unset). Noise and dropout are active, as in the official code. Networks of one's
+    own are first checked against the contract on ``probe``, two images of the data's size. Draws from
+    torch's global generator, which the caller has seeded."""
+    if modules is not None:
+        disc, gen = copy.deepcopy(modules[0]), copy.deepcopy(modules[1])
+        gen = gen if hasattr(gen, "sample_z") else CustomGenerator(gen, cfg.model.z_dim)
+    else:
+        disc, gen = build_models(cfg.dataset, cfg.model)
     disc, gen = disc.to(device), gen.to(device)
+    if cfg.model.arch == "custom" or modules is not None:
+        check_contract(disc, gen, (x_init if probe is None else probe).to(device), cfg.dataset.n_classes,
+                       cfg.dataset.scaling)
     data_dependent_init(disc, x_init.to(device))
     data_dependent_init(gen, gen.sample_z(cfg.train.init_z or cfg.train.init_batch, device))
     return disc, gen
 
 
-def build_networks(cfg: Config, x_init: Tensor, device: torch.device) -> Networks:
+def build_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Optional[Tensor] = None,
+                   modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Networks:
     """``init_networks``, the Polyak average (started from the initial weights) and the optimizers."""
     t = cfg.train
-    disc, gen = init_networks(cfg, x_init, device)
+    disc, gen = init_networks(cfg, x_init, device, probe, modules)
     if t.channels_last:
         disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
     disc_avg = copy.deepcopy(disc).eval()
@@ -552,8 +562,8 @@ class Member:
 
 
 def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.device, run_dir: Optional[Path],
-                 labeled_indices: Optional[np.ndarray] = None,
-                 resume: Optional[Dict] = None) -> Tuple[Member, Networks]:
+                 labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None,
+                 modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Tuple[Member, Networks]:
     """Everything a seed draws before training, in a fixed order: torch's global generator (initialisation,
     dropout, noise), the data order, z, the labeled subset (``RandomState(seed)``, unless
     ``labeled_indices`` of ``data.x_train`` are given) and the networks; then the checkpoint ``resume``,
@@ -574,7 +584,7 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
         member.batches = epoch_order(order_rng, len(lab_idx), len(x_all), iterations_per_epoch(t, len(x_all)),
                                      t.batch_size)
     x_init = init_images(cfg, x_all, len(data.y_train), lab_idx, member.batches)
-    networks = build_networks(cfg, x_init, device)
+    networks = build_networks(cfg, x_init, device, probe=x_all[:2], modules=modules)
     if cfg.method.ct_mode == "temporal":
         with torch.no_grad():  # eval mode: no noise or dropout, so no random number is drawn
             logits, feats = networks.disc.eval()(x_init[:2].to(device))
@@ -662,8 +672,12 @@ def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1
 
 
 def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] = None,
-        labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None) -> FitResult:
+        labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None,
+        modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> FitResult:
     """Train one model as ``cfg`` says; write the run directory if one is given.
+
+    ``modules``: a (discriminator, generator) of one's own to train (copies of them), instead of the networks
+    that ``cfg.model`` names (the estimator's ``discriminator=`` / ``generator=``).
 
     The labeled subset (unless ``labeled_indices`` of ``data.x_train`` are given, as the estimator does),
     the initialisation, the data order and the noise all follow from ``cfg.seed``. ``resume`` is a
@@ -679,7 +693,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         if cfg.train.channels_last:
             x_all = x_all.contiguous(memory_format=torch.channels_last)
-        member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices, resume)
+        member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices, resume, modules)
         (result,) = train_members([member], SingleEngine(networks, cfg), data, x_all, device)
     return result
 
