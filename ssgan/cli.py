@@ -334,11 +334,15 @@ def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = No
     task = hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
         _fit_task if n_seeds is None else fit_seeds_task)
     saved, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    root = logging.getLogger()
+    saved_logging = list(root.handlers), root.level  # --info adds a handler to the root logger: undone below
     sys.argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: completion
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
     finally:
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
         sys.argv = saved
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -252,12 +252,14 @@ class CustomGenerator(nn.Module):
 
 def _instantiate(spec: Dict, what: str, **offered) -> nn.Module:
     """``hydra.utils.instantiate(spec)`` with those of ``offered`` that the target's constructor accepts."""
+    import importlib
     import inspect
 
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
     try:
-        target = get_class(spec["_target_"])
+        module_name, _, name = str(spec["_target_"]).rpartition(".")
+        target = getattr(importlib.import_module(module_name), name)
         parameters = inspect.signature(target).parameters
         takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
         extra = {k: v for k, v in offered.items() if (takes_any or k in parameters) and k not in spec}

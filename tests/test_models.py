@@ -41,7 +41,8 @@ def small_cnn(**overrides) -> ModelConfig:
 
 
 def test_every_model_yaml_is_covered():
-    assert {path.stem for path in MODEL_DIR.glob("*.yaml")} == {name for name, _, _ in CASES}
+    # custom.yaml holds your import paths; tests/test_custom.py builds and trains it
+    assert {path.stem for path in MODEL_DIR.glob("*.yaml")} - {"custom"} == {name for name, _, _ in CASES}
 
 
 @pytest.fixture(autouse=True)
