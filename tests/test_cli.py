@@ -23,7 +23,7 @@ def test_labels_flag_lands_on_dataset_labels():
     assert overrides[-1] == "train.lr=1e-4"  # explicit overrides come last and win
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0

@@ -124,19 +124,38 @@ def uninterrupted_concurrent(tmp_path_factory):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_every_seed_and_resume_finishes_them_exactly(uninterrupted_concurrent, tmp_path,
-                                                                          signum, capsys):
+                                                                          signum, capsys, monkeypatch):
     """Noise on, as in every recipe: the seeds continue together from the same position and random states,
-    so the resumed run ends with exactly the weights of the uninterrupted one."""
+    so the resumed run ends with exactly the weights of the uninterrupted one. SIGTERM comes from outside (a
+    real process, as SLURM sends it); SIGINT from inside, at a chosen iteration (Ctrl-C)."""
     run_dir = tmp_path / "seeds"
-    process = _start_seeds(run_dir, _seeds_overrides(4, 40))
-    deadline = time.time() + 120
-    while not (run_dir / "seed1" / "checkpoint.pt").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signum, err
+    if signum == signal.SIGTERM:
+        process = _start_seeds(run_dir, _seeds_overrides(4, 40))
+        deadline = time.time() + 120
+        while not (run_dir / "seed1" / "checkpoint.pt").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 128 + signum, err
+    else:
+        import os
+
+        from ssgan import concurrent
+
+        calls, original = {"n": 0}, concurrent.StackedEngine.step
+
+        def interrupting_step(self, *args):
+            calls["n"] += 1
+            if calls["n"] == 57:  # epoch 2, iteration 17
+                os.kill(os.getpid(), signum)
+            return original(self, *args)
+
+        monkeypatch.setattr(concurrent.StackedEngine, "step", interrupting_step)
+        assert main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *_seeds_overrides(4, 40)]) == 128 + signum
+        monkeypatch.undo()
+        err = capsys.readouterr().err
     assert f"interrupted by {signal.Signals(signum).name}" in err and f"--resume {run_dir}" in err
     assert "Traceback" not in err
     positions = [(load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")["epoch"],
