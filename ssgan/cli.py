@@ -712,7 +712,7 @@ def cmd_table(argv: Sequence[str]) -> int:
 
 
 def cmd_ensemble(argv: Sequence[str]) -> int:
-    """Evaluate finished runs together: the ensemble averages their class probabilities (METHOD.md sec. 5)."""
+    """Evaluate finished runs together: the ensemble averages their class probabilities (docs/method.md sec. 5)."""
     parser = _Parser(prog=f"{PROG} ensemble", description=COMMANDS["ensemble"] + ". The runs must share the "
                      "data set and its classes; the ensemble's prediction is the argmax of the mean of the "
                      "models' class probabilities. The last line printed is the ensemble's test error.")

@@ -29,7 +29,7 @@ ARCHS = ("mlp", "cnn", "custom")
 
 @dataclass
 class DataConfig:
-    """Where the images come from and how they are prepared (METHOD.md sec. 3)."""
+    """Where the images come from and how they are prepared (docs/method.md sec. 3)."""
 
     name: str = "digits"
     # builtin: scikit-learn's digits; torchvision: the torchvision data set class; folder / npz: user data.
@@ -84,7 +84,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """What the method switches on (METHOD.md sec. 1, 2)."""
+    """What the method switches on (docs/method.md sec. 1, 2)."""
 
     name: str = "improved_gan"
     unl_weight: float = 1.0  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
@@ -105,7 +105,7 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe (METHOD.md sec. 3, 6)."""
+    """The optimisation recipe (docs/method.md sec. 3, 6)."""
 
     epochs: int = 300
     iters_per_epoch: Optional[int] = None  # None: len(unlabeled pool) // batch_size

@@ -1,5 +1,5 @@
 """Data: loading every source into arrays, scaling, the balanced labeled subset, the epoch order and the
-translate / flip augmentation (METHOD.md sec. 3, 5).
+translate / flip augmentation (docs/method.md sec. 3, 5).
 
 Sources: scikit-learn's digits (``builtin``); torchvision's MNIST, CIFAR10 and SVHN classes
 (``torchvision``, with ``dataset.root`` and ``dataset.download``); an image folder (``folder``:
@@ -415,7 +415,7 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
 # ------------------------------------------------------------------------------- labeled subset, order
 
 def balanced_labeled_subset(y: np.ndarray, n_labels: int, n_classes: int, seed: int) -> np.ndarray:
-    """Indices of a class-balanced labeled subset: n_labels / K per class (METHOD.md sec. 3, 5).
+    """Indices of a class-balanced labeled subset: n_labels / K per class (docs/method.md sec. 3, 5).
 
     As in the official code, the train set is permuted with a RNG seeded by ``seed`` and the first
     n_labels / K examples of each class in that order are taken: the same seed gives the same subset.
@@ -441,7 +441,7 @@ def tiled_permutation(rng: np.random.RandomState, n: int, length: int) -> np.nda
 
 def epoch_order(rng: np.random.RandomState, n_lab: int, n_unl: int, iters: int,
                 batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index batches of one epoch, each (iters, batch_size) (METHOD.md sec. 3).
+    """Index batches of one epoch, each (iters, batch_size) (docs/method.md sec. 3).
 
     Labeled: the labeled set tiled, reshuffled per tile, to the length of the epoch. Unlabeled: one
     permutation for the discriminator and a second, independent one for feature matching.

@@ -99,7 +99,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
 
     Images. The image size must be the recipe's (``dataset.image_shape``: digits 8x8, mnist 28x28,
     cifar10 / svhn 32x32; or pass ``overrides=("dataset.resize=true",)``). Pixel values run from 0 to
-    ``value_max`` and are scaled as the recipe scales its data (unit, cifar or symmetric, METHOD.md sec. 3);
+    ``value_max`` and are scaled as the recipe scales its data (unit, cifar or symmetric, docs/method.md sec. 3);
     ``value_max=None`` infers it once, in ``fit``, with ``input_value_max``: 255 for uint8, 1 for floats in
     [0, 1], else 16 for the digits recipe and 255 for the others. Predictions take the same value_max.
 

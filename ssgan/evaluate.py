@@ -1,5 +1,5 @@
 """Evaluation: class probabilities of the discriminator, error rates, ensembles over seeds, generator samples
-and the Inception Score with a pluggable classifier (METHOD.md sec. 1, 5).
+and the Inception Score with a pluggable classifier (docs/method.md sec. 1, 5).
 
 A classifier for sample quality is any function from a batch of generated images, in the recipe's scale,
 to class probabilities (B, K): torchvision's Inception-v3 (the score of Salimans et al. 2016, sec. 4) when its
@@ -68,7 +68,7 @@ def class_report(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -
 
 def ensemble_proba(probs_per_model: Sequence[np.ndarray]) -> np.ndarray:
     """The ensemble's class probabilities: the mean of the models' probabilities (not of their votes);
-    its prediction is the argmax of this mean (METHOD.md sec. 5). (M, N, K) -> (N, K)."""
+    its prediction is the argmax of this mean (docs/method.md sec. 5). (M, N, K) -> (N, K)."""
     return np.mean(np.stack([np.asarray(p, dtype=np.float64) for p in probs_per_model]), axis=0)
 
 
@@ -93,7 +93,7 @@ def generate(gen: nn.Module, n: int, batch_size: int = 100,
     """Yield ``n`` samples G(z), z ~ U[0, 1)^z_dim, in batches of (at most) ``batch_size``.
 
     Every batch is drawn full and the last one cut: the generator normalises with batch statistics also
-    when sampling (METHOD.md sec. 6), so a batch of a few images would not look like training batches.
+    when sampling (docs/method.md sec. 6), so a batch of a few images would not look like training batches.
     """
     device = next(gen.parameters()).device
     for start in range(0, n, batch_size):

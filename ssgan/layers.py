@@ -3,7 +3,7 @@ minibatch discrimination and virtual batch normalisation.
 
 Weight normalisation (Salimans & Kingma 2016): w = g * v / ||v|| per output unit. The data-dependent
 initialisation sets g and b on a first batch so that each unit's pre-activation has mean 0 and a target
-std (METHOD.md sec. 3). As in the official code (METHOD.md sec. 6), the scale g of hidden layers is fixed
+std (docs/method.md sec. 3). As in the official code (docs/method.md sec. 6), the scale g of hidden layers is fixed
 after that initialisation (a buffer) and only the output layers' scales are trained.
 """
 

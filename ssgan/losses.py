@@ -1,4 +1,4 @@
-"""The losses of the method, one function per equation (METHOD.md sec. 1, 2).
+"""The losses of the method, one function per equation (docs/method.md sec. 1, 2).
 
 The discriminator outputs K logits l_1..l_K; the logit of the extra "generated" class is fixed at 0, so
 with Z(x) = sum_k exp(l_k(x)), D(x) = p(real | x) = Z / (Z + 1) and log Z = LSE(l(x)) (Salimans et al.

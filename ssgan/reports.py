@@ -1,17 +1,19 @@
 """Reports: the published numbers, the aggregation of seeds (mean +- std and the ensemble), and the
 files that show them: a seeds run's ``summary.json`` / ``summary.md`` and a table's ``<dataset>.md``, ``.json``
-and ``.png`` (METHOD.md sec. 4, 5).
+and ``.png`` (docs/method.md sec. 4, 5).
 
 The published numbers are a mean +- std over seeds (10 in Salimans et al. 2016) and the error of an ensemble
 of the seeds' models. Here the std is the sample standard deviation (ddof=1, the usual report over seeds)
-and the ensemble is the argmax of the mean of the models' class probabilities (not a vote; METHOD.md sec. 5).
+and the ensemble is the argmax of the mean of the models' class probabilities (not a vote; docs/method.md sec. 5).
 Every error is that of a run's final Polyak-averaged discriminator, never the best one seen.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +30,9 @@ from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomi
 from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
 
 STD_KIND = "sample std (ddof=1)"
-ENSEMBLE_RULE = "the mean of the models' class probabilities, then argmax (METHOD.md sec. 5)"
+ENSEMBLE_RULE = "the mean of the models' class probabilities, then argmax (docs/method.md sec. 5)"
 
-# Test error in % as (mean, std) over seeds, from METHOD.md sec. 4; MNIST's errors of 10000 divided by 100.
+# Test error in % as (mean, std) over seeds, from docs/method.md sec. 4; MNIST's errors of 10000 divided by 100.
 PUBLISHED: Dict[str, Dict[int, Dict[str, Tuple[float, float]]]] = {
     "mnist": {
         20: {"improved_gan": (16.77, 4.52), "improved_gan_ensemble": (11.34, 4.45)},
@@ -55,7 +57,7 @@ PUBLISHED: Dict[str, Dict[int, Dict[str, Tuple[float, float]]]] = {
 PUBLISHED_COLUMNS = {"improved_gan": "Improved GAN", "improved_gan_ensemble": "Improved GAN, ensemble of 10",
                      "ct_gan": "CT-GAN", "bad_gan": "Bad GAN"}
 PUBLISHED_SOURCE = ("Salimans et al. 2016 (Improved GAN), Wei et al. 2018 (CT-GAN), Dai et al. 2017 (Bad GAN), "
-                    "as listed in METHOD.md sec. 4")
+                    "as listed in docs/method.md sec. 4")
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -67,7 +69,7 @@ def mean_std(test_errors: Sequence[float]) -> Tuple[float, Optional[float]]:
 
 
 def ensemble_error(probs_per_model: Sequence[np.ndarray], y_test: np.ndarray) -> float:
-    """Test error (%) of the ensemble: argmax of the mean class probabilities (METHOD.md sec. 5)."""
+    """Test error (%) of the ensemble: argmax of the mean class probabilities (docs/method.md sec. 5)."""
     return error_rate(ensemble_proba(probs_per_model), y_test)
 
 
@@ -257,6 +259,22 @@ def _provenance_lines(meta: Dict[str, Any]) -> List[str]:
     ]
 
 
+def _linked(text: str, out_dir: Path) -> str:
+    """Mentions of docs/method.md as Markdown links, relative to ``out_dir`` when it lies in the repository
+    that holds the docs (results/ does), else left as text."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "method.md"
+    if not docs.is_file():
+        return text
+    try:
+        target = Path(os.path.relpath(docs, out_dir.resolve()))
+    except ValueError:  # another drive
+        return text
+    if ".." in target.parts[:-2] and len(target.parts) > 3:  # out_dir is outside the repository
+        return text
+    return re.sub(r"docs/method\.md sec\. (\d+(?:\.\d+)?(?:, \d+(?:\.\d+)?)*)", lambda m: f"[{m.group(0)}]({target.as_posix()})",
+                  text)
+
+
 def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], command: str) -> None:
     """``summary.json`` and ``summary.md`` of a seeds run (rewritten after every seed: ``complete`` says
     whether every planned seed has finished)."""
@@ -319,7 +337,7 @@ def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], comman
     lines += ["", "## How these numbers were made", ""] + _provenance_lines(meta)
     lines += [f"- each row's resolved config, key, runs and per-seed errors: {dataset}.json"]
     md_path, json_path = out_dir / f"{dataset}.md", out_dir / f"{dataset}.json"
-    atomic_write(md_path, "\n".join(lines) + "\n")
+    atomic_write(md_path, _linked("\n".join(lines) + "\n", out_dir))
     atomic_write(json_path, json.dumps({"dataset": dataset, **meta, "unit": "test error in %",
                                          "published_source": PUBLISHED_SOURCE,
                                          "published_columns": PUBLISHED_COLUMNS, "rows": json_rows}, indent=1))

@@ -8,7 +8,7 @@ outcome; the summary over the seeds (mean +- std, ensemble) is ``reports``' busi
 
 The *cache key* of a config is a hash of it without the seed and the bookkeeping fields (``NOT_IN_KEY``):
 a table keeps each cell in ``CACHE/<dataset>/<key>/``, so that a rerun trains only the seeds that have not
-finished. Every error is that of a run's final Polyak-averaged discriminator (METHOD.md sec. 5).
+finished. Every error is that of a run's final Polyak-averaged discriminator (docs/method.md sec. 5).
 """
 
 from __future__ import annotations

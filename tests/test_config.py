@@ -1,5 +1,5 @@
 """Every YAML file composes against the schema and converts to the typed Config; the recipes say what
-METHOD.md says."""
+docs/method.md says."""
 
 from __future__ import annotations
 

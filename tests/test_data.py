@@ -1,5 +1,5 @@
 """Data: the balanced labeled subset, the epoch order, scaling, augmentation, every source read from small
-files written in the real formats (never downloaded), and the validation hold-out (METHOD.md sec. 3, 5).
+files written in the real formats (never downloaded), and the validation hold-out (docs/method.md sec. 3, 5).
 """
 
 from __future__ import annotations

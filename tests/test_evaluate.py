@@ -1,5 +1,5 @@
 """Tests of ssgan/evaluate.py: class probabilities, error rate, the ensemble (mean of probabilities, not of
-votes; METHOD.md sec. 5) and the Inception Score (Salimans et al. 2016, sec. 4)."""
+votes; docs/method.md sec. 5) and the Inception Score (Salimans et al. 2016, sec. 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of ssgan/layers.py: data-dependent initialisation of the weight-normalised layers (METHOD.md sec. 3,
+"""Tests of ssgan/layers.py: data-dependent initialisation of the weight-normalised layers (docs/method.md sec. 3,
 6), Gaussian noise, minibatch discrimination and virtual batch norm (Salimans et al. 2016, sec. 3)."""
 
 from __future__ import annotations

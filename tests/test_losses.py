@@ -1,5 +1,5 @@
 """Tests of ssgan/losses.py: for each equation a reference computed differently, stability at logits of
-+-1e4, and known values (METHOD.md sec. 1, 2; STYLE.md "Tests mirror modules")."""
++-1e4, and known values (docs/method.md sec. 1, 2)."""
 
 from __future__ import annotations
 

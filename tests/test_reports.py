@@ -34,7 +34,7 @@ def test_published_numbers_are_those_of_method_md():
     assert sorted(PUBLISHED["mnist"]) == [20, 50, 100, 200]
     assert sorted(PUBLISHED["cifar10"]) == [1000, 2000, 4000, 8000]
     assert sorted(PUBLISHED["svhn"]) == [500, 1000, 2000]
-    # MNIST: errors of 10000 in METHOD.md, % here
+    # MNIST: errors of 10000 in docs/method.md, % here
     assert PUBLISHED["mnist"][20]["improved_gan"] == (16.77, 4.52)
     assert PUBLISHED["mnist"][100] == {"improved_gan": (0.93, 0.065), "improved_gan_ensemble": (0.86, 0.056),
                                        "ct_gan": (0.89, 0.13), "bad_gan": (0.795, 0.098)}
@@ -191,3 +191,13 @@ def test_joblib_launcher_sweep_is_aggregated_job_by_job(tmp_path, monkeypatch, c
         assert row["mean"] == pytest.approx(np.mean(errors))
     md = (tmp_path / "results" / "digits.md").read_text()
     assert "| 20 | 2 |" in md and "| 30 | 2 |" in md
+
+
+def test_the_tables_markdown_links_the_method_documentation(tmp_path):
+    from ssgan.reports import _linked
+
+    repository = Path(__file__).resolve().parent.parent
+    text = "the ensemble (docs/method.md sec. 5), published as in docs/method.md sec. 4."
+    assert _linked(text, repository / "results") == ("the ensemble ([docs/method.md sec. 5](../docs/method.md)), "
+                                                     "published as in [docs/method.md sec. 4](../docs/method.md).")
+    assert _linked(text, tmp_path) == text  # outside the repository: no link that would not resolve
