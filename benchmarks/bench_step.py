@@ -1,174 +1,151 @@
-"""Time one training iteration (one D step, one G step, the Polyak update) of each recipe.
+"""Time the real training loop of each recipe: milliseconds per training iteration (one D step, one G step and
+the Polyak update of every model, with the batch gathers, augmentation and z draws of the loop).
 
-A script, not a test: each recipe runs on its own so that one command stays within a few minutes.
+A script, not a test. Each row runs ``train.fit`` (one model) or ``concurrent.fit_grid`` (stacked models) on
+random data of the recipe's shape, twice, for n1 and n2 iterations, and takes (t2 - t1) / (n2 - n1), so that
+set-up and the end-of-epoch work cancel.
 
-    python benchmarks/bench_step.py --recipe cifar10 [--method ct_gan] [--iters 50] [--device cuda]
+    python benchmarks/bench_step.py --recipe mnist --models 1,10,40 [--modes eager_fp32,graph_fp32,graph_bf16]
+        [--iters 20] [--device cuda] [--out results/benchmarks.json]
 
-For the recipe's real networks and batch sizes (100 labeled + 100 unlabeled + 100 generated), on random
-inputs of the recipe's shape, it prints ms per iteration and seconds per epoch for
-  plain: eager float32, the reference implementation of the step,
-  fast:  the options that make it faster on this device (bf16 autocast and channels_last on CUDA),
-next to their ratio, the FLOPs of one iteration (torch.utils.flop_counter) and the achieved TFLOP/s.
-The last line is a Markdown table row for results/benchmarks.md.
-
-With ``--seeds S`` it also times whole training iterations of S seeds trained concurrently
-(``ssgan.concurrent.fit_concurrent``) against one seed (``ssgan.train.fit``), on random data of the recipe's
-shape: the time of a run of n2 iterations minus that of n1 iterations, over n2 - n1, so that set-up and
-evaluation cancel.
+Modes (every row also carries the eager float32 figure of the same recipe and model count, from the same run):
+  eager_fp32  train.precision=fp32, train.tf32=false (true float32), train.cuda_graph=off
+  graph_fp32  the same with train.cuda_graph=on (CUDA only)
+  graph_bf16  train.precision=bf16 (+ train.channels_last for one CNN model), train.cuda_graph=on (CUDA only)
+  eager_tf32  train.tf32=true, otherwise eager_fp32 (CUDA only: TF32 against true float32)
+The backend flags are set explicitly for every row (train.numerics: TF32 off for the fp32 rows). Rows are
+merged into ``--out`` (results/benchmarks.json) by (recipe, device, mode, models):
+    {"rows": [{"recipe", "device", "mode", "models", "ms_per_iteration", "eager_fp32_ms_per_iteration",
+               "tflops", "torch", "date", "command"}]}
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import platform
+import shlex
+import sys
 import time
 from dataclasses import replace
 from datetime import date
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from ssgan.concurrent import fit_grid
 from ssgan.config import compose, resolve_device
-from ssgan.layers import data_dependent_init
-from ssgan.models import build_models
-from ssgan.optim import make_optimizer
-from ssgan.train import compiled_losses, discriminator_step, generator_step, polyak_update
+from ssgan.data import ImageData
+from ssgan.train import fit
 
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
            "cifar10_ct_gan": ["dataset=cifar10", "method=ct_gan"], "svhn": ["dataset=svhn"]}
+MODES = {"eager_fp32": dict(precision="fp32", tf32=False, cuda_graph="off"),
+         "graph_fp32": dict(precision="fp32", tf32=False, cuda_graph="on"),
+         "graph_bf16": dict(precision="bf16", tf32=False, cuda_graph="on"),
+         "eager_tf32": dict(precision="fp32", tf32=True, cuda_graph="off")}
+CUDA_ONLY = {"graph_fp32", "graph_bf16", "eager_tf32"}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def random_data(cfg, n_models: int) -> ImageData:
+    """Random images of the recipe's shape and range; enough for every model's labeled subset."""
+    rng = np.random.RandomState(0)
+    shape, k = tuple(cfg.dataset.image_shape), cfg.dataset.n_classes
+    n = max(2 * cfg.train.batch_size, cfg.dataset.labels, 1000)
+    low = 0.0 if cfg.dataset.scaling == "unit" else -1.0
+    x = rng.uniform(low, 1.0, (n, *shape)).astype(np.float32)
+    return ImageData(x, np.arange(n) % k, x[:10], np.arange(10) % k, [str(c) for c in range(k)])
+
+
+def run_seconds(cfg, n_models: int, iters: int, data: ImageData) -> float:
+    """Wall seconds of one epoch of ``iters`` iterations of ``n_models`` models (stacked when several)."""
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, iters_per_epoch=iters, progress=False,
+                                     sample_grid=False, concurrent_seeds=n_models > 1))
+    if cfg.train.device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def build(cfg, device, channels_last: bool):
-    torch.manual_seed(0)
-    disc, gen = build_models(cfg.dataset, cfg.model)
-    disc, gen = disc.to(device), gen.to(device)
-    shape = tuple(cfg.dataset.image_shape)
-    x = torch.rand(cfg.train.batch_size * 3, *shape, device=device)
-    data_dependent_init(disc, x)
-    data_dependent_init(gen, gen.sample_z(cfg.train.batch_size, device))
-    if channels_last:
-        disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    disc_avg = copy.deepcopy(disc)
-    betas = (cfg.train.beta1, cfg.train.beta2)
-    opt_d = make_optimizer(disc.parameters(), cfg.train.optimizer, cfg.train.lr, betas, cfg.train.adam_eps)
-    opt_g = make_optimizer(gen.parameters(), cfg.train.optimizer, cfg.train.lr, betas, cfg.train.adam_eps)
-    return disc, gen, disc_avg, opt_d, opt_g, x
-
-
-def make_step(cfg, device, amp_dtype, channels_last, compile_backend="off", compile_mode=None):
-    disc, gen, disc_avg, opt_d, opt_g, x = build(cfg, device, channels_last)
-    d_loss_fn, g_loss_fn = compiled_losses(compile_backend, compile_mode)
-    b = cfg.train.batch_size
-    y = torch.arange(b, device=device) % cfg.dataset.n_classes
-
-    def step():
-        z = gen.sample_z(b, device)
-        discriminator_step(disc, gen, opt_d, x[:b], y, x[b:2 * b], z, method=cfg.method, amp_dtype=amp_dtype,
-                           loss_fn=d_loss_fn)
-        z = gen.sample_z(b, device)
-        generator_step(disc, gen, opt_g, x[2 * b:], z, fm_norm=cfg.method.fm_norm, amp_dtype=amp_dtype,
-                       loss_fn=g_loss_fn)
-        polyak_update(disc_avg, disc, cfg.train.ema_decay)
-
-    return step
-
-
-def time_step(step, device, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
     start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / iters * 1000.0  # ms per iteration
+    if n_models == 1:
+        fit(cfg, data=data)
+    else:
+        fit_grid([replace(cfg, seed=s) for s in range(n_models)], data)
+    if cfg.train.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
-def count_flops(step) -> int:
+def ms_per_iteration(cfg, n_models: int, n1: int, n2: int, data: ImageData) -> float:
+    t1, t2 = run_seconds(cfg, n_models, n1, data), run_seconds(cfg, n_models, n2, data)
+    return (t2 - t1) / (n2 - n1) * 1000.0
+
+
+def flops_per_iteration(cfg, data: ImageData) -> int:
+    """FLOPs of one model's training iteration (torch.utils.flop_counter: matrix products and convolutions,
+    forward and backward): those of a 2-iteration run less those of a 1-iteration run, so that the init
+    and the evaluation cancel."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
-
-
-def time_fit_iterations(cfg, seeds: int, n1: int, n2: int) -> float:
-    """ms per training iteration of ``seeds`` concurrent models (1: the single-seed fit), by differencing."""
-    import numpy as np
-
-    from ssgan.concurrent import fit_concurrent
-    from ssgan.data import ImageData
-    from ssgan.train import fit
-
-    rng = np.random.RandomState(0)
-    n, shape = max(2000, cfg.dataset.labels), tuple(cfg.dataset.image_shape)
-    data = ImageData(rng.rand(n, *shape).astype(np.float32), np.arange(n) % cfg.dataset.n_classes,
-                     rng.rand(10, *shape).astype(np.float32), np.arange(10) % cfg.dataset.n_classes,
-                     [str(k) for k in range(cfg.dataset.n_classes)])
-    elapsed = []
-    for iters in (n1, n2):
+    counts = []
+    for iters in (1, 2):
+        counter = FlopCounterMode(display=False)
         run_cfg = replace(cfg, train=replace(cfg.train, epochs=1, iters_per_epoch=iters, progress=False,
                                              sample_grid=False))
-        start = time.perf_counter()
-        if seeds == 1:
+        with counter:
             fit(run_cfg, data=data)
-        else:
-            fit_concurrent(run_cfg, list(range(seeds)), data=data)
-        elapsed.append(time.perf_counter() - start)
-    return (elapsed[1] - elapsed[0]) / (n2 - n1) * 1000.0
+        counts.append(counter.get_total_flops())
+    return counts[1] - counts[0]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=RECIPES, required=True)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--models", default="1", help="model counts, e.g. 1,10,40 (stacked when > 1)")
+    parser.add_argument("--modes", default="eager_fp32,graph_fp32,graph_bf16", help=", ".join(MODES))
+    parser.add_argument("--iters", type=int, default=20, help="n2 - n1 iterations timed")
+    parser.add_argument("--warmup", type=int, default=5, help="n1 iterations (include CUDA graph warm-up)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seeds", type=int, default=0, help="also time S concurrent seeds against one")
-    parser.add_argument("--compile", default="off", help="torch.compile backend of the fast step (e.g. inductor)")
-    parser.add_argument("--compile-mode", help="torch.compile mode of the fast step (e.g. reduce-overhead)")
+    parser.add_argument("--out", default="results/benchmarks.json")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    cfg = compose(RECIPES[args.recipe])
-    iters_per_epoch = cfg.train.iters_per_epoch or {"digits": 13, "svhn": 732}[cfg.dataset.name]
-    cnn = cfg.model.arch == "cnn"
-    fast_amp = torch.bfloat16 if device.type == "cuda" else None
-    fast_cl = cnn and device.type == "cuda"
-
-    plain = make_step(cfg, device, None, False)
-    flops = count_flops(plain)
-    ms_plain = time_step(plain, device, args.iters, args.warmup)
-    fast_label = "+".join([n for n, on in (("bf16", fast_amp), ("channels_last", fast_cl),
-                                           (f"compile={args.compile}/{args.compile_mode or 'default'}",
-                                            args.compile != "off")) if on]) or "same as plain"
-    fast = make_step(cfg, device, fast_amp, fast_cl, args.compile, args.compile_mode)
-    ms_fast = ms_plain if fast_label == "same as plain" else time_step(fast, device, args.iters, args.warmup)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86-64'}, {torch.get_num_threads()} threads)"
-    print(f"recipe {args.recipe}: {flops / 1e9:.2f} GFLOP per iteration, {iters_per_epoch} iterations per epoch")
-    print(f"plain fp32 eager: {ms_plain:.2f} ms/it, {ms_plain * iters_per_epoch / 1000:.2f} s/epoch, "
-          f"{flops / ms_plain / 1e9:.3f} TFLOP/s")
-    print(f"fast ({fast_label}): {ms_fast:.2f} ms/it, {ms_fast * iters_per_epoch / 1000:.2f} s/epoch, "
-          f"{flops / ms_fast / 1e9:.3f} TFLOP/s, {ms_plain / ms_fast:.2f}x")
-    print(f"| {args.recipe} | 1 | {flops / 1e9:.2f} | {ms_plain:.2f} | {ms_fast:.2f} ({fast_label}) | "
-          f"{ms_plain / ms_fast:.2f} | {ms_fast * iters_per_epoch / 1000:.2f} | {flops / ms_fast / 1e9:.3f} | "
-          f"{name} | torch {torch.__version__} | {date.today()} |")
-    if args.seeds > 1:
-        cfg = replace(cfg, train=replace(cfg.train, device=str(device)))
-        one = time_fit_iterations(cfg, 1, args.warmup, args.warmup + args.iters)
-        many = time_fit_iterations(cfg, args.seeds, args.warmup, args.warmup + args.iters)
-        print(f"training iteration, 1 seed: {one:.2f} ms; {args.seeds} seeds concurrently: {many:.2f} ms "
-              f"({many / one:.2f}x one seed, {one * args.seeds / many:.2f}x faster than one after another)")
-        print(f"| {args.recipe} | {args.seeds} | - | {one:.2f} (1 seed, whole iteration) | {many:.2f} | "
-              f"{many / one:.2f}x one seed | {many * iters_per_epoch / 1000:.2f} | - | {name} | "
-              f"torch {torch.__version__} | {date.today()} |")
+    base = compose(RECIPES[args.recipe] + [f"train.device={device}"])
+    data = random_data(base, 1)
+    flops = flops_per_iteration(base, data)
+    rows = []
+    for n_models in (int(v) for v in args.models.split(",")):
+        eager = None
+        for mode in args.modes.split(","):
+            if mode in CUDA_ONLY and device.type != "cuda":
+                print(f"{args.recipe}, {n_models} model(s), {mode}: skipped (needs CUDA)", file=sys.stderr)
+                continue
+            options = dict(MODES[mode])
+            if mode == "graph_bf16" and n_models == 1 and base.model.arch == "cnn":
+                options["channels_last"] = True
+            cfg = replace(base, train=replace(base.train, **options))
+            if eager is None:
+                eager = ms_per_iteration(replace(base, train=replace(base.train, **MODES["eager_fp32"])), n_models,
+                                         args.warmup, args.warmup + args.iters, data)
+            ms = eager if mode == "eager_fp32" else ms_per_iteration(cfg, n_models, args.warmup,
+                                                                     args.warmup + args.iters, data)
+            row = {"recipe": args.recipe, "device": device_name(device), "mode": mode, "models": n_models,
+                   "ms_per_iteration": round(ms, 3), "eager_fp32_ms_per_iteration": round(eager, 3),
+                   "tflops": round(flops * n_models / ms / 1e9, 4), "torch": torch.__version__,
+                   "date": str(date.today()), "command": shlex.join(["python", *sys.argv])}
+            rows.append(row)
+            print(json.dumps(row))
+    out = Path(args.out)
+    existing = json.loads(out.read_text())["rows"] if out.is_file() else []
+    key = lambda r: (r["recipe"], r["device"], r["mode"], r["models"])  # noqa: E731
+    merged = {key(r): r for r in existing}
+    merged.update({key(r): r for r in rows})
+    out.write_text(json.dumps({"rows": sorted(merged.values(), key=key)}, indent=1) + "\n")
+    print(f"{len(rows)} rows into {out}; {flops / 1e9:.2f} GFLOP per iteration of one model")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, p
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
                      default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, make_dir,
                      write_overrides)
-from .seeds import cell_directory, is_seeds_run, read_plan
+from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
 from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
@@ -268,11 +268,11 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def _train_and_print(cfg: Config, seeds: Sequence[int], run_dir: Path, command: str,
-                     fresh: bool = False) -> SeedsResult:
+def _train_and_print(cfg: Config, seeds: Sequence[int], run_dir: Path, command: str, fresh: bool = False,
+                     data=None, trained=None) -> SeedsResult:
     """Train the seeds (``reports.run_seeds``) and print, after one line per seed, the ensemble's test error
     and, as the last line, the mean +- sample std of the seeds' test errors."""
-    for outcome, summary in run_seeds(cfg, seeds, run_dir, command, fresh=fresh):
+    for outcome, summary in run_seeds(cfg, seeds, run_dir, command, fresh=fresh, data=data, trained=trained):
         how = "" if outcome.how in ("trained", "continued from its checkpoint") else f"; {outcome.how}"
         print(f"seed {outcome.seed}: test error {outcome.record.test_error:.2f} % ({outcome.record.path}{how})")
     print(f"run directory: {run_dir}")
@@ -687,22 +687,28 @@ def cmd_table(argv: Sequence[str]) -> int:
         # Every cell is composed and checked before the first one trains.
         cells = [resolve_paths(compose([*base, f"dataset.labels={n}"])) for n in labels]
         _check_seeds(cells[0].seed, n_seeds)
-        rows = []
-        for cfg in cells:
-            cell_dir = cell_directory(Path(args.cache_dir), cfg)
-            seeds = list(range(cfg.seed, cfg.seed + n_seeds))
-            which = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
-            print(f"{dataset}, {cfg.dataset.labels} labels, {which}: {cell_dir}")
-            created = [p for p in (cell_dir.absolute(), *cell_dir.absolute().parents) if not p.exists()]
-            try:
-                rows.append(_train_and_print(cfg, seeds, cell_dir, command))
-            except TrainingInterrupted as stop:
-                raise stop.resume_with(f"the same ssgan table command (finished seeds are kept)") from None
-            except BaseException:
-                for path in created:  # deepest first: no empty cache folders for a cell that could not start
-                    if path.is_dir() and not any(path.iterdir()):
-                        path.rmdir()
-                raise
+        rows, trained, data = [], None, None
+        cell_dirs = [cell_directory(Path(args.cache_dir), cfg) for cfg in cells]
+        created = [p for d in cell_dirs for p in (d.absolute(), *d.absolute().parents) if not p.exists()]
+        created = sorted(set(created), key=lambda p: len(p.parts), reverse=True)  # deepest first
+        try:
+            if cells[0].train.concurrent_seeds:  # every label count x seed of the table in stacked steps
+                data = load_data(cells[0].dataset, cells[0].seed)
+                grid = [prepare_cell(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), cell_dir, command, data)
+                        for cfg, cell_dir in zip(cells, cell_dirs)]
+                trained = train_together(grid, data, "the same ssgan table command (finished seeds are kept)")
+            for cfg, cell_dir in zip(cells, cell_dirs):
+                seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+                which = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+                print(f"{dataset}, {cfg.dataset.labels} labels, {which}: {cell_dir}")
+                rows.append(_train_and_print(cfg, seeds, cell_dir, command, data=data, trained=trained))
+        except TrainingInterrupted as stop:
+            raise stop.resume_with("the same ssgan table command (finished seeds are kept)") from None
+        except BaseException:
+            for path in created:  # no empty cache folders for cells that could not start
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            raise
     for row in rows:
         spread = " (1 seed)" if row.std is None else f" +- {row.std:.2f} % over {len(row.runs)} seeds (sample std)"
         print(f"{row.labels} labels: test error {row.mean:.2f}{spread}, ensemble {row.ensemble_error:.2f} %")

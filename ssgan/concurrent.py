@@ -18,7 +18,7 @@ again when the same seeds are resumed together. Checkpoints are written per seed
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -30,7 +30,8 @@ from .config import Config, ConfigError, validate
 from .data import ImageData
 from .optim import make_optimizer
 from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
-                    discriminator_loss, generator_loss, place_data, prepare, start_member, train_members, update)
+                    discriminator_loss, generator_loss, place_data, prepare, start_member, train_members, update,
+                    use_cuda_graph)
 
 # Options the vectorised step does not cover (they need per-model autograd, state or data), as
 # (name, test on the config). Every other option works as in a single run.
@@ -109,8 +110,11 @@ class StackedEngine:
         avg, _ = stack_module_state([n.disc_avg for n in networks])
         self.avg_d = {k: v.detach() for k, v in avg.items()}  # the Polyak averages, (S, ...)
         first, betas = networks[0], (t.beta1, t.beta2)
-        self.opt_d = make_optimizer(list(self.params_d.values()), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps)
-        self.opt_g = make_optimizer(list(self.params_g.values()), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps)
+        capturable = use_cuda_graph(cfg, next(first.disc.parameters()).device)
+        self.opt_d = make_optimizer(list(self.params_d.values()), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps,
+                                    capturable)
+        self.opt_g = make_optimizer(list(self.params_g.values()), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps,
+                                    capturable)
         _stack_optimizer_state([n.opt_d for n in networks], self.opt_d, list(self.params_d.values()))
         _stack_optimizer_state([n.opt_g for n in networks], self.opt_g, list(self.params_g.values()))
         self.optimizers = (self.opt_d, self.opt_g)
@@ -159,6 +163,11 @@ class StackedEngine:
         _slice_optimizer_state(self.opt_g, n.opt_g, s)
         return n
 
+    def finite_parameters(self) -> Tensor:
+        """(S,) bool: whether each member's parameters are all finite (on the device: no wait)."""
+        stacked = [*self.params_d.values(), *self.params_g.values()]
+        return torch.stack([torch.isfinite(p).flatten(1).all(dim=1) for p in stacked]).all(dim=0)
+
     def averaged(self, s: int) -> nn.Module:
         """Member s's Polyak-averaged discriminator, the classifier."""
         return _load_slice(self.members[s].disc_avg, self.avg_d, self.buffers_d, s)
@@ -172,21 +181,39 @@ def fit_concurrent(cfg: Config, seeds: Sequence[int], data: Optional[ImageData] 
     ``cfg.seed`` is ignored; ``run_dirs`` (one per seed) receive what a single run writes. ``resumes``: one
     checkpoint payload (or None) per seed; resumed seeds must all be at the same position.
     """
-    validate(cfg)
-    check_supported(cfg)
-    seeds = list(seeds)
-    resumes = list(resumes) if resumes is not None else [None] * len(seeds)
+    return fit_grid([replace(cfg, seed=seed) for seed in seeds], data, run_dirs, resumes)
+
+
+def grid_key(cfg: Config) -> Dict:
+    """What models trained in one stacked step must share: the config but the seed, the label count and the
+    run directory (the networks, the method, the schedule, the data set)."""
+    return asdict(replace(cfg, seed=0, run_dir="", dataset=replace(cfg.dataset, labels=0)))
+
+
+def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs: Optional[Sequence[Path]] = None,
+             resumes: Optional[Sequence[Optional[Dict]]] = None) -> List[FitResult]:
+    """Train one model per config at once, the configs differing only in the seed and the label count (a
+    table's label counts x seeds); each keeps its own labeled subset, initialisation, data order and z stream.
+    Returns their FitResults in order. ``run_dirs``, ``resumes``: as for ``fit_concurrent``."""
+    cfgs = list(cfgs)
+    for cfg in cfgs:
+        validate(cfg)
+        check_supported(cfg)
+    if any(grid_key(cfg) != grid_key(cfgs[0]) for cfg in cfgs):
+        raise ConfigError("models trained together must share their config but the seed and dataset.labels")
+    resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
     positions = {(int(r["epoch"]), int(r["iteration"])) if r is not None else (0, 0) for r in resumes}
     if len(positions) > 1:
-        raise ConfigError(f"seeds trained together must start at the same position, got {sorted(positions)}")
-    with numerics(cfg.train):
-        cfg, data, device = prepare(cfg, data, seeds[0], len(seeds))
-        x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
+        raise ConfigError(f"models trained together must start at the same position, got {sorted(positions)}")
+    with numerics(cfgs[0].train):
+        base, data, device = prepare(cfgs[0], data, cfgs[0].seed, len(cfgs))
+        x_all = place_data(data.x_unlabeled, device, base.train.data_placement)  # (U, C, H, W)
         members, networks = [], []
-        for i, seed in enumerate(seeds):
+        for i, cfg in enumerate(cfgs):
             run_dir = None if run_dirs is None else Path(run_dirs[i])
-            cfg_s = replace(cfg, seed=seed, run_dir=str(run_dir) if run_dir is not None else cfg.run_dir)
-            member, net = start_member(cfg_s, data, x_all, device, run_dir, resume=resumes[i])
+            cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes),
+                          run_dir=str(run_dir) if run_dir is not None else cfg.run_dir)
+            member, net = start_member(cfg, data, x_all, device, run_dir, resume=resumes[i])
             members.append(member)
             networks.append(net)
-        return train_members(members, StackedEngine(networks, cfg), data, x_all, device)
+        return train_members(members, StackedEngine(networks, base), data, x_all, device)

@@ -147,6 +147,11 @@ class TrainConfig:
     # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
     # (ssgan/concurrent.py); false: one after another.
     concurrent_seeds: bool = False
+    # At most this many models in one stacked step (--seeds, and ssgan table's label counts x seeds); 0: no bound
+    max_concurrent: int = 0
+    # CUDA graphs: capture a whole training iteration once and replay it (on: required, off: never, auto: on
+    # CUDA when every option allows it). Built without a GPU: unverified there so far, hence off by default.
+    cuda_graph: str = "off"
     checkpoint_every: int = 10  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 1000
@@ -237,6 +242,8 @@ def validate(cfg: Config) -> None:
          f"train.compile_mode={t.compile_mode!r}: expected default, reduce-overhead, max-autotune or "
          f"max-autotune-no-cudagraphs"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
+        (t.max_concurrent >= 0, f"train.max_concurrent={t.max_concurrent}: must be >= 0 (0: no bound)"),
+        (t.cuda_graph in ("auto", "on", "off"), f"train.cuda_graph={t.cuda_graph!r}: expected auto, on or off"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
         (t.init_source in ("pool", "permuted", "labeled"),
          f"train.init_source={t.init_source!r}: expected pool, permuted or labeled"),

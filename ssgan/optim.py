@@ -1,9 +1,9 @@
-"""Adam in the form of the official improved-gan code (METHOD.md sec. 6).
+"""Adam in the form of the official improved-gan code (docs/method.md sec. 6.1).
 
 The official update divides by sqrt(v_hat + eps), the epsilon inside the square root (about 1e-4 outside
 it for eps = 1e-8), where torch.optim.Adam divides by sqrt(v_hat) + eps. On the MNIST recipe this detail
-alone separates the published 93 errors from over 1,000 (METHOD.md sec. 6), so it is the default of every
-faithful recipe; ``train.optimizer=torch_adam`` selects torch's Adam instead.
+alone separates the published 93 errors from over 1,000 (docs/method.md sec. 6.16), so it is the default of
+every faithful recipe; ``train.optimizer=torch_adam`` selects torch's Adam instead.
 """
 
 from __future__ import annotations
@@ -18,13 +18,32 @@ class OfficialAdam(torch.optim.Optimizer):
     """p <- p - lr * m_hat / sqrt(v_hat + eps), with m_hat, v_hat the bias-corrected moments.
 
     Uses foreach kernels: one launch per operation over all parameters, not one per tensor.
+
+    ``capturable=True`` keeps the step count and the learning rate in tensors on the parameters' device and
+    computes the bias corrections there, so that a step launches no host work and can be captured in a CUDA
+    graph; the learning rate is then changed in place with ``set_lr`` (outside the graph). The two forms agree
+    to float32 rounding (the capturable one computes lr / (1 - beta1^t) in float32 rather than in Python's
+    float64).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 3e-4, betas: Tuple[float, float] = (0.5, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, capturable: bool = False) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, capturable=capturable))
+        for group in self.param_groups:
+            if capturable:
+                device = group["params"][0].device
+                # float64, as Python computes the plain form's corrections: 1 - 0.999 in float32 is off by 1e-5
+                group["lr_t"] = torch.tensor(float(group["lr"]), dtype=torch.float64, device=device)
+                group["step_t"] = torch.zeros((), dtype=torch.float64, device=device)
+
+    def set_lr(self, lr: float) -> None:
+        """Every group's learning rate; in place on the device for a capturable optimizer."""
+        for group in self.param_groups:
+            group["lr"] = lr
+            if group.get("capturable"):
+                group["lr_t"].fill_(lr)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch's signature)
@@ -36,33 +55,94 @@ class OfficialAdam(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            beta1, beta2 = group["betas"]
             for p in params:
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-            grads = [p.grad for p in params]
-            m = [self.state[p]["exp_avg"] for p in params]
-            v = [self.state[p]["exp_avg_sq"] for p in params]
-            t = self.state[params[0]]["step"]  # every parameter is updated every step, as in the official code
-            torch._foreach_lerp_(m, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v <- beta2 v + (1 - beta2) g^2
-            denom = torch._foreach_div(v, 1 - beta2 ** t)  # v_hat
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_sqrt_(denom)  # sqrt(v_hat + eps)
-            torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - beta1 ** t))
+            if group.get("capturable"):
+                self._capturable_step(group, params)
+            else:
+                self._step(group, params)
         return loss
 
+    def _step(self, group: dict, params: list) -> None:
+        beta1, beta2 = group["betas"]
+        for p in params:
+            self.state[p]["step"] = int(self.state[p].get("step", 0)) + 1
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        t = self.state[params[0]]["step"]  # every parameter is updated every step, as in the official code
+        torch._foreach_lerp_(m, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v <- beta2 v + (1 - beta2) g^2
+        denom = torch._foreach_div(v, 1 - beta2 ** t)  # v_hat
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_sqrt_(denom)  # sqrt(v_hat + eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - beta1 ** t))
 
-def make_optimizer(params: Iterable[Tensor], kind: str, lr: float, betas: Tuple[float, float],
-                   eps: float) -> torch.optim.Optimizer:
-    """official_adam (the default) or torch_adam."""
+    def _capturable_step(self, group: dict, params: list) -> None:
+        """The same update with the step count, the bias corrections and lr as device tensors."""
+        beta1, beta2 = group["betas"]
+        step = group["step_t"]
+        step.add_(1)
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        dtype = params[0].dtype
+        denom = torch._foreach_div(v, (1 - torch.pow(beta2, step)).to(dtype))  # v_hat; the correction 0-d
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_sqrt_(denom)
+        update = torch._foreach_div(m, denom)
+        torch._foreach_mul_(update, (group["lr_t"] / (1 - torch.pow(beta1, step))).to(dtype))  # lr m_hat / ..
+        torch._foreach_sub_(params, update)
+
+    def state_dict(self):
+        """The plain form (an integer step per parameter), whichever form runs: checkpoints of both agree."""
+        state = super().state_dict()
+        for group, saved in zip(self.param_groups, state["param_groups"]):
+            if group.get("capturable"):
+                step = int(group["step_t"].item())
+                for index in saved["params"]:
+                    if index in state["state"]:
+                        state["state"][index]["step"] = step
+            saved.pop("lr_t", None)
+            saved.pop("step_t", None)
+        return state
+
+    def load_state_dict(self, state_dict) -> None:
+        capturable = [(g.get("lr_t"), g.get("step_t")) for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (lr_t, step_t) in zip(self.param_groups, capturable):
+            if lr_t is None:
+                continue
+            group["lr_t"], group["step_t"] = lr_t, step_t
+            lr_t.fill_(group["lr"])
+            steps = [self.state[p].get("step", 0) for p in group["params"] if p in self.state]
+            step_t.fill_(float(steps[0]) if steps else 0.0)
+
+
+def make_optimizer(params: Iterable[Tensor], kind: str, lr: float, betas: Tuple[float, float], eps: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """official_adam (the default) or torch_adam; ``capturable``: CUDA-graph-safe steps."""
     if kind == "official_adam":
-        return OfficialAdam(params, lr=lr, betas=betas, eps=eps)
+        return OfficialAdam(params, lr=lr, betas=betas, eps=eps, capturable=capturable)
     if kind == "torch_adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, capturable=capturable)
     raise ValueError(f"unknown optimizer {kind!r}")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate, in place where the optimizer keeps it on the device."""
+    if isinstance(optimizer, OfficialAdam):
+        optimizer.set_lr(lr)
+        return
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -184,12 +184,13 @@ def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_ro
 
 
 
-def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
-              fresh: bool = False) -> Iterator[Tuple[SeedOutcome, SeedsResult]]:
-    """Train the seeds (``seeds.train_seeds``) and rewrite ``summary.json`` / ``summary.md`` after each one;
-    yield each seed's outcome with the summary of the seeds so far (the last one is the seeds run's)."""
+def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *, fresh: bool = False,
+              data=None, trained=None) -> Iterator[Tuple[SeedOutcome, SeedsResult]]:
+    """Train the seeds (``seeds.train_seeds``; ``data``, ``trained`` passed on) and rewrite ``summary.json`` /
+    ``summary.md`` after each one; yield each seed's outcome with the summary of the seeds so far (the last
+    one is the seeds run's)."""
     outcomes: List[SeedOutcome] = []
-    for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh):
+    for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh, data=data, trained=trained):
         outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
         summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
                             outcome.class_names)

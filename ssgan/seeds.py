@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .concurrent import check_supported, fit_concurrent
+from .concurrent import check_supported, fit_grid
 from .config import Config, ConfigError, config_from_dict, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
@@ -143,27 +143,50 @@ class SeedOutcome:
         return self.record.seed
 
 
-def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *,
-                fresh: bool = False) -> Iterator[SeedOutcome]:
+@dataclass
+class Cell:
+    """A seeds run to train: its config (its data's number of classes set), seeds and folder."""
+
+    cfg: Config
+    seeds: List[int]
+    out_dir: Path
+
+    @property
+    def key(self) -> str:
+        return config_key(asdict(self.cfg))
+
+
+def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, data: ImageData, *,
+                 fresh: bool = False) -> Cell:
+    """A seeds run about to train: with ``fresh`` (``--overwrite``) its old outputs are cleared first, so that
+    no old result stands beside a new checkpoint; its plan ``seeds.json`` is written before anything trains."""
+    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes), run_dir=str(out_dir))
+    if cfg.train.concurrent_seeds:
+        check_supported(cfg)
+    if fresh:
+        clear_outputs(out_dir)
+    write_plan(out_dir, cfg, seeds, command)
+    return Cell(cfg, list(seeds), Path(out_dir))
+
+
+def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *, fresh: bool = False,
+                data: Optional[ImageData] = None, trained: Optional[Dict[Path, Any]] = None) -> Iterator[SeedOutcome]:
     """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome.
 
     A seed whose ``result.json`` exists is not trained again (unless ``fresh``, which first clears the old
     outputs); one with a checkpoint but no result continues from it exactly. With ``train.concurrent_seeds``
-    the seeds that start at the same position (not started, or checkpointed together) train together, which
-    also makes an interrupted concurrent run continue exactly as it would have gone on. A seed that another
-    process is training (its run directory's lock is held) is left for last and then waited for, so two
-    processes on one seeds run share the work. Raises TrainingDiverged or TrainingInterrupted (naming
+    the seeds that start at the same position (not started, or checkpointed together) train together
+    (``train_together``), which also makes an interrupted concurrent run continue exactly as it would have
+    gone on; ``trained`` holds results that a table already trained together, by seed directory. A seed that
+    another process is training (its run directory's lock is held) is left for last and then waited for, so
+    two processes on one seeds run share the work. Raises TrainingDiverged or TrainingInterrupted (naming
     ``out_dir`` to resume) from the training.
     """
-    data = load_data(cfg.dataset, seeds[0])  # the test split is the same for every seed
-    cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes), run_dir=str(out_dir))
-    if cfg.train.concurrent_seeds:
-        check_supported(cfg)
-    key = config_key(asdict(cfg))
-    if fresh:
-        clear_outputs(out_dir)  # --overwrite: no old result may stand beside a new checkpoint
-    write_plan(out_dir, cfg, seeds, command)
-    together = _train_together(cfg, seeds, out_dir, data, key) if cfg.train.concurrent_seeds else {}
+    data = data if data is not None else load_data(cfg.dataset, seeds[0])  # one test split for every seed
+    cell = prepare_cell(cfg, seeds, out_dir, command, data, fresh=fresh)
+    if trained is None:
+        trained = train_together([cell], data, f"ssgan fit --resume {out_dir}") if cell.cfg.train.concurrent_seeds \
+            else {}
     waiting = []
     for seed in seeds:
         lock = RunLock(out_dir / f"seed{seed}")
@@ -173,62 +196,77 @@ def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, 
             waiting.append(seed)
             continue
         try:
-            yield _seed_outcome(cfg, seed, out_dir, data, key, together)
+            yield _seed_outcome(cell, seed, data, trained)
         finally:
             lock.release()
     for seed in waiting:
         lock = RunLock(out_dir / f"seed{seed}")
         lock.acquire(wait=True)
         try:
-            yield _seed_outcome(cfg, seed, out_dir, data, key, together, "finished by another process")
+            yield _seed_outcome(cell, seed, data, trained, "finished by another process")
         finally:
             lock.release()
 
 
-def _seed_outcome(cfg: Config, seed: int, out_dir: Path, data: ImageData, key: str, together: Dict[int, Any],
+def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, Any],
                   finished_how: str = "finished before, not trained again") -> SeedOutcome:
     """One seed's outcome, its lock held: read if finished, else trained (or continued from its checkpoint)."""
-    seed_dir = out_dir / f"seed{seed}"
+    cfg, seed_dir = cell.cfg, cell.out_dir / f"seed{seed}"
     seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
     batch = cfg.train.eval_batch_size
-    if seed in together:
-        probs = predict_proba(together[seed].discriminator, seed_data.x_test, batch)
+    if seed_dir in trained:
+        probs = predict_proba(trained[seed_dir].discriminator, seed_data.x_test, batch)
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
     if (seed_dir / RESULT_NAME).is_file():
-        _check_key(seed_dir, cfg, key)
+        _check_key(seed_dir, cfg, cell.key)
         run = load_run(seed_dir, resolve_device(cfg.train.device))
         probs = predict_proba(run.discriminator, seed_data.x_test, batch)
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
-    resume = _resume_payload(seed_dir, key)  # read when its turn comes: one checkpoint in memory
-    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, out_dir)
+    resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
+    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, cell.out_dir)
     probs = predict_proba(result.discriminator, seed_data.x_test, batch)
     return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
                        "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
 
 
-def _train_together(cfg: Config, seeds: Sequence[int], out_dir: Path, data: ImageData, key: str) -> Dict[int, Any]:
-    """With ``train.concurrent_seeds``: train the unfinished seeds that start at the same position together
-    (``concurrent.fit_concurrent``), their locks held (waiting for another process that holds one);
-    return their FitResults by seed."""
-    together: Dict[int, Any] = {}
+def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str) -> Dict[Path, Any]:
+    """With ``train.concurrent_seeds``: the unfinished seeds of every cell (a table's label counts x seeds, or
+    one seeds run) that start at the same position train together, at most ``train.max_concurrent`` models
+    at a time (``concurrent.fit_grid``), their locks held (waiting for another process that holds one).
+    Returns the FitResults by seed directory; a lone seed is left to the one-at-a-time path."""
+    pending = [(cell, seed) for cell in cells for seed in cell.seeds
+               if not (cell.out_dir / f"seed{seed}" / RESULT_NAME).is_file()]
+    trained: Dict[Path, Any] = {}
     with contextlib.ExitStack() as held:
-        for seed in seeds:
-            lock = RunLock(out_dir / f"seed{seed}")
+        for cell, seed in pending:
+            lock = RunLock(cell.out_dir / f"seed{seed}")
             lock.acquire(wait=True)
             held.callback(lock.release)
-        todo = [s for s in seeds if not (out_dir / f"seed{s}" / RESULT_NAME).is_file()]
-        resumes = {s: _resume_payload(out_dir / f"seed{s}", key) for s in todo}
-        for group in _groups_by_position(todo, resumes):
-            if len(group) < 2:
-                continue
-            run_dirs = [out_dir / f"seed{s}" for s in group]
-            _log_continuing(group, resumes)
-            try:
-                results = fit_concurrent(cfg, group, data=data, run_dirs=run_dirs, resumes=[resumes[s] for s in group])
-            except TrainingInterrupted as stop:
-                raise stop.resume_with(f"ssgan fit --resume {out_dir}") from None
-            together.update(zip(group, results))
-    return together
+        pending = [(c, s) for c, s in pending if not (c.out_dir / f"seed{s}" / RESULT_NAME).is_file()]
+        resumes = {(c.out_dir, s): _resume_payload(c.out_dir / f"seed{s}", c.key) for c, s in pending}
+        groups: Dict[Tuple[int, int], List[Tuple[Cell, int]]] = {}
+        for cell, seed in pending:
+            payload = resumes[(cell.out_dir, seed)]
+            position = (0, 0) if payload is None else (int(payload["epoch"]), int(payload["iteration"]))
+            groups.setdefault(position, []).append((cell, seed))
+        bound = cells[0].cfg.train.max_concurrent or len(pending)
+        for group in groups.values():
+            for start in range(0, len(group), bound):
+                chunk = group[start:start + bound]
+                if len(chunk) < 2:
+                    continue
+                run_dirs = [c.out_dir / f"seed{s}" for c, s in chunk]
+                for (cell, seed), run_dir in zip(chunk, run_dirs):
+                    payload = resumes[(cell.out_dir, seed)]
+                    if payload is not None:
+                        logger.info(f"{run_dir}: continuing from its checkpoint at epoch {int(payload['epoch'])}")
+                try:
+                    results = fit_grid([replace(c.cfg, seed=s) for c, s in chunk], data, run_dirs,
+                                       [resumes[(c.out_dir, s)] for c, s in chunk])
+                except TrainingInterrupted as stop:
+                    raise stop.resume_with(how_to_continue) from None
+                trained.update(zip(run_dirs, results))
+    return trained
 
 
 def _resume_payload(seed_dir: Path, key: str) -> Optional[Dict]:
@@ -248,23 +286,6 @@ def _check_key(seed_dir: Path, cfg: Config, key: str) -> None:
         fields = config_differences(keyed_fields(asdict(cfg)), keyed_fields(record.config))
         raise RunDirError(f"{seed_dir} was trained with another config (it differs in {', '.join(fields)}); "
                           f"move it away to train seed {record.seed} again")
-
-
-def _groups_by_position(seeds: Sequence[int], resumes: Dict[int, Optional[Dict]]) -> List[List[int]]:
-    """The seeds that start at the same (epoch, iteration): not started ones at (0, 0), checkpointed ones
-    where their checkpoints stand (equal for seeds interrupted together)."""
-    groups: Dict[Tuple[int, int], List[int]] = {}
-    for seed in seeds:
-        payload = resumes[seed]
-        position = (0, 0) if payload is None else (int(payload["epoch"]), int(payload["iteration"]))
-        groups.setdefault(position, []).append(seed)
-    return list(groups.values())
-
-
-def _log_continuing(seeds: Sequence[int], resumes: Dict[int, Optional[Dict]]) -> None:
-    for seed in seeds:
-        if resumes[seed] is not None:
-            logger.info(f"seed {seed}: continuing from its checkpoint at epoch {int(resumes[seed]['epoch'])}")
 
 
 def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageData, out_dir: Path):

@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import losses, plots
-from .config import Config, MethodConfig, resolve_device, validate
+from .config import Config, ConfigError, MethodConfig, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import class_report, error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
 from .models import CustomGenerator, build_models, check_contract, sample_z
-from .optim import make_optimizer
+from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
 
@@ -116,10 +116,11 @@ AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """bf16 / fp16 autocast for the forward passes, or nothing. Losses are float32 whatever the networks'
-    precision (they cast the logits and features before logsumexp)."""
+    precision (they cast the logits and features before logsumexp). Its cache of cast weights is off: weights
+    change every step, and a CUDA graph must not keep casts made during its capture."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def update(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -354,11 +355,11 @@ def build_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Opt
     disc_avg = copy.deepcopy(disc).eval()
     for p in disc_avg.parameters():
         p.requires_grad_(False)
-    betas = (t.beta1, t.beta2)
+    betas, capturable = (t.beta1, t.beta2), use_cuda_graph(cfg, device)
     history = cfg.method.historical_averaging > 0
     return Networks(disc, disc_avg, gen,
-                    make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps),
-                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps),
+                    make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps, capturable),
+                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps, capturable),
                     HistoricalAverage(disc) if history else None, HistoricalAverage(gen) if history else None)
 
 
@@ -393,6 +394,11 @@ class SingleEngine:
     def networks(self, index: int) -> Networks:
         return self.net
 
+    def finite_parameters(self) -> Tensor:
+        """(1,) bool: whether every parameter of D and G is finite (on the device: no wait)."""
+        params = [p for module in (self.net.disc, self.net.gen) for p in module.parameters()]
+        return torch.stack([torch.isfinite(p).all() for p in params]).all().view(1)
+
     def averaged(self, index: int) -> nn.Module:
         return self.net.disc_avg
 
@@ -409,36 +415,6 @@ def place_data(x: np.ndarray, device: torch.device, placement: str = "auto") -> 
     if placement == "device":
         return tensor.to(device)
     return tensor.pin_memory() if torch.cuda.is_available() else tensor
-
-
-def batch_stream(indices: Tuple[Tensor, Tensor, Tensor], start: int, x_all: Tensor, y_all: Tensor,
-                 device: torch.device) -> Iterator[Tuple[Tensor, ...]]:
-    """(x_lab, y_lab, x_unl, x_unl_fm) for the iterations ``start``.. of an epoch, as index gathers.
-
-    ``indices``: the labeled, unlabeled and feature-matching rows of ``x_all`` (the unlabeled pool, whose
-    first rows are the train split with labels ``y_all``), each (S, iters, B) for S models. Batches come as
-    (S, B, C, H, W) and (S, B). With the images on the device no host work is left in the loop; from pinned
-    host memory each batch is gathered and copied without blocking one iteration ahead, so the copy overlaps
-    the step.
-    """
-    on_device = x_all.device == device
-    if on_device:  # the epoch's indices go to the device once
-        indices = tuple(idx.to(device) for idx in indices)
-    lab, unl, unl_fm = indices
-    lab_dev = lab.to(device)
-    iters = lab.shape[1]
-
-    def gather(it: int) -> Tuple[Tensor, ...]:
-        if on_device:
-            x_lab, x_unl, x_fm = (x_all[idx[:, it]] for idx in (lab, unl, unl_fm))
-        else:
-            x_lab, x_unl, x_fm = (x_all[idx[:, it]].to(device, non_blocking=True) for idx in (lab, unl, unl_fm))
-        return x_lab, y_all[lab_dev[:, it]], x_unl, x_fm
-
-    upcoming = gather(start) if start < iters else None
-    for it in range(start, iters):
-        current, upcoming = upcoming, (gather(it + 1) if it + 1 < iters else None)
-        yield current
 
 
 def _augment_stacked(x: Tensor, translate: int, flip: bool) -> Tensor:
@@ -653,6 +629,7 @@ def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1
     """The device, the data (loaded unless given) and the config with the data's number of classes; sizes
     that the data or the memory cannot hold are refused before anything is allocated."""
     device = resolve_device(cfg.train.device)
+    use_cuda_graph(cfg, device)  # train.cuda_graph=on where it cannot capture: refused before anything starts
     if data is None:
         data = load_data(cfg.dataset, seed)
     t, n_unlabeled = cfg.train, len(data.x_unlabeled)
@@ -723,13 +700,17 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                   signals: "_StopSignals") -> None:
     """The epoch loop of ``train_members``: learning rates, the data order, ``train_one_epoch``, the
     divergence check, evaluation, the metrics log and periodic checkpoints; a signal checkpoints every
-    member's exact position and raises TrainingInterrupted."""
+    member's exact position and raises TrainingInterrupted. The host waits for the device once per epoch
+    for the statistics and the finite check, and once per evaluation."""
     t = members[0].cfg.train
     y_all = torch.from_numpy(data.y_train).to(device)  # (N,) labels of the first N rows of x_all
     iters = iterations_per_epoch(t, len(x_all))
     epoch, iteration = members[0].epoch, members[0].iteration
     for member in members:
         member.open_log()
+    stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats), static
+    runner = IterationRunner(engine, members, x_all, y_all, stats, device, use_cuda_graph(members[0].cfg, device))
+    test_set = TestSet(data, device, t.data_placement)
     progress = _progress(t.epochs * iters, t.progress, _description(members))
     progress.update(epoch * iters + iteration)
     try:
@@ -737,31 +718,34 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
             lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
             lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
             for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g)):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats)
+                set_lr(optimizer, lr)
+            stats.zero_()
             for s, member in enumerate(members):
                 member.begin_epoch(len(x_all), iters, stats[s])
-            done = train_one_epoch(engine, members, x_all, y_all, stats, start=iteration, device=device,
-                                   stop=lambda: signals.signum is not None, progress=progress)
+            done = train_one_epoch(runner, start=iteration, stop=lambda: signals.signum is not None,
+                                   progress=progress)
             if done < iters:  # stopped by a signal: every member's exact position is checkpointed
                 for s, member in enumerate(members):
                     member.iteration = done
                     _checkpoint(member, engine.networks(s), stats[s, :done], label=_label(members, s))
                 raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signals.signum,
                                           f"ssgan fit --resume {_resume_dir(members)}")
+            means, finite = _epoch_summary(stats, engine.finite_parameters())  # one wait for the device
             for s, member in enumerate(members):
-                _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir, label=_label(members, s))
+                if not finite[s]:  # the slow path names the first bad iteration or parameter
+                    _check_finite(stats[s], engine.networks(s), epoch, iters, member.run_dir,
+                                  label=_label(members, s))
                 if member.te is not None:
                     member.te.end_epoch()
             epoch, iteration = epoch + 1, 0
             evaluate_now = len(data.y_test) and (epoch % t.eval_every == 0 or epoch == t.epochs)
+            errors = test_set.errors([engine.averaged(s) for s in range(len(members))], t.eval_batch_size) \
+                if evaluate_now else None
             for s, member in enumerate(members):
                 member.epoch, member.iteration, member.batches = epoch, 0, None
-                record = {"epoch": epoch, "lr": lr_d, **_epoch_means(stats[s])}
+                record = {"epoch": epoch, "lr": lr_d, **dict(zip(STAT_NAMES, means[s]))}
                 if evaluate_now:
-                    member.test_error = error_rate(predict_proba(engine.averaged(s), data.x_test,
-                                                                 t.eval_batch_size), data.y_test)
+                    member.test_error = errors[s]
                     record["test_error"] = member.test_error
                 member.log_epoch(record)
                 logger.debug("%s: epoch %d of %d: %s", member.run_dir or f"seed {member.cfg.seed}", epoch, t.epochs,
@@ -777,36 +761,204 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
             member.log.close()
 
 
-def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Tensor, stats: Tensor, *,
-                    start: int, device: torch.device, stop: Callable[[], bool], progress) -> int:
-    """Iterations ``start``.. of the current epoch for every member at once: gather the batches, augment,
-    draw z, one D step, one G step and the Polyak update (``engine.step``), and the iteration's statistics
-    into ``stats`` (S, iters, len(STAT_NAMES)). Returns the number of finished iterations (fewer than all
-    when ``stop()`` turned true)."""
-    t = members[0].cfg.train
-    z_dim = members[0].cfg.model.z_dim
-    lab, unl, unl_fm = (torch.from_numpy(np.stack([m.batches[k] for m in members])) for k in range(3))
-    # The labeled batches index the labeled subset; as rows of x_all they are the subset's train indices.
-    lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(members)])
-    engine.train()
-    iters = stats.shape[1]
-    temporal = members[0].te is not None
-    unl_rows = unl.to(device) if temporal else None  # (S, iters, B) rows of the pool, for the targets
-    stream = batch_stream((lab_rows, unl, unl_fm), start, x_all, y_all, device)  # (S, iters, B) each
-    for it, (x_lab, y_lab, x_unl, x_unl_fm) in zip(range(start, iters), stream):
-        if stop():
-            return it
+class TestSet:
+    """The test images placed once (as the training images are) and the test error of several models with
+    one wait for the device: each model's count of wrong argmax predictions stays on the device until all
+    are counted. The same argmax as ``evaluate.predict_proba`` (softmax keeps the order of the logits)."""
+
+    def __init__(self, data: ImageData, device: torch.device, placement: str) -> None:
+        self.x = place_data(data.x_test, device, placement)  # (N, C, H, W)
+        self.y = torch.from_numpy(data.y_test).to(device)
+        self.device = device
+
+    @torch.no_grad()
+    def errors(self, models: Sequence[nn.Module], batch_size: int) -> List[float]:
+        """Test error (%) of each model, in eval mode (no dropout or noise)."""
+        wrong = []
+        for model in models:
+            was_training = model.training
+            model.eval()
+            count = torch.zeros((), dtype=torch.long, device=self.device)
+            for start in range(0, len(self.y), batch_size):
+                logits, _ = model(self.x[start:start + batch_size].to(self.device, torch.float32))
+                count += (logits.argmax(dim=1) != self.y[start:start + batch_size]).sum()
+            model.train(was_training)
+            wrong.append(count)
+        # as evaluate.error_rate computes it: 100 * mean(wrong), the mean in float64
+        return [100.0 * (int(w) / len(self.y)) for w in torch.stack(wrong).cpu()]
+
+
+def _epoch_summary(stats: Tensor, finite_parameters: Tensor) -> Tuple[List[List[float]], List[bool]]:
+    """The mean of each statistic over the epoch's iterations, per member, and whether each member's losses
+    and parameters are all finite, read from the device at once. stats: (S, iters, len(STAT_NAMES));
+    finite_parameters: (S,) bool."""
+    means = stats.transpose(1, 2).contiguous().mean(dim=2)  # (S, stats): each a contiguous mean over iters
+    losses = stats[:, :, [STAT_NAMES.index("loss_d"), STAT_NAMES.index("loss_g")]]
+    finite = torch.isfinite(losses).flatten(1).all(dim=1) & finite_parameters
+    summary = torch.cat([means, finite[:, None].float()], dim=1).cpu()  # one transfer
+    return summary[:, :-1].tolist(), [bool(v) for v in summary[:, -1]]
+
+
+# Options with which an iteration cannot be captured as a CUDA graph (host work or Python state per step).
+NOT_CAPTURABLE = (
+    ("train.compile", lambda cfg: cfg.train.compile != "off"),
+    ("train.data_placement=host", lambda cfg: cfg.train.data_placement == "host"),
+    ("method.historical_averaging", lambda cfg: cfg.method.historical_averaging > 0),
+    ("method.gradient_penalty", lambda cfg: cfg.method.gradient_penalty > 0),
+    ("model.norm=spectral", lambda cfg: cfg.model.norm == "spectral"),
+)
+WARMUP_ITERATIONS = 3  # eager iterations on a side stream before the capture (cuDNN / cuBLAS workspaces, state)
+
+
+def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
+    """Whether ``train.cuda_graph`` captures the iteration here; ``on`` where it cannot is a ConfigError."""
+    mode = cfg.train.cuda_graph
+    blockers = [name for name, applies in NOT_CAPTURABLE if applies(cfg)]
+    if device.type != "cuda":
+        blockers.insert(0, f"the device ({device.type})")
+    if mode == "on" and blockers:
+        raise ConfigError(f"train.cuda_graph=on cannot capture with {', '.join(blockers)}; use auto or off")
+    return mode != "off" and not blockers
+
+
+class IterationRunner:
+    """One training iteration of every member on static device buffers: the batches gathered by a device
+    counter from the epoch's index arrays (sent to the device once per epoch), augmentation, z, the D and G
+    steps with the Polyak update (``engine.step``), the temporal ensemble's targets and records, and the stats
+    row written at the counter. Nothing in it waits for the host, so it runs eagerly or, with
+    ``train.cuda_graph``, is captured once as a CUDA graph and replayed (after ``WARMUP_ITERATIONS`` eager
+    iterations on a side stream). From pinned host memory (``train.data_placement=host``) the batches are
+    gathered on the host one iteration ahead into pinned buffers and copied without blocking (not capturable).
+    """
+
+    def __init__(self, engine, members: Sequence[Member], x_all: Tensor, y_all: Tensor, stats: Tensor,
+                 device: torch.device, capture: bool) -> None:
+        t = members[0].cfg.train
+        self.engine, self.members, self.x_all, self.y_all, self.stats = engine, list(members), x_all, y_all, stats
+        self.device, self.t, self.z_dim = device, t, members[0].cfg.model.z_dim
+        self.on_device = x_all.device == device
+        n_models, iters = stats.shape[:2]
+        # the epoch's rows of x_all: labeled, unlabeled, feature-matching, each (S, iters, B)
+        self.rows = torch.zeros(3, n_models, iters, t.batch_size, dtype=torch.long, device=device)
+        self.host_rows = self.rows.cpu().pin_memory() if device.type == "cuda" else None
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
+        self.temporal = members[0].te is not None
+        self.corrections = torch.ones(n_models, device=device)  # 1 - decay^epoch of each member's ensemble
+        self.capture, self.graph, self.warm = capture, None, 0
+        self.prefetched: Optional[Tuple[int, Tuple[Tensor, ...]]] = None
+        if not self.on_device:  # two sets of pinned buffers, used in turn (one is copied while one is filled)
+            shape = (n_models, t.batch_size, *x_all.shape[1:])
+            pin = device.type == "cuda"
+            self.buffers = [[torch.empty(shape, dtype=x_all.dtype, pin_memory=pin) for _ in range(3)]
+                            for _ in range(2)]
+            self.copied = [None, None]  # CUDA events of the last copies out of each set
+
+    def load_epoch(self, start: int) -> None:
+        """The epoch's order (each member's ``batches``) into the static index buffer; the counter at
+        ``start``; the ensembles' bias corrections. Outside a captured graph: these are host-side writes."""
+        lab, unl, unl_fm = (torch.from_numpy(np.stack([m.batches[k] for m in self.members])) for k in range(3))
+        # The labeled batches index the labeled subset; as rows of x_all they are the subset's train indices.
+        lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(self.members)])
+        rows = torch.stack([lab_rows, unl, unl_fm])  # (3, S, iters, B)
+        if self.host_rows is not None:
+            self.host_rows.copy_(rows)
+            self.rows.copy_(self.host_rows, non_blocking=True)  # pinned: no wait for the copy
+        else:
+            self.rows.copy_(rows)
+        self.host_index = rows  # the host path gathers with these
+        self.counter.fill_(start)
+        self.prefetched = None
+        if self.temporal:
+            decay = self.members[0].cfg.method.te_decay
+            self.corrections.copy_(torch.tensor([1 - decay ** m.epoch if m.epoch else 1.0 for m in self.members]))
+
+    def run(self, it: int) -> None:
+        """Iteration ``it`` of the epoch: replayed from the graph once captured, else eagerly."""
+        if not self.capture:
+            self.iteration(it)
+            return
+        if self.graph is None and self.warm >= WARMUP_ITERATIONS:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.iteration(it)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.warm += 1
+
+    def _capture(self) -> None:
+        """Record one iteration (nothing runs during the capture); replays then run it. The members' z
+        generators are registered, so that each replay draws fresh z (the default generator's dropout, noise
+        and augmentation draws are graph-safe by themselves)."""
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        for member in self.members:
+            graph.register_generator_state(member.z_rng)
+        with torch.cuda.graph(graph):
+            self.iteration(None)
+        self.graph = graph
+
+    def _batches(self, it: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(x_lab, y_lab, x_unl, x_unl_fm) (S, B, ...) and the unlabeled rows (S, B) of this iteration."""
+        if self.on_device:
+            rows = self.rows.index_select(2, self.counter.view(1)).squeeze(2)  # (3, S, B)
+            return self.x_all[rows[0]], self.y_all[rows[0]], self.x_all[rows[1]], self.x_all[rows[2]], rows[1]
+        if self.prefetched is None or self.prefetched[0] != it:
+            self.prefetched = (it, self._gather(it))
+        batches = self.prefetched[1]
+        if it + 1 < self.rows.shape[2]:
+            self.prefetched = (it + 1, self._gather(it + 1))  # the next one's copy overlaps this step
+        rows = self.rows.index_select(2, self.counter.view(1)).squeeze(2)
+        return batches[0], self.y_all[rows[0]], batches[1], batches[2], rows[1]
+
+    def _gather(self, it: int) -> Tuple[Tensor, ...]:
+        """Gather iteration ``it``'s images on the host into a pinned buffer set and copy them without
+        blocking; a set is refilled only once its previous copy has finished."""
+        slot = it % 2
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()
+        out = []
+        for k, buffer in enumerate(self.buffers[slot]):
+            torch.index_select(self.x_all, 0, self.host_index[k, :, it].reshape(-1), out=buffer.view(-1,
+                               *self.x_all.shape[1:]))
+            out.append(buffer.to(self.device, non_blocking=True))
+        if self.device.type == "cuda":
+            self.copied[slot] = torch.cuda.Event()
+            self.copied[slot].record()
+        return tuple(out)
+
+    def iteration(self, it: Optional[int]) -> None:
+        t, members, device = self.t, self.members, self.device
+        x_lab, y_lab, x_unl, x_unl_fm, unl_rows = self._batches(it)
         if t.augment:  # (S, B, C, H, W) each
             x_lab, x_unl, x_unl_fm = (_augment_stacked(x, t.translate, t.flip) for x in (x_lab, x_unl, x_unl_fm))
-        z_d = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])  # (S, B, z_dim)
-        z_g = torch.stack([sample_z(t.batch_size, z_dim, device, m.z_rng) for m in members])
+        z_d = torch.stack([sample_z(t.batch_size, self.z_dim, device, m.z_rng) for m in members])  # (S, B, z)
+        z_g = torch.stack([sample_z(t.batch_size, self.z_dim, device, m.z_rng) for m in members])
         targets = None
-        if temporal:  # (S, B, K + F): each example's moving average of its earlier logits and features
-            targets = torch.stack([m.te.targets(unl_rows[s, it], m.epoch) for s, m in enumerate(members)])
-        stats[:, it], outputs = engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets)
-        if temporal:
+        if self.temporal:  # (S, B, K + F): each example's moving average of its earlier logits and features
+            targets = torch.stack([m.te.ensemble[unl_rows[s]] / self.corrections[s] for s, m in enumerate(members)])
+        stats, outputs = self.engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets)
+        self.stats.index_copy_(1, self.counter.view(1), stats.unsqueeze(1).to(self.stats.dtype))
+        if self.temporal:
             for s, member in enumerate(members):
-                member.te.record(unl_rows[s, it], outputs[s])
+                member.te.record(unl_rows[s], outputs[s])
+        self.counter.add_(1)
+
+
+def train_one_epoch(runner: IterationRunner, *, start: int, stop: Callable[[], bool], progress) -> int:
+    """Iterations ``start``.. of the current epoch for every member at once (``IterationRunner``: gather,
+    augment, z, one D step, one G step, the Polyak update, the statistics). Returns the number of finished
+    iterations (fewer than all when ``stop()`` turned true)."""
+    runner.engine.train()
+    runner.load_epoch(start)
+    iters = runner.stats.shape[1]
+    for it in range(start, iters):
+        if stop():
+            return it
+        runner.run(it)
         progress.update(1)
     return iters
 
@@ -814,11 +966,6 @@ def train_one_epoch(engine, members: Sequence[Member], x_all: Tensor, y_all: Ten
 def iterations_per_epoch(t, n_unlabeled: int) -> int:
     """``train.iters_per_epoch``, or one pass over the unlabeled pool (at least one iteration)."""
     return t.iters_per_epoch or max(1, n_unlabeled // t.batch_size)
-
-
-def _epoch_means(stats: Tensor) -> Dict[str, float]:
-    """The mean of each statistic over an epoch's iterations; stats: (iters, len(STAT_NAMES))."""
-    return {k: stats[:, i].contiguous().float().mean().item() for i, k in enumerate(STAT_NAMES)}
 
 
 def _label(members: Sequence[Member], s: int) -> str:

@@ -219,3 +219,52 @@ def test_concurrent_temporal_ensembles_match_single_runs(tiny_config):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         assert [r["loss_ct"] for r in result.history] == pytest.approx([r["loss_ct"] for r in single.history],
                                                                        rel=1e-4)
+
+
+# ------------------------------------------------------------------- a whole table's grid in stacked steps
+
+def test_a_stacked_grid_of_two_label_counts_and_two_seeds_equals_four_single_runs(tiny_config):
+    from ssgan.concurrent import fit_grid
+
+    base = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
+                   train=replace(tiny_config.train, epochs=2, iters_per_epoch=3))
+    cfgs = [replace(base, seed=seed, dataset=replace(base.dataset, labels=labels))
+            for labels in (20, 30) for seed in (0, 1)]
+    stacked = fit_grid(cfgs)
+    for cfg, result in zip(cfgs, stacked):
+        single = fit(cfg)
+        assert len(result.labeled_indices) == cfg.dataset.labels
+        assert (result.labeled_indices == single.labeled_indices).all()
+        for a, b in zip(result.discriminator.state_dict().values(), single.discriminator.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert result.test_error == single.test_error
+
+
+def test_a_grid_of_other_networks_is_refused(tiny_config):
+    from ssgan.concurrent import fit_grid
+
+    other = replace(tiny_config, model=replace(tiny_config.model, d_widths=[16, 16]))
+    with pytest.raises(ConfigError, match="share their config"):
+        fit_grid([tiny_config, other])
+
+
+def test_the_table_trains_its_label_counts_and_seeds_together_in_bounded_steps(tmp_path, capsys, monkeypatch):
+    from ssgan import concurrent
+    from tests.conftest import TINY_SEEDS
+
+    sizes, original = [], concurrent.fit_grid
+
+    def recording_grid(cfgs, *args, **kwargs):
+        sizes.append(sorted((c.dataset.labels, c.seed) for c in cfgs))
+        return original(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent, "fit_grid", recording_grid)
+    monkeypatch.setattr("ssgan.seeds.fit_grid", recording_grid)
+    table = ["table", "--dataset", "digits", "--labels", "20,30", "--seeds", "2", "--cache-dir", str(tmp_path / "c"),
+             "--out-dir", str(tmp_path / "r"), *TINY_SEEDS, "train.concurrent_seeds=true", "train.max_concurrent=3"]
+    assert main(table) == 0
+    assert [len(s) for s in sizes] == [3] and sum(len(s) for s in sizes) == 3  # 4 models: 3 stacked, 1 alone
+    out = capsys.readouterr().out
+    assert out.count("trained concurrently") == 3
+    rows = json.loads((tmp_path / "r" / "digits.json").read_text())["rows"]
+    assert [(r["labels"], r["seeds"]) for r in rows] == [(20, [0, 1]), (30, [0, 1])]

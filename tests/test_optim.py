@@ -1,4 +1,4 @@
-"""Tests of ssgan/optim.py: the official improved-gan Adam, epsilon inside the square root (METHOD.md sec. 6)."""
+"""Tests of ssgan/optim.py: the official improved-gan Adam, epsilon inside the square root (docs/method.md sec. 6)."""
 
 from __future__ import annotations
 
@@ -139,3 +139,35 @@ def test_make_optimizer():
         make_optimizer(p, "sgd", 1e-3, (0.5, 0.999), 1e-8)
     with pytest.raises(ValueError):
         OfficialAdam(p, lr=0.0)
+
+
+def test_the_capturable_form_equals_the_official_adam_over_300_steps_with_an_lr_change():
+    """train.cuda_graph's optimizer: step count, bias corrections and lr as device tensors (no host work)."""
+    from ssgan.optim import set_lr
+
+    torch.manual_seed(0)
+    p0 = [torch.randn(50, 20), torch.randn(20)]
+    plain = [torch.nn.Parameter(p.clone()) for p in p0]
+    captured = [torch.nn.Parameter(p.clone()) for p in p0]
+    opt_plain = OfficialAdam(plain, lr=3e-3, betas=(0.5, 0.999), eps=1e-8)
+    opt_captured = OfficialAdam(captured, lr=3e-3, betas=(0.5, 0.999), eps=1e-8, capturable=True)
+    for step in range(300):
+        if step == 150:  # as the schedule changes lr between epochs
+            set_lr(opt_plain, 1e-3)
+            set_lr(opt_captured, 1e-3)
+        grads = [torch.randn_like(p) * 1e-2 for p in p0]
+        for params, opt in ((plain, opt_plain), (captured, opt_captured)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(plain, captured):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert opt_captured.param_groups[0]["step_t"].item() == 300 and opt_captured.param_groups[0]["lr_t"].item() \
+        == pytest.approx(1e-3)
+    # checkpoints of both forms are the same plain state: each loads into the other
+    state = opt_captured.state_dict()
+    assert state["state"][0]["step"] == 300 and "lr_t" not in state["param_groups"][0]
+    again = OfficialAdam([torch.nn.Parameter(p.detach().clone()) for p in captured], capturable=True)
+    again.load_state_dict(state)
+    assert again.param_groups[0]["step_t"].item() == 300 and again.param_groups[0]["lr_t"].item() == \
+        pytest.approx(1e-3)

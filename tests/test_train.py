@@ -172,18 +172,41 @@ def test_host_placement_gives_the_same_run_as_device_placement(tiny_config):
         assert torch.equal(a, b)
 
 
-def test_batch_stream_from_a_mid_epoch_start():
-    from ssgan.train import batch_stream
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_the_iteration_runner_gathers_from_a_mid_epoch_start(tiny_config, placement):
+    """The epoch's rows go to the device once; a device counter (started at the resumed iteration) picks
+    each iteration's batches; from host memory they come through pinned buffers, one iteration ahead."""
+    from ssgan.train import STAT_NAMES, IterationRunner, Member
 
-    x = torch.arange(10.0)[:, None]
-    # rows of x for the labeled, unlabeled and feature-matching batches: (S=1 model, 3 iterations, B=2)
-    batches = tuple(torch.tensor(b)[None] for b in ([[0, 1], [2, 3], [4, 5]], [[6, 7], [8, 9], [0, 1]],
-                                                    [[1, 2], [3, 4], [5, 6]]))
-    got = list(batch_stream(batches, 1, x, torch.arange(10) + 100, torch.device("cpu")))
-    assert len(got) == 2
-    x_lab, y_lab, x_unl, x_unl_fm = got[0]  # iteration 1, each with the models' dimension first
-    assert x_lab.shape == (1, 2, 1) and y_lab.tolist() == [[102, 103]]
-    assert x_unl.flatten().tolist() == [8.0, 9.0] and x_unl_fm.flatten().tolist() == [3.0, 4.0]
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def step(self, x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets=None):
+            self.seen.append((x_lab.flatten().tolist(), y_lab.flatten().tolist(), x_unl.flatten().tolist(),
+                              x_unl_fm.flatten().tolist()))
+            return torch.full((1, len(STAT_NAMES)), float(len(self.seen))), None
+
+    x = torch.arange(10.0)[:, None, None, None]  # (10, 1, 1, 1): image k has value k
+    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2))
+    member = Member(cfg, None, np.array([4, 5, 6]), ["a"], np.random.RandomState(0), torch.Generator())
+    # positions in the labeled subset, rows of the pool, rows for feature matching: (iterations 3, B 2)
+    member.batches = (np.array([[0, 1], [2, 0], [1, 2]]), np.array([[6, 7], [8, 9], [0, 1]]),
+                      np.array([[1, 2], [3, 4], [5, 6]]))
+    stats = torch.zeros(1, 3, len(STAT_NAMES))
+    recorder = Recorder()
+    runner = IterationRunner(recorder, [member], x if placement == "device" else x.clone(),
+                             torch.arange(10) + 100, stats, torch.device("cpu"), capture=False)
+    runner.on_device = placement == "device"
+    if placement == "host":
+        runner.buffers = [[torch.empty(1, 2, 1, 1, 1) for _ in range(3)] for _ in range(2)]
+        runner.copied = [None, None]
+    runner.load_epoch(1)
+    runner.run(1)
+    runner.run(2)
+    assert recorder.seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
+                             ([5.0, 6.0], [105, 106], [0.0, 1.0], [5.0, 6.0])]
+    assert stats[0, :, 0].tolist() == [0.0, 1.0, 2.0] and int(runner.counter) == 3
 
 
 def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
@@ -347,3 +370,49 @@ def test_each_epoch_is_a_debug_record_of_the_ssgan_train_logger(tiny_config, cap
     records = [r for r in caplog.records if r.name == "ssgan.train"]
     assert [r.getMessage().split(":")[1].strip() for r in records] == ["epoch 1 of 2", "epoch 2 of 2"]
     assert "test_error=" in records[-1].getMessage()
+
+
+def test_the_restructured_iteration_equals_a_plain_loop_of_the_steps(tiny_config):
+    """train.cuda_graph's restructured iteration (static buffers, a device counter), run eagerly on the CPU,
+    against a plain loop: index, z, discriminator_step, generator_step, polyak_update (noise off)."""
+    from ssgan.data import epoch_order
+    from ssgan.models import sample_z
+    from ssgan.train import start_member
+
+    cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
+                  train=replace(tiny_config.train, iters_per_epoch=4))
+    result = fit(cfg)
+
+    data = _digits_data()
+    x_all = torch.from_numpy(data.x_unlabeled)
+    member, net = start_member(cfg, data, x_all, torch.device("cpu"), None)
+    t = cfg.train
+    assert member.batches is None  # the pool init draws no order: epoch 0's comes next, as the frame draws it
+    lab, unl, fm = epoch_order(member.order_rng, len(member.labeled_indices), len(x_all), 4, t.batch_size)
+    rows = torch.from_numpy(member.labeled_indices)
+    y_all = torch.from_numpy(data.y_train)
+    for it in range(4):
+        lab_rows = rows[torch.from_numpy(lab[it])]
+        z_d, z_g = (sample_z(t.batch_size, cfg.model.z_dim, "cpu", member.z_rng) for _ in range(2))
+        discriminator_step(net.disc, net.gen, net.opt_d, x_all[lab_rows], y_all[lab_rows],
+                           x_all[torch.from_numpy(unl[it])], z_d, method=cfg.method)
+        generator_step(net.disc, net.gen, net.opt_g, x_all[torch.from_numpy(fm[it])], z_g, fm_norm=cfg.method.fm_norm)
+        polyak_update(net.disc_avg, net.disc, t.ema_decay)
+    for a, b in zip(result.discriminator.state_dict().values(), net.disc_avg.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cuda_graph_where_it_cannot_capture(tiny_config):
+    from ssgan.config import ConfigError
+    from ssgan.train import use_cuda_graph
+
+    on = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="on"))
+    with pytest.raises(ConfigError, match=r"cannot capture with the device \(cpu\)"):
+        fit(on)
+    auto = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="auto"))
+    assert not use_cuda_graph(auto, torch.device("cpu"))  # auto: eager here
+    assert use_cuda_graph(auto, torch.device("cuda"))  # (a decision only: nothing runs on CUDA here)
+    blocked = replace(auto, method=replace(auto.method, historical_averaging=0.1))
+    assert not use_cuda_graph(blocked, torch.device("cuda"))
+    with pytest.raises(ConfigError, match="method.historical_averaging"):
+        use_cuda_graph(replace(blocked, train=replace(blocked.train, cuda_graph="on")), torch.device("cuda"))
