@@ -208,6 +208,8 @@ def validate(cfg: Config) -> None:
         (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),
         (m.z_dim > 0, f"model.z_dim={m.z_dim}: must be positive"),
         (m.arch != "cnn" or len(m.d_widths) == 5, "model.d_widths: the cnn needs 5 widths"),
+        (m.arch == "custom" or (m.discriminator is None and m.generator is None),
+         "model.discriminator / model.generator are your networks' specs: they need model=custom"),
         (m.arch != "custom" or all(isinstance(spec, dict) and spec.get("_target_") for spec in
                                    (m.discriminator, m.generator)),
          "model=custom needs model.discriminator._target_=... and model.generator._target_=... (import paths)"),

@@ -51,6 +51,8 @@ def test_a_broken_contract_is_one_line_and_exit_2(change, message, tmp_path, mon
 def test_model_custom_without_networks_is_refused(capsys):
     assert main(["fit", "model=custom"]) == 2
     assert "model.discriminator" in capsys.readouterr().err
+    assert main(["fit", "+model.discriminator.width=3"]) == 2  # a spec without model=custom would be ignored
+    assert "they need model=custom" in capsys.readouterr().err
 
 
 def test_the_estimator_trains_modules_and_import_paths(tmp_path):
