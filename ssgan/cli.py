@@ -234,7 +234,8 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)  # however it was named: run_dir=, hydra.run.dir=, a sweep
     created = not is_used(run_dir)
     try:
-        cfg = resolve_paths(to_config(dict_cfg))
+        # Checked in full before Hydra started (compose), and again by train.fit: here only converted.
+        cfg = resolve_paths(to_config(dict_cfg, check_values=False))
         check_free(run_dir, cfg.overwrite)  # a finished run is never overwritten silently
         if cfg.overwrite:
             clear_outputs(run_dir)

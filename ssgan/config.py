@@ -323,8 +323,10 @@ def unknown_keys(node, schema, prefix: str = "") -> List[str]:
     return names
 
 
-def to_config(dict_cfg) -> Config:
-    """A composed DictConfig -> the typed Config, with the range checks of ``validate``."""
+def to_config(dict_cfg, check_values: bool = True) -> Config:
+    """A composed DictConfig -> the typed Config (its keys and types checked against the schema) and, unless
+    ``check_values`` is false (a config already checked, which ``train.fit`` checks again), the range
+    checks of ``validate``."""
     unknown = unknown_keys(dict_cfg, OmegaConf.structured(Config))
     if unknown:
         raise ConfigError(f"unknown config key {', '.join(unknown)}: ssgan's schema has no such field "
@@ -335,7 +337,8 @@ def to_config(dict_cfg) -> Config:
         key = getattr(error, "full_key", None)
         message = first_line(error)
         raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
-    validate(cfg)
+    if check_values:
+        validate(cfg)
     return cfg
 
 

@@ -392,3 +392,14 @@ def test_a_loaded_run_scores_with_the_data_sets_own_labels(run_dir):
 def test_import_ssgan_stays_cheap():
     code = "import sys, ssgan; assert 'sklearn' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sparse_x_and_continuous_y_are_one_clear_error():
+    """(Never lose a run, part two: tracebacks from deep inside became scikit-learn's own messages.)"""
+    import scipy.sparse
+
+    X = scipy.sparse.random(30, 5, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="Sparse data was passed for X, but dense data is required"):
+        SSGANClassifier(device="cpu", epochs=1).fit(X, np.arange(30) % 2)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        SSGANClassifier(device="cpu", epochs=1).fit(np.random.rand(30, 5), np.random.rand(30))
