@@ -47,9 +47,9 @@ from .evaluate import (class_report, discriminator_classifier, error_rate, incep
 from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
-                     default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, make_dir,
-                     write_overrides)
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, check_new_file, checkpoint_config, clear_outputs,
+                     default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
+                     remove_unstarted, write_overrides)
 from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
 from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
@@ -185,15 +185,8 @@ def _quote(value: str) -> str:
 
 def _check_out(out: Optional[str], suffix: str) -> None:
     """An ``--out`` file: new (never overwritten), in an existing folder, with the expected extension."""
-    if out is None:
-        return
-    path = Path(out)
-    if path.exists():
-        raise UsageError(f"{out} already exists; choose another --out")
-    if not path.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
-    if path.suffix.lower() != suffix:
-        raise UsageError(f"--out {out}: expected a {suffix} file")
+    if out is not None:
+        check_new_file(out, suffix)
 
 
 def _check_seeds(first: int, n_seeds: int) -> None:
@@ -237,21 +230,21 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
         # Checked in full before Hydra started (compose), and again by train.fit: here only converted.
         cfg = resolve_paths(to_config(dict_cfg, check_values=False))
         check_free(run_dir, cfg.overwrite)  # a finished run is never overwritten silently
-        if cfg.overwrite:
-            clear_outputs(run_dir)
-        cfg.run_dir = str(run_dir)
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        cfg.train.device = job_device(cfg.train.device, hydra_cfg.job.num if multirun else None,
-                                      torch.cuda.device_count())
-        write_overrides(run_dir, hydra_cfg.overrides.task)
-        if n_seeds is not None:
-            command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
-            return _train_and_print(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), run_dir, command,
-                                    fresh=cfg.overwrite).mean
-        return _fit_and_print(cfg, run_dir).test_error
+        with locked(run_dir):  # one process at a time, from the clearing of --overwrite on
+            if cfg.overwrite:
+                clear_outputs(run_dir)
+            cfg.run_dir = str(run_dir)
+            multirun = hydra_cfg.mode == RunMode.MULTIRUN
+            cfg.train.device = job_device(cfg.train.device, hydra_cfg.job.num if multirun else None,
+                                          torch.cuda.device_count())
+            write_overrides(run_dir, hydra_cfg.overrides.task)
+            if n_seeds is not None:  # (already cleared above: no second clearing by the seeds run)
+                command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
+                return _train_and_print(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), run_dir, command).mean
+            return _fit_and_print(cfg, run_dir).test_error
     except (*BAD_INPUT, KeyboardInterrupt) as error:
-        if created and run_dir.is_dir() and not any(run_dir.glob(f"**/{RESULT_NAME}")):  # nothing finished
-            shutil.rmtree(run_dir, ignore_errors=True)  # bad input or Ctrl-C at start-up: no trace left
+        if created:
+            remove_unstarted(run_dir)  # bad input or Ctrl-C at start-up: no trace left
         if isinstance(error, KeyboardInterrupt):
             raise
         raise _Passthrough(error) from None

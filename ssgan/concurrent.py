@@ -30,8 +30,8 @@ from .config import Config, ConfigError, validate
 from .data import ImageData
 from .optim import make_optimizer
 from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
-                    discriminator_loss, generator_loss, place_data, prepare, start_member, train_members, update,
-                    use_cuda_graph)
+                    decide_capture, discriminator_loss, generator_loss, place_data, prepare, start_member, train_members,
+                    update)
 
 # Options the vectorised step does not cover (they need per-model autograd, state or data), as
 # (name, test on the config). Every other option works as in a single run.
@@ -63,8 +63,7 @@ class _Bound:
         return functional_call(self.module, (self.params, self.buffers), inputs)
 
 
-def _stack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer,
-                           params: List[Tensor]) -> None:
+def _stack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer) -> None:
     """Give ``stacked`` (over the stacked ``params``) the members' optimizer states, stacked along dim 0;
     scalars (the step count, the same for every member) are taken from the first member."""
     states = [o.state_dict() for o in optimizers]
@@ -100,7 +99,7 @@ class StackedEngine:
     optimizer steps on the stacked parameters (each model's gradient lands in its own slice).
     """
 
-    def __init__(self, networks: Sequence[Networks], cfg: Config) -> None:
+    def __init__(self, networks: Sequence[Networks], cfg: Config, capture: bool = False) -> None:
         t, method = cfg.train, cfg.method
         self.members = list(networks)  # single-model holders, refilled by ``networks(s)``
         self.ema_decay = t.ema_decay
@@ -109,14 +108,13 @@ class StackedEngine:
         self.params_g, self.buffers_g = stack_module_state([n.gen for n in networks])
         avg, _ = stack_module_state([n.disc_avg for n in networks])
         self.avg_d = {k: v.detach() for k, v in avg.items()}  # the Polyak averages, (S, ...)
-        first, betas = networks[0], (t.beta1, t.beta2)
-        capturable = use_cuda_graph(cfg, next(first.disc.parameters()).device)
+        first, betas = networks[0], (t.beta1, t.beta2)  # capture: the optimizers in their capturable form
         self.opt_d = make_optimizer(list(self.params_d.values()), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps,
-                                    capturable)
+                                    capture)
         self.opt_g = make_optimizer(list(self.params_g.values()), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps,
-                                    capturable)
-        _stack_optimizer_state([n.opt_d for n in networks], self.opt_d, list(self.params_d.values()))
-        _stack_optimizer_state([n.opt_g for n in networks], self.opt_g, list(self.params_g.values()))
+                                    capture)
+        _stack_optimizer_state([n.opt_d for n in networks], self.opt_d)
+        _stack_optimizer_state([n.opt_g for n in networks], self.opt_g)
         self.optimizers = (self.opt_d, self.opt_g)
         template_d, template_g = copy.deepcopy(first.disc).train(), copy.deepcopy(first.gen).train()
 
@@ -206,14 +204,15 @@ def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs:
     if len(positions) > 1:
         raise ConfigError(f"models trained together must start at the same position, got {sorted(positions)}")
     with numerics(cfgs[0].train):
-        base, data, device = prepare(cfgs[0], data, cfgs[0].seed, len(cfgs))
+        base, data, device = prepare(cfgs[0], data, len(cfgs))
         x_all = place_data(data.x_unlabeled, device, base.train.data_placement)  # (U, C, H, W)
+        capture = decide_capture(base, device, x_all)
         members, networks = [], []
         for i, cfg in enumerate(cfgs):
             run_dir = None if run_dirs is None else Path(run_dirs[i])
             cfg = replace(cfg, dataset=replace(cfg.dataset, n_classes=data.n_classes),
                           run_dir=str(run_dir) if run_dir is not None else cfg.run_dir)
-            member, net = start_member(cfg, data, x_all, device, run_dir, resume=resumes[i])
+            member, net = start_member(cfg, data, x_all, device, run_dir, resume=resumes[i], capture=capture)
             members.append(member)
             networks.append(net)
-        return train_members(members, StackedEngine(networks, base), data, x_all, device)
+        return train_members(members, StackedEngine(networks, base, capture), data, x_all, device, capture)

@@ -355,7 +355,7 @@ def config_from_dict(values: Dict[str, Any]) -> Config:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
     except Exception as error:  # OmegaConf raises several error types for schema mismatches
         raise ConfigError(f"the stored config does not match this version of ssgan: "
-                          f"{str(error).splitlines()[0]}") from None
+                          f"{first_line(error)}") from None
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -367,9 +367,13 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a torch device: auto picks CUDA when there is one."""
+    """``train.device`` as a torch device: auto picks CUDA when there is one. A CUDA device always carries its
+    index (``cuda`` -> ``cuda:0``), as the tensors placed on it do, so that devices compare equal."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -54,7 +55,7 @@ class ImageData:
     def label_values(self) -> List:
         return list(range(self.n_classes)) if self.class_values is None else list(self.class_values)
 
-    @property
+    @cached_property
     def x_unlabeled(self) -> np.ndarray:
         """The unlabeled pool: the whole train split (labeled examples included, as in the official code)
         plus the unlabeled-only images."""

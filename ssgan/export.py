@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .data import CENTRED_DIVISORS, source_value_max
-from .rundir import CHECKPOINT_NAME, Run, RunDirError, atomic_write, load_run
+from .rundir import CHECKPOINT_NAME, Run, RunDirError, atomic_write, check_new_file, load_run
 
 # format -> (file extension, default file name in the run directory)
 FORMATS: Dict[str, Tuple[str, str]] = {"onnx": (".onnx", "model.onnx"), "torchscript": (".pt", "model.pt")}
@@ -165,13 +165,7 @@ def model_metadata(run: Run) -> Dict[str, str]:
 
 def _check_target(target: Path, fmt: str) -> None:
     """Refuse an output that exists, lies in a missing folder or does not end in the format's extension."""
-    extension = FORMATS[fmt][0]
-    if target.suffix.lower() != extension:
-        raise RunDirError(f"{target}: a {fmt} export is written to a file ending in {extension}")
-    if target.exists():
-        raise RunDirError(f"{target} already exists; choose another --out")
-    if not target.parent.is_dir():
-        raise RunDirError(f"{target}: no such folder {target.parent}")
+    check_new_file(target, FORMATS[fmt][0], what=f"--out ({fmt})")
 
 
 def _require_onnx() -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ConfigError, DataConfig, ModelConfig
+from .config import ConfigError, DataConfig, ModelConfig, first_line
 from .layers import (GaussianNoise, GeneratorNorm, MinibatchDiscrimination, WNConv2d, WNConvTranspose2d,
                      WNLinear, spectral_conv, spectral_linear)
 
@@ -267,7 +267,7 @@ def _instantiate(spec: Dict, what: str, **offered) -> nn.Module:
     except Exception as error:  # ImportError, TypeError, the target's own: all a bad spec here
         cause = error.__cause__ or error
         raise ModelError(f"{what}: cannot build {spec.get('_target_')}: {type(cause).__name__}: "
-                         f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}") from None
+                         f"{first_line(cause)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"{what}: {spec['_target_']} gave a {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -277,8 +277,12 @@ def build_custom(d_spec: Dict, g_spec: Dict, image_shape: Tuple[int, int, int], 
                  z_dim: int) -> Tuple[nn.Module, CustomGenerator]:
     """The user's (discriminator, generator) from Hydra instantiation specs (``model.arch=custom``)."""
     disc = _instantiate(d_spec, "model.discriminator", image_shape=image_shape, n_classes=n_classes)
-    gen = _instantiate(g_spec, "model.generator", image_shape=image_shape, z_dim=z_dim)
-    return disc, gen if hasattr(gen, "sample_z") else CustomGenerator(gen, z_dim)
+    return disc, as_generator(_instantiate(g_spec, "model.generator", image_shape=image_shape, z_dim=z_dim), z_dim)
+
+
+def as_generator(gen: nn.Module, z_dim: int) -> nn.Module:
+    """A user's generator as ssgan uses one: as it is if it has ``sample_z``, else in a ``CustomGenerator``."""
+    return gen if hasattr(gen, "sample_z") else CustomGenerator(gen, z_dim)
 
 
 @torch.no_grad()
@@ -294,7 +298,7 @@ def check_contract(disc: nn.Module, gen: nn.Module, x: Tensor, n_classes: int, s
             out = disc(x[:2])
         except Exception as error:  # the user's module failed on the data's images
             raise ModelError(f"the discriminator failed on images {tuple(x[:2].shape)}: {type(error).__name__}: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
+                             f"{first_line(error)}") from None
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(torch.is_tensor(t) for t in out)):
             raise ModelError(f"the discriminator must return (logits (B, K), features (B, F)), it returned "
                              f"{type(out).__name__}")
@@ -307,7 +311,7 @@ def check_contract(disc: nn.Module, gen: nn.Module, x: Tensor, n_classes: int, s
             images = gen(z)
         except Exception as error:
             raise ModelError(f"the generator failed on z {tuple(z.shape)}: {type(error).__name__}: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
+                             f"{first_line(error)}") from None
         low, high = (0.0, 1.0) if scaling == "unit" else (-1.0, 1.0)
         if not torch.is_tensor(images) or tuple(images.shape) != (2, *x.shape[1:]):
             raise ModelError(f"the generator must return images {(2, *x.shape[1:])} for 2 z, it returned "

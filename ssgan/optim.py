@@ -115,10 +115,15 @@ class OfficialAdam(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict) -> None:
+        """Load a state of either form into this optimizer's own form (torch keeps the saved groups' options,
+        ``capturable`` among them: it is set back to what this optimizer is)."""
         capturable = [(g.get("lr_t"), g.get("step_t")) for g in self.param_groups]
         super().load_state_dict(state_dict)
         for group, (lr_t, step_t) in zip(self.param_groups, capturable):
+            group["capturable"] = lr_t is not None
             if lr_t is None:
+                group.pop("lr_t", None)
+                group.pop("step_t", None)
                 continue
             group["lr_t"], group["step_t"] = lr_t, step_t
             lr_t.fill_(group["lr"])

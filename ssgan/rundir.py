@@ -49,7 +49,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_from_dict, first_line
 from .models import build_models
 
 logger = logging.getLogger(__name__)
@@ -156,17 +156,30 @@ def check_free(run_dir: Path | str, overwrite: bool) -> None:
 def clear_outputs(run_dir: Path | str) -> None:
     """What ``--overwrite`` removes before a run starts again: every file of the run-directory format
     (``OUTPUT_NAMES``, leftover temporary files) and the ``seed<N>/`` runs of a seeds run, so that no old
-    result stands beside a new checkpoint. Other files in the folder are left alone."""
+    result stands beside a new checkpoint. Other files in the folder are left alone. A run (or seed) that
+    another process trains is not touched: one line instead."""
     path = Path(run_dir)
     if not path.is_dir():
         return
-    for item in path.iterdir():
-        seed_run = item.is_dir() and re.fullmatch(r"seed\d+", item.name) is not None
-        if item.name in OUTPUT_NAMES or seed_run or (item.name.startswith(".") and item.name.endswith(".tmp")):
-            try:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-            except OSError as error:
-                raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
+    seed_runs = [p for p in path.iterdir() if p.is_dir() and re.fullmatch(r"seed\d+", p.name)]
+    with contextlib.ExitStack() as held:
+        for folder in [path, *seed_runs]:
+            held.enter_context(locked(folder))
+        for item in path.iterdir():
+            if item.name in OUTPUT_NAMES or item in seed_runs or (item.name.startswith(".") and
+                                                                   item.name.endswith(".tmp")):
+                try:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+                except OSError as error:
+                    raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
+
+
+def remove_unstarted(run_dir: Path | str) -> None:
+    """Leave nothing behind of a run that could not start (bad input, Ctrl-C at start-up): the folder goes
+    unless something in it is worth keeping, a checkpoint or a result (of the run, or of a seed)."""
+    path = Path(run_dir)
+    if path.is_dir() and not any(path.glob(f"**/{CHECKPOINT_NAME}")) and not any(path.glob(f"**/{RESULT_NAME}")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class RunLock:
@@ -241,6 +254,18 @@ def locked(run_dir: Path | str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def check_new_file(path: Path | str, suffix: str, what: str = "--out") -> None:
+    """A file about to be written by a command: new (never overwritten), in an existing folder, with the
+    expected extension; RunDirError with one line otherwise."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise RunDirError(f"{what} {path}: expected a {suffix} file")
+    if path.exists():
+        raise RunDirError(f"{path} already exists; choose another {what}")
+    if not path.parent.is_dir():
+        raise RunDirError(f"{what} {path}: the folder {path.parent} does not exist")
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
@@ -442,7 +467,7 @@ def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: D
         gen.load_state_dict(gen_state)
     except (RuntimeError, KeyError, TypeError) as error:
         raise RunDirError(f"{path}: the weights do not fit the architecture its config names "
-                          f"({str(error).strip().splitlines()[0]})") from None
+                          f"({first_line(error)})") from None
     for p in disc.parameters():
         p.requires_grad_(False)
     return disc.to(device).eval(), gen.to(device)
@@ -483,8 +508,7 @@ class MetricsLog:
         make_dir(Path(run_dir))
         path = Path(run_dir) / METRICS_NAME
         if resume_epoch is not None and path.exists():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.history = [r for r in records if r["epoch"] <= resume_epoch]
+            self.history = [r for r in _read_records(path) if r["epoch"] <= resume_epoch]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.history))
         try:
             self.file = open(path, "a", encoding="utf-8")
@@ -519,6 +543,24 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
         self.file, self.writer = None, None
+
+
+def _read_records(path: Path) -> List[Dict[str, Any]]:
+    """The records of a metrics.jsonl; a last line cut by a kill while it was appended is dropped (that epoch
+    is redone), a malformed line before it is one line of error."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise ValueError("no epoch")
+        except ValueError:
+            if number == len(lines):
+                break
+            raise RunDirError(f"{path}: line {number} is not a metrics record") from None
+        records.append(record)
+    return records
 
 
 # -------------------------------------------------------------------------------------- finished runs

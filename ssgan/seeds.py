@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -29,7 +28,8 @@ from .config import Config, ConfigError, config_from_dict, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, SUMMARY_NAME, RunDirError, RunLock, RunRecord,
-                     atomic_write, clear_outputs, is_used, load_checkpoint, load_run, read_run)
+                     atomic_write, clear_outputs, is_used, load_checkpoint, load_run, make_dir, read_run,
+                     remove_unstarted)
 from .train import TrainingInterrupted, fit
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def cell_directory(cache_dir: Path, cfg: Config) -> Path:
 
 def write_plan(out_dir: Path, cfg: Config, seeds: Sequence[int], command: str) -> None:
     """``seeds.json``: what the seeds run trains (its config, seeds and command), before anything trains."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     atomic_write(out_dir / PLAN_NAME, json.dumps({"config": asdict(cfg), "seeds": [int(s) for s in seeds],
                                                   "command": command}, indent=1))
 
@@ -215,7 +215,7 @@ def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, An
     seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
     batch = cfg.train.eval_batch_size
     if seed_dir in trained:
-        probs = predict_proba(trained[seed_dir].discriminator, seed_data.x_test, batch)
+        probs = _probs(trained[seed_dir], seed_data, batch)
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
     if (seed_dir / RESULT_NAME).is_file():
         _check_key(seed_dir, cfg, cell.key)
@@ -224,9 +224,16 @@ def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, An
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
     resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
     result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, cell.out_dir)
-    probs = predict_proba(result.discriminator, seed_data.x_test, batch)
+    probs = _probs(result, seed_data, batch)
     return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
                        "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
+
+
+def _probs(result: Any, data: ImageData, batch_size: int) -> np.ndarray:
+    """A trained seed's test probabilities: those its training computed, else computed here."""
+    if result.test_probs is not None:
+        return result.test_probs
+    return predict_proba(result.discriminator, data.x_test, batch_size)
 
 
 def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str) -> Dict[Path, Any]:
@@ -243,10 +250,9 @@ def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str)
             lock.acquire(wait=True)
             held.callback(lock.release)
         pending = [(c, s) for c, s in pending if not (c.out_dir / f"seed{s}" / RESULT_NAME).is_file()]
-        resumes = {(c.out_dir, s): _resume_payload(c.out_dir / f"seed{s}", c.key) for c, s in pending}
         groups: Dict[Tuple[int, int], List[Tuple[Cell, int]]] = {}
-        for cell, seed in pending:
-            payload = resumes[(cell.out_dir, seed)]
+        for cell, seed in pending:  # only the positions are kept: a chunk's checkpoints are read when it trains
+            payload = _resume_payload(cell.out_dir / f"seed{seed}", cell.key)
             position = (0, 0) if payload is None else (int(payload["epoch"]), int(payload["iteration"]))
             groups.setdefault(position, []).append((cell, seed))
         bound = cells[0].cfg.train.max_concurrent or len(pending)
@@ -256,13 +262,12 @@ def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str)
                 if len(chunk) < 2:
                     continue
                 run_dirs = [c.out_dir / f"seed{s}" for c, s in chunk]
-                for (cell, seed), run_dir in zip(chunk, run_dirs):
-                    payload = resumes[(cell.out_dir, seed)]
+                resumes = [_resume_payload(run_dir, c.key) for (c, _), run_dir in zip(chunk, run_dirs)]
+                for run_dir, payload in zip(run_dirs, resumes):
                     if payload is not None:
                         logger.info(f"{run_dir}: continuing from its checkpoint at epoch {int(payload['epoch'])}")
                 try:
-                    results = fit_grid([replace(c.cfg, seed=s) for c, s in chunk], data, run_dirs,
-                                       [resumes[(c.out_dir, s)] for c, s in chunk])
+                    results = fit_grid([replace(c.cfg, seed=s) for c, s in chunk], data, run_dirs, resumes)
                 except TrainingInterrupted as stop:
                     raise stop.resume_with(how_to_continue) from None
                 trained.update(zip(run_dirs, results))
@@ -296,8 +301,8 @@ def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageD
     try:
         return fit(cfg, data=data, run_dir=seed_dir, resume=resume)
     except (ConfigError, DataError, RunDirError):
-        if created and not (seed_dir / CHECKPOINT_NAME).exists():  # bad input: leave nothing behind
-            shutil.rmtree(seed_dir, ignore_errors=True)
+        if created:
+            remove_unstarted(seed_dir)
         raise
     except TrainingInterrupted as stop:
         raise stop.resume_with(f"ssgan fit --resume {out_dir}") from None

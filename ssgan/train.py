@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import losses, plots
-from .config import Config, ConfigError, MethodConfig, resolve_device, validate
+from .config import Config, ConfigError, MethodConfig, first_line, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import class_report, error_rate, predict_proba, sample_grid_png
 from .layers import data_dependent_init
-from .models import CustomGenerator, build_models, check_contract, sample_z
+from .models import as_generator, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
@@ -252,12 +252,14 @@ class TemporalEnsemble:
         self.decay = decay
         self.ensemble = torch.zeros(n_examples, width, device=device)  # (U, K + F)
         self.values = torch.zeros(n_examples, width, device=device)  # (U, K + F), the latest per example
+        self.epochs = 0  # finished epochs
+        # 1 - decay^epochs on the device (1 before the first epoch, whose targets are the zero ensemble), so
+        # that a captured iteration reads each epoch's correction
+        self.correction = torch.ones((), device=device)
 
-    def targets(self, rows: Tensor, epoch: int) -> Tensor:
-        """The targets of the pool's ``rows`` (B,) during epoch ``epoch`` (from 0): (B, K + F)."""
-        if epoch == 0:
-            return torch.zeros(len(rows), self.ensemble.shape[1], device=self.ensemble.device)
-        return self.ensemble[rows] / (1 - self.decay ** epoch)
+    def targets(self, rows: Tensor) -> Tensor:
+        """The targets of the pool's ``rows`` (B,) during the current epoch: (B, K + F)."""
+        return self.ensemble[rows] / self.correction
 
     def record(self, rows: Tensor, outputs: Tensor) -> None:
         """This iteration's logits and features (B, K + F) of the pool's ``rows`` (B,)."""
@@ -265,13 +267,17 @@ class TemporalEnsemble:
 
     def end_epoch(self) -> None:
         self.ensemble.mul_(self.decay).add_(self.values, alpha=1 - self.decay)
+        self.epochs += 1
+        self.correction.fill_(1 - self.decay ** self.epochs)
 
     def state_dict(self) -> Dict[str, Tensor]:
-        return {"ensemble": self.ensemble.cpu(), "values": self.values.cpu()}
+        return {"ensemble": self.ensemble.cpu(), "values": self.values.cpu(), "epochs": self.epochs}
 
     def load_state_dict(self, state: Dict[str, Tensor]) -> None:
         self.ensemble.copy_(state["ensemble"])
         self.values.copy_(state["values"])
+        self.epochs = int(state["epochs"])
+        self.correction.fill_(1 - self.decay ** self.epochs if self.epochs else 1.0)
 
 
 @dataclass
@@ -332,8 +338,7 @@ def init_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Opti
     own are first checked against the contract on ``probe``, two images of the data's size. Draws from
     torch's global generator, which the caller has seeded."""
     if modules is not None:
-        disc, gen = copy.deepcopy(modules[0]), copy.deepcopy(modules[1])
-        gen = gen if hasattr(gen, "sample_z") else CustomGenerator(gen, cfg.model.z_dim)
+        disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
     else:
         disc, gen = build_models(cfg.dataset, cfg.model)
     disc, gen = disc.to(device), gen.to(device)
@@ -346,8 +351,9 @@ def init_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Opti
 
 
 def build_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Optional[Tensor] = None,
-                   modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Networks:
-    """``init_networks``, the Polyak average (started from the initial weights) and the optimizers."""
+                   modules: Optional[Tuple[nn.Module, nn.Module]] = None, capture: bool = False) -> Networks:
+    """``init_networks``, the Polyak average (started from the initial weights) and the optimizers (in their
+    capturable form when the iteration is captured as a CUDA graph)."""
     t = cfg.train
     disc, gen = init_networks(cfg, x_init, device, probe, modules)
     if t.channels_last:
@@ -355,7 +361,7 @@ def build_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Opt
     disc_avg = copy.deepcopy(disc).eval()
     for p in disc_avg.parameters():
         p.requires_grad_(False)
-    betas, capturable = (t.beta1, t.beta2), use_cuda_graph(cfg, device)
+    betas, capturable = (t.beta1, t.beta2), capture
     history = cfg.method.historical_averaging > 0
     return Networks(disc, disc_avg, gen,
                     make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps, capturable),
@@ -469,6 +475,7 @@ class FitResult:
     run_dir: Optional[Path] = None
     val_error: Optional[float] = None
     class_values: List = field(default_factory=list)  # each class's label value in the data
+    test_probs: Optional[np.ndarray] = None  # (N, K) class probabilities of the test images
 
 
 @dataclass
@@ -539,7 +546,8 @@ class Member:
 
 def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.device, run_dir: Optional[Path],
                  labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None,
-                 modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Tuple[Member, Networks]:
+                 modules: Optional[Tuple[nn.Module, nn.Module]] = None,
+                 capture: bool = False) -> Tuple[Member, Networks]:
     """Everything a seed draws before training, in a fixed order: torch's global generator (initialisation,
     dropout, noise), the data order, z, the labeled subset (``RandomState(seed)``, unless
     ``labeled_indices`` of ``data.x_train`` are given) and the networks; then the checkpoint ``resume``,
@@ -560,10 +568,11 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
         member.batches = epoch_order(order_rng, len(lab_idx), len(x_all), iterations_per_epoch(t, len(x_all)),
                                      t.batch_size)
     x_init = init_images(cfg, x_all, len(data.y_train), lab_idx, member.batches)
-    networks = build_networks(cfg, x_init, device, probe=x_all[:2], modules=modules)
+    probe = x_all[:2].to(device)  # two images of the data's size
+    networks = build_networks(cfg, x_init, device, probe=probe, modules=modules, capture=capture)
     if cfg.method.ct_mode == "temporal":
         with torch.no_grad():  # eval mode: no noise or dropout, so no random number is drawn
-            logits, feats = networks.disc.eval()(x_init[:2].to(device))
+            logits, feats = networks.disc.eval()(probe)
         networks.disc.train()
         member.te = TemporalEnsemble(len(x_all), logits.shape[1] + feats.shape[1], cfg.method.te_decay, device)
     if resume is not None:
@@ -572,7 +581,7 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
             member.load_state_dict(resume)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
             raise RunDirError(f"{run_dir}: the checkpoint does not fit the networks its config names "
-                              f"({str(error).strip().splitlines()[0][:200]})") from None
+                              f"({first_line(error)[:200]})") from None
     return member, networks
 
 
@@ -624,14 +633,13 @@ def numerics(t) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def prepare(cfg: Config, data: Optional[ImageData], seed: int, n_models: int = 1,
-            ) -> Tuple[Config, ImageData, torch.device]:
+def prepare(cfg: Config, data: Optional[ImageData], n_models: int = 1) -> Tuple[Config, ImageData, torch.device]:
     """The device, the data (loaded unless given) and the config with the data's number of classes; sizes
     that the data or the memory cannot hold are refused before anything is allocated."""
     device = resolve_device(cfg.train.device)
     use_cuda_graph(cfg, device)  # train.cuda_graph=on where it cannot capture: refused before anything starts
     if data is None:
-        data = load_data(cfg.dataset, seed)
+        data = load_data(cfg.dataset, cfg.seed)
     t, n_unlabeled = cfg.train, len(data.x_unlabeled)
     iters = iterations_per_epoch(t, n_unlabeled)
     # An epoch's order: three (iterations, batch) index arrays per model, with copies on the way to the device;
@@ -666,17 +674,19 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     if run_dir is not None:
         cfg = replace(cfg, run_dir=str(run_dir))
     with numerics(cfg.train):
-        cfg, data, device = prepare(cfg, data, cfg.seed)
+        cfg, data, device = prepare(cfg, data)
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         if cfg.train.channels_last:
             x_all = x_all.contiguous(memory_format=torch.channels_last)
-        member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices, resume, modules)
-        (result,) = train_members([member], SingleEngine(networks, cfg), data, x_all, device)
+        capture = decide_capture(cfg, device, x_all)
+        member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices, resume, modules,
+                                        capture)
+        (result,) = train_members([member], SingleEngine(networks, cfg), data, x_all, device, capture)
     return result
 
 
-def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Tensor,
-                  device: torch.device) -> List[FitResult]:
+def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Tensor, device: torch.device,
+                  capture: bool = False) -> List[FitResult]:
     """The training frame, for one model or several trained together (they share the config but the seed,
     and move in step): the epoch loop, evaluation, logs, checkpoints, signals and outputs of every member.
 
@@ -689,7 +699,7 @@ def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                 held.enter_context(locked(member.run_dir))
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
         with _StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
-            _train_epochs(members, engine, data, x_all, device, signals)
+            _train_epochs(members, engine, data, x_all, device, signals, capture)
             results = [_finish(member, engine.networks(s), data, device) for s, member in enumerate(members)]
             if signals.signum is not None:  # it came during the final writes, which are complete
                 raise TrainingInterrupted(None, signals.signum, None)
@@ -697,7 +707,7 @@ def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Ten
 
 
 def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Tensor, device: torch.device,
-                  signals: "_StopSignals") -> None:
+                  signals: "_StopSignals", capture: bool) -> None:
     """The epoch loop of ``train_members``: learning rates, the data order, ``train_one_epoch``, the
     divergence check, evaluation, the metrics log and periodic checkpoints; a signal checkpoints every
     member's exact position and raises TrainingInterrupted. The host waits for the device once per epoch
@@ -709,7 +719,7 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
     for member in members:
         member.open_log()
     stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, I, stats), static
-    runner = IterationRunner(engine, members, x_all, y_all, stats, device, use_cuda_graph(members[0].cfg, device))
+    runner = IterationRunner(engine, members, x_all, y_all, stats, device, capture)
     test_set = TestSet(data, device, t.data_placement)
     progress = _progress(t.epochs * iters, t.progress, _description(members))
     progress.update(epoch * iters + iteration)
@@ -751,7 +761,7 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                 logger.debug("%s: epoch %d of %d: %s", member.run_dir or f"seed {member.cfg.seed}", epoch, t.epochs,
                              ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
                 if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
-                    _checkpoint(member, engine.networks(s), stats[s, :0], label=_label(members, s))
+                    _checkpoint(member, engine.networks(s), stats[s, :0], checked=True)
             progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
                                   if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
                                  refresh=False)  # redrawn at most once a second (mininterval)
@@ -806,8 +816,22 @@ NOT_CAPTURABLE = (
     ("method.historical_averaging", lambda cfg: cfg.method.historical_averaging > 0),
     ("method.gradient_penalty", lambda cfg: cfg.method.gradient_penalty > 0),
     ("model.norm=spectral", lambda cfg: cfg.model.norm == "spectral"),
+    ("train.optimizer=torch_adam", lambda cfg: cfg.train.optimizer == "torch_adam"),  # its float lr is baked in
+    ("model=custom", lambda cfg: cfg.model.arch == "custom"),  # your modules may wait for the host
 )
 WARMUP_ITERATIONS = 3  # eager iterations on a side stream before the capture (cuDNN / cuBLAS workspaces, state)
+
+
+def decide_capture(cfg: Config, device: torch.device, x_all: Tensor) -> bool:
+    """Whether the iteration is captured as a CUDA graph: ``use_cuda_graph``, and the images on the device
+    (``auto`` placement may have chosen host memory; ``on`` then is one line)."""
+    capture = use_cuda_graph(cfg, device)
+    if capture and x_all.device != device:
+        if cfg.train.cuda_graph == "on":
+            raise ConfigError("train.cuda_graph=on cannot capture with the images in host memory (they take more "
+                              "than half of the GPU's free memory); use auto or off")
+        return False
+    return capture
 
 
 def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
@@ -843,8 +867,9 @@ class IterationRunner:
         self.host_rows = self.rows.cpu().pin_memory() if device.type == "cuda" else None
         self.counter = torch.zeros((), dtype=torch.long, device=device)
         self.temporal = members[0].te is not None
-        self.corrections = torch.ones(n_models, device=device)  # 1 - decay^epoch of each member's ensemble
-        self.capture, self.graph, self.warm = capture, None, 0
+        self.graph, self.warm = None, 0
+        # the images must be on the device to be captured (auto placement may have chosen host memory)
+        self.capture = capture and self.on_device
         self.prefetched: Optional[Tuple[int, Tuple[Tensor, ...]]] = None
         if not self.on_device:  # two sets of pinned buffers, used in turn (one is copied while one is filled)
             shape = (n_models, t.batch_size, *x_all.shape[1:])
@@ -854,8 +879,8 @@ class IterationRunner:
             self.copied = [None, None]  # CUDA events of the last copies out of each set
 
     def load_epoch(self, start: int) -> None:
-        """The epoch's order (each member's ``batches``) into the static index buffer; the counter at
-        ``start``; the ensembles' bias corrections. Outside a captured graph: these are host-side writes."""
+        """The epoch's order (each member's ``batches``) into the static index buffer and the counter at
+        ``start``. Outside a captured graph: these are host-side writes."""
         lab, unl, unl_fm = (torch.from_numpy(np.stack([m.batches[k] for m in self.members])) for k in range(3))
         # The labeled batches index the labeled subset; as rows of x_all they are the subset's train indices.
         lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(self.members)])
@@ -868,9 +893,6 @@ class IterationRunner:
         self.host_index = rows  # the host path gathers with these
         self.counter.fill_(start)
         self.prefetched = None
-        if self.temporal:
-            decay = self.members[0].cfg.method.te_decay
-            self.corrections.copy_(torch.tensor([1 - decay ** m.epoch if m.epoch else 1.0 for m in self.members]))
 
     def run(self, it: int) -> None:
         """Iteration ``it`` of the epoch: replayed from the graph once captured, else eagerly."""
@@ -939,7 +961,7 @@ class IterationRunner:
         z_g = torch.stack([sample_z(t.batch_size, self.z_dim, device, m.z_rng) for m in members])
         targets = None
         if self.temporal:  # (S, B, K + F): each example's moving average of its earlier logits and features
-            targets = torch.stack([m.te.ensemble[unl_rows[s]] / self.corrections[s] for s, m in enumerate(members)])
+            targets = torch.stack([m.te.targets(unl_rows[s]) for s, m in enumerate(members)])
         stats, outputs = self.engine.step(x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets)
         self.stats.index_copy_(1, self.counter.view(1), stats.unsqueeze(1).to(self.stats.dtype))
         if self.temporal:
@@ -1000,10 +1022,12 @@ def _check_finite(stats: Tensor, networks: Networks, epoch: int, iteration: int,
                                        f"non-finite {name} parameter {key}", run_dir)
 
 
-def _checkpoint(member: Member, networks: Networks, stats: Tensor, *, label: str = "") -> None:
+def _checkpoint(member: Member, networks: Networks, stats: Tensor, *, label: str = "", checked: bool = False) -> None:
     """Write the member's checkpoint at its position, after checking that nothing diverged (a diverged state
-    never replaces the last good one). stats: (iteration, len(STAT_NAMES)), the epoch's so far."""
-    _check_finite(stats, networks, member.epoch, member.iteration, member.run_dir, label=label)
+    never replaces the last good one; ``checked``: the epoch's summary has just checked it).
+    stats: (iteration, len(STAT_NAMES)), the epoch's so far."""
+    if not checked:
+        _check_finite(stats, networks, member.epoch, member.iteration, member.run_dir, label=label)
     write_checkpoint(member.run_dir, member.cfg, {**member.state_dict(stats), **networks.state_dict()})
 
 
@@ -1011,14 +1035,17 @@ def _finish(member: Member, networks: Networks, data: ImageData, device: torch.d
     """The end of a member's training: its final test (and validation) error and, with a run directory, the
     final checkpoint, samples.png and result.json."""
     t = member.cfg.train
-    if not member.log.history and len(data.y_test):
-        member.test_error = error_rate(predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size),
-                                       data.y_test)
+    test_probs = None  # (N, K): the final classifier's, computed once for result.json and the seeds' ensembles
+    if len(data.y_test):
+        test_probs = predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size)
+        if not member.log.history:  # no epoch was trained (train.epochs=0): no test error was recorded
+            member.test_error = error_rate(test_probs, data.y_test)
     val_error = None
     if data.x_val is not None:
         val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size), data.y_val)
     result = FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
-                       member.class_names, member.log.history, member.run_dir, val_error, member.class_values)
+                       member.class_names, member.log.history, member.run_dir, val_error, member.class_values,
+                       test_probs)
     if member.run_dir is not None:
         _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
         write_outputs(result, member.cfg, data, iterations_per_epoch(t, len(data.x_unlabeled)), device)
@@ -1035,9 +1062,8 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
         atomic_write(run_dir / SAMPLES_NAME,
                      sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size))
     report = None
-    if len(data.y_test):
-        report = class_report(predict_proba(result.discriminator, data.x_test, cfg.train.eval_batch_size),
-                              data.y_test, result.class_names)
+    if result.test_probs is not None:
+        report = class_report(result.test_probs, data.y_test, result.class_names)
         figure = plots.confusion_matrix_png(report["confusion_matrix"], result.class_names, f"{title}: test set")
         if figure is not None:
             atomic_write(run_dir / CONFUSION_NAME, figure)

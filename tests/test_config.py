@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssgan.config import ConfigError, compose, compose_dict
 from ssgan.config import DATASETS, METHODS, ConfigError
@@ -112,3 +113,15 @@ def test_the_temporal_ensemble_recipe():
             te.method.ct_margin) == ("temporal", 0.6, 1.0, 0.1, 0.0)
     assert te.model.d_widths == [128, 256, 512, 256, 128] and te.model.z_dim == 50
     assert te.train.augment and te.train.epochs == 1000 and te.train.decay_start is None
+
+
+def test_a_cuda_device_carries_its_index_as_placed_tensors_do(monkeypatch):
+    """A device of "cuda" compared unequal to the "cuda:0" of the tensors placed on it, so the training loop
+    took its host-memory path with the images on the GPU."""
+    from ssgan.config import resolve_device
+
+    assert resolve_device("cpu") == torch.zeros(1).device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)

@@ -188,9 +188,9 @@ def test_refusals_are_one_line_and_write_nothing(runs, tmp_path):
     _refused("no such run directory", tmp_path / "missing", "torchscript")
     (tmp_path / "empty").mkdir()
     _refused("no checkpoint.pt", tmp_path / "empty", "torchscript")
-    _refused("no such folder", run_dir, "torchscript", out=tmp_path / "nowhere" / "m.pt")
-    _refused(r"onnx export is written to a file ending in \.onnx", run_dir, "onnx", out=tmp_path / "m.pt")
-    _refused(r"torchscript export is written to a file ending in \.pt", run_dir, "torchscript", out=tmp_path / "m.onnx")
+    _refused(r"the folder .*nowhere does not exist", run_dir, "torchscript", out=tmp_path / "nowhere" / "m.pt")
+    _refused(r"--out \(onnx\) .*m\.pt: expected a \.onnx file", run_dir, "onnx", out=tmp_path / "m.pt")
+    _refused(r"--out \(torchscript\) .*m\.onnx: expected a \.pt file", run_dir, "torchscript", out=tmp_path / "m.onnx")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")

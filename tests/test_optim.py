@@ -171,3 +171,21 @@ def test_the_capturable_form_equals_the_official_adam_over_300_steps_with_an_lr_
     again.load_state_dict(state)
     assert again.param_groups[0]["step_t"].item() == 300 and again.param_groups[0]["lr_t"].item() == \
         pytest.approx(1e-3)
+
+
+def test_a_state_loads_into_the_form_of_the_optimizer_it_is_loaded_into():
+    """A checkpoint of a captured run resumed without capture, and the other way round, keeps the running
+    optimizer's form (torch.optim keeps the saved groups' options, capturable among them)."""
+    p = torch.nn.Parameter(torch.randn(4))
+    captured = OfficialAdam([p], lr=1e-3, capturable=True)
+    p.grad = torch.ones(4)
+    captured.step()
+    plain = OfficialAdam([torch.nn.Parameter(p.detach().clone())], lr=1e-3)
+    plain.load_state_dict(captured.state_dict())
+    assert plain.param_groups[0]["capturable"] is False and "step_t" not in plain.param_groups[0]
+    plain.param_groups[0]["params"][0].grad = torch.ones(4)
+    plain.step()  # the plain form, not a KeyError of the capturable one
+    assert plain.state[plain.param_groups[0]["params"][0]]["step"] == 2
+    again = OfficialAdam([torch.nn.Parameter(p.detach().clone())], lr=1e-3, capturable=True)
+    again.load_state_dict(plain.state_dict())
+    assert again.param_groups[0]["capturable"] is True and again.param_groups[0]["step_t"].item() == 2

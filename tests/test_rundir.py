@@ -292,3 +292,55 @@ def test_the_checksum_covers_strided_one_element_tensors():
     assert content_digest({"x": column}) == content_digest({"x": torch.zeros(1)})
     assert content_digest({"x": torch.arange(12.0).view(3, 4)[:, 1]}) == content_digest({"x": torch.tensor([1.0, 5.0, 9.0])})
     assert content_digest({"x": torch.zeros(2)}) != content_digest({"x": torch.ones(2)})
+
+
+def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """A full disk at epoch 2 (a RunDirError, exit code 2) must not remove the run directory it started."""
+    from ssgan import train
+
+    original, calls = train.write_checkpoint, {"n": 0}
+
+    def failing_second_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RunDirError("cannot write checkpoint.pt: No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "write_checkpoint", failing_second_write)
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + [
+        "train.epochs=3", "train.checkpoint_every=1"]
+    assert main(["fit", "--run-dir", str(run_dir), *overrides]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1  # kept, and resumable
+    monkeypatch.undo()
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+
+
+def test_overwrite_of_a_run_another_process_trains_is_refused_and_removes_nothing(uninterrupted, tmp_path, capsys):
+    import fcntl
+    import shutil
+
+    run_dir = tmp_path / "busy"
+    shutil.copytree(uninterrupted, run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)  # another process trains it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert main(["fit", "--run-dir", str(run_dir), "--overwrite", *TINY_OVERRIDES]) == 2
+    finally:
+        os.close(fd)
+    assert "being trained by another process" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    from ssgan.rundir import METRICS_NAME, MetricsLog
+
+    (tmp_path / METRICS_NAME).write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')  # killed mid-append
+    log = MetricsLog(tmp_path, resume_epoch=1)
+    assert log.history == [{"epoch": 1, "loss": 1.0}]
+    log.close()
+    (tmp_path / METRICS_NAME).write_text('{"epoch": 1}\ngarbage\n{"epoch": 2}\n')
+    with pytest.raises(RunDirError, match="line 2 is not a metrics record"):
+        MetricsLog(tmp_path, resume_epoch=2)

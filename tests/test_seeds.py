@@ -128,3 +128,13 @@ def test_two_processes_on_one_table_share_its_seeds(tmp_path, capsys):
         assert epochs == [1, 2, 3]  # trained once, by one of the two
     rows = [json.loads((tmp_path / side / "digits.json").read_text())["rows"][0] for side in ("a", "b")]
     assert rows[0]["test_errors"] == rows[1]["test_errors"] and rows[0]["seeds"] == [0, 1]
+
+
+def test_overwrite_of_a_seeds_run_keeps_its_overrides_record(tmp_path):
+    from tests.conftest import TINY_SEEDS
+
+    run_dir = tmp_path / "seeds"
+    argv = ["fit", "--seeds", "2", "--run-dir", str(run_dir), *TINY_SEEDS, "dataset.labels=20"]
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite"]) == 0
+    assert (run_dir / "overrides.yaml").is_file() and (run_dir / "seed1" / "result.json").is_file()

@@ -296,18 +296,21 @@ def test_temporal_ensemble_targets_against_a_direct_computation():
 
     te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
     rows = torch.tensor([2, 0, 1])
-    assert torch.equal(te.targets(rows, 0), torch.zeros(3, 2))  # the first epoch: zero targets
+    assert torch.equal(te.targets(rows), torch.zeros(3, 2))  # the first epoch: zero targets
     epochs = [torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])]
     ensemble = torch.zeros(3, 2)
     for e, values in enumerate(epochs, start=1):
         te.record(torch.tensor([0, 1, 2]), values)
         te.end_epoch()
         ensemble = 0.6 * ensemble + 0.4 * values  # CT_CIFAR-10_TE.py: ensemble, then / (1 - 0.6^e)
-        torch.testing.assert_close(te.targets(rows, e), (ensemble / (1 - 0.6 ** e))[rows])
+        torch.testing.assert_close(te.targets(rows), (ensemble / (1 - 0.6 ** e))[rows])
     first = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
     first.record(torch.tensor([0, 1, 2]), epochs[0])
     first.end_epoch()
-    torch.testing.assert_close(first.targets(rows, 1), epochs[0][rows])  # after one epoch: exactly its values
+    torch.testing.assert_close(first.targets(rows), epochs[0][rows])  # after one epoch: exactly its values
+    restored = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    restored.load_state_dict(te.state_dict())  # a resume: the same targets, bias correction included
+    torch.testing.assert_close(restored.targets(rows), te.targets(rows))
 
 
 def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
@@ -416,3 +419,22 @@ def test_cuda_graph_where_it_cannot_capture(tiny_config):
     assert not use_cuda_graph(blocked, torch.device("cuda"))
     with pytest.raises(ConfigError, match="method.historical_averaging"):
         use_cuda_graph(replace(blocked, train=replace(blocked.train, cuda_graph="on")), torch.device("cuda"))
+
+
+def test_the_capture_decision_follows_where_the_images_are(tiny_config):
+    """auto placement may keep the images in host memory: then nothing is captured (auto) or one line (on)."""
+    from ssgan.config import ConfigError
+    from ssgan.train import decide_capture
+
+    gpu = torch.device("cuda", 0)  # a decision only: nothing runs on CUDA here
+    auto = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="auto"))
+    on_host = torch.zeros(2, 1, 8, 8)
+    assert not decide_capture(auto, gpu, on_host)
+    with pytest.raises(ConfigError, match="images in host memory"):
+        decide_capture(replace(auto, train=replace(auto.train, cuda_graph="on")), gpu, on_host)
+    for blocker in (dict(train=replace(auto.train, optimizer="torch_adam")),
+                    dict(model=replace(auto.model, arch="custom"))):
+        assert not decide_capture(replace(auto, **blocker), torch.device("cpu"), on_host)
+        from ssgan.train import use_cuda_graph
+
+        assert not use_cuda_graph(replace(auto, **blocker), gpu)

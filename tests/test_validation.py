@@ -153,6 +153,8 @@ CASES = [
     (["evaluate", "{root}/no_class_names"], "missing class_names"),
     (["evaluate", "{root}/bad_epoch"], "malformed checkpoint entry 'epoch'"),
     (["fit", "model.d_widths=[0,0,0]"], "widths must be positive"),
+    (["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--cache-dir", "/proc/ssgan-no-cache"],
+     "cannot create"),
 ]
 
 
