@@ -120,7 +120,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     Parameters:
         recipe: digits, mnist, cifar10 or svhn: the network, scaling and optimiser of that data set for
             images; or tabular (see above).
-        method: improved_gan or ct_gan (adds the consistency term, Wei et al. 2018).
+        method: improved_gan, ct_gan (adds the consistency term, Wei et al. 2018) or ct_gan_te (CT with
+            the temporal ensemble of the official CIFAR-10 script).
         epochs: training epochs; None: the recipe's (300 for digits and mnist, 30 for tabular).
         iters_per_epoch: iterations per epoch; None: one pass over X, len(X) // batch_size for images (the
             recipes' iteration counts are one pass over their own training sets), ceil(len(X) / batch_size)
