@@ -30,24 +30,18 @@ from .config import Config, ConfigError, validate
 from .data import ImageData
 from .optim import make_optimizer
 from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
-                    decide_capture, discriminator_loss, generator_loss, place_data, prepare, start_member, train_members,
-                    update)
+                    decide_capture, discriminator_loss, generator_loss, options_in_use, place_data, prepare, start_member,
+                    train_members, update)
 
-# Options the vectorised step does not cover (they need per-model autograd, state or data), as
-# (name, test on the config). Every other option works as in a single run.
-UNSUPPORTED = (
-    ("model.norm=spectral", lambda cfg: cfg.model.norm == "spectral"),
-    ("method.gradient_penalty", lambda cfg: cfg.method.gradient_penalty > 0),
-    ("method.historical_averaging", lambda cfg: cfg.method.historical_averaging > 0),
-    ("dataset.val_size", lambda cfg: cfg.dataset.val_size > 0),  # a validation split is drawn per seed
-    ("train.channels_last", lambda cfg: cfg.train.channels_last),
-    ("train.compile", lambda cfg: cfg.train.compile != "off"),
-)
+# Options the vectorised step does not cover (they need per-model autograd, state or data; a validation split
+# is drawn per seed), named as in ``train.OPTION_IN_USE``. Every other option works as in a single run.
+UNSUPPORTED = ("model.norm=spectral", "method.gradient_penalty", "method.historical_averaging", "dataset.val_size",
+               "train.channels_last", "train.compile")
 
 
 def check_supported(cfg: Config) -> None:
     """Refuse, with one line, the options of ``UNSUPPORTED``."""
-    names = [name for name, applies in UNSUPPORTED if applies(cfg)]
+    names = options_in_use(cfg, UNSUPPORTED)
     if names:
         raise ConfigError(f"concurrent seeds do not support {', '.join(names)}; set train.concurrent_seeds=false")
 

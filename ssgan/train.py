@@ -810,15 +810,29 @@ def _epoch_summary(stats: Tensor, finite_parameters: Tensor) -> Tuple[List[List[
 
 
 # Options with which an iteration cannot be captured as a CUDA graph (host work or Python state per step).
-NOT_CAPTURABLE = (
-    ("train.compile", lambda cfg: cfg.train.compile != "off"),
-    ("train.data_placement=host", lambda cfg: cfg.train.data_placement == "host"),
-    ("method.historical_averaging", lambda cfg: cfg.method.historical_averaging > 0),
-    ("method.gradient_penalty", lambda cfg: cfg.method.gradient_penalty > 0),
-    ("model.norm=spectral", lambda cfg: cfg.model.norm == "spectral"),
-    ("train.optimizer=torch_adam", lambda cfg: cfg.train.optimizer == "torch_adam"),  # its float lr is baked in
-    ("model=custom", lambda cfg: cfg.model.arch == "custom"),  # your modules may wait for the host
-)
+# Options that some ways of running cannot take, each with the test of whether a config uses it; the lists
+# below (and ``concurrent.UNSUPPORTED``) name them, ``options_in_use`` finds those a config uses.
+OPTION_IN_USE = {
+    "train.compile": lambda cfg: cfg.train.compile != "off",
+    "train.data_placement=host": lambda cfg: cfg.train.data_placement == "host",
+    "train.channels_last": lambda cfg: cfg.train.channels_last,
+    "train.optimizer=torch_adam": lambda cfg: cfg.train.optimizer == "torch_adam",
+    "method.historical_averaging": lambda cfg: cfg.method.historical_averaging > 0,
+    "method.gradient_penalty": lambda cfg: cfg.method.gradient_penalty > 0,
+    "model.norm=spectral": lambda cfg: cfg.model.norm == "spectral",
+    "model=custom": lambda cfg: cfg.model.arch == "custom",
+    "dataset.val_size": lambda cfg: cfg.dataset.val_size > 0,
+}
+# torch_adam: its float lr is baked into a capture; model=custom: your modules may wait for the host.
+NOT_CAPTURABLE = ("train.compile", "train.data_placement=host", "method.historical_averaging",
+                  "method.gradient_penalty", "model.norm=spectral", "train.optimizer=torch_adam", "model=custom")
+
+
+def options_in_use(cfg: Config, names: Sequence[str]) -> List[str]:
+    """The options of ``names`` (keys of ``OPTION_IN_USE``) that ``cfg`` uses, in the order given."""
+    return [name for name in names if OPTION_IN_USE[name](cfg)]
+
+
 WARMUP_ITERATIONS = 3  # eager iterations on a side stream before the capture (cuDNN / cuBLAS workspaces, state)
 
 
@@ -837,7 +851,7 @@ def decide_capture(cfg: Config, device: torch.device, x_all: Tensor) -> bool:
 def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
     """Whether ``train.cuda_graph`` captures the iteration here; ``on`` where it cannot is a ConfigError."""
     mode = cfg.train.cuda_graph
-    blockers = [name for name, applies in NOT_CAPTURABLE if applies(cfg)]
+    blockers = options_in_use(cfg, NOT_CAPTURABLE)
     if device.type != "cuda":
         blockers.insert(0, f"the device ({device.type})")
     if mode == "on" and blockers:
