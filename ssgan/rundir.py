@@ -364,10 +364,10 @@ def content_digest(value: Any) -> str:
 
     def feed(item: Any) -> None:
         if torch.is_tensor(item):
-            flat = item.detach().cpu().reshape(-1)
-            flat = flat.new_empty(flat.shape).copy_(flat)  # stride 1, whatever the view it came from
+            flat = item.detach().cpu().contiguous()  # a copy only of a strided or expanded view
+            flat = flat.as_strided((flat.numel(),), (1,))  # its elements in order, stride 1 (size-1 dims too)
             digest.update(f"T{item.dtype}{tuple(item.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            digest.update(flat.view(torch.uint8).numpy())  # the bytes in place, no copy
         elif isinstance(item, dict):
             digest.update(b"{")
             for key, sub in item.items():
