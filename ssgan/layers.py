@@ -57,7 +57,9 @@ class _WeightNormBase(nn.Module):
         if self.init_mode:
             return self.init_from_batch(x, self.target_std)
         out = self._apply_op(x, self.weight())
-        return out + self._unit_view(self.b, out.dim())
+        # The bias in the product's precision: under bf16 autocast a float32 bias would turn every activation
+        # back into float32 (and the next layer cast it down again); for float32 products .to is a no-op.
+        return out + self._unit_view(self.b.to(out.dtype), out.dim())
 
     @torch.no_grad()
     def init_from_batch(self, x: Tensor, target_std: float) -> Tensor:
