@@ -71,8 +71,9 @@ def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -
 def polyak_update(avg: nn.Module, model: nn.Module, decay: float) -> None:
     """avg <- decay * avg + (1 - decay) * model for every parameter; buffers are copied."""
     torch._foreach_lerp_(list(avg.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-    for b_avg, b in zip(avg.buffers(), model.buffers()):
-        b_avg.copy_(b)
+    buffers = list(avg.buffers())
+    if buffers:  # one foreach copy, not one operator per buffer (the hidden layers' fixed scales g)
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def _forward_parts(model: nn.Module, parts: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
