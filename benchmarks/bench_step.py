@@ -228,9 +228,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median and spread)")
     parser.add_argument("--profile-iters", type=int, default=2, help="iterations profiled for the counts")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (1 on a shared CPU: spinning threads multiply contention)")
     parser.add_argument("--out", default="results/benchmarks.json")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides (e.g. smaller batches)")
     args = parser.parse_args(argv)
+    if args.warmup <= train_module.WARMUP_ITERATIONS:
+        parser.error(f"--warmup must exceed the {train_module.WARMUP_ITERATIONS} iterations before the capture")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rows = bench_rows(args.recipe, [int(v) for v in args.models.split(",")], args.modes.split(","), device,
                       warmup=args.warmup, iters=args.iters, repeats=args.repeats, profile_iters=args.profile_iters,
