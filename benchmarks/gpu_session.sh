@@ -43,6 +43,7 @@ done
 
 PY=${PYTHON:-python}
 ROOT=$(pwd)
+DATA=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")  # absolute: the table's runs keep the path
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -94,7 +95,7 @@ else
   MNIST=(dataset=mnist dataset.source=npz "dataset.path=$DATA/mnist.npz" train.epochs=1 train.iters_per_epoch=200)
   CHECKS=(--iters 30 --work "$WORK/gpu_checks")
   BENCH=()
-  TABLE=(--dataset mnist --labels 100 --seeds 10 dataset.source=npz "dataset.path=$ROOT/$DATA/mnist.npz")
+  TABLE=(--dataset mnist --labels 100 --seeds 10 dataset.source=npz "dataset.path=$DATA/mnist.npz")
   BUDGET_A=75; BUDGET_B=120; BUDGET_C=170
 fi
 
@@ -173,7 +174,8 @@ else
   run_fn c "$BUDGET_C" bench_all
 fi
 TABLE_T0=$SECONDS
-run_fn d 100000 table
+# a margin for SIGTERM's checkpoint of every seed (timeout -k 20 kills after it), the progress and the summary
+run_fn d $(( $(left) - 40 )) table
 TABLE_RC=$(tail -n 1 "$STEPS" | sed -n 's/.*"rc": \([0-9]*\).*/\1/p')
 table_progress "${TABLE_RC:--1}" >> "$LOG" 2>&1
 

@@ -280,14 +280,16 @@ def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypa
     original = train.SingleEngine.step
 
     def recording_step(self, *args):
-        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        # both APIs: the legacy switches and the per-operation flags (cuDNN's "none" inherits: not TF32)
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                     torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision == "tf32"))
         return original(self, *args)
 
     monkeypatch.setattr(train.SingleEngine, "step", recording_step)
     before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
     fit(tiny_config)
     fit(replace(tiny_config, train=replace(tiny_config.train, tf32=True)))
-    assert seen[0] == ("ieee", "ieee") and seen[-1] == ("tf32", "tf32")
+    assert seen[0] == (False, False, "ieee", False) and seen[-1] == (True, True, "tf32", True)
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
 
 
