@@ -1,39 +1,56 @@
 """Time the real training loop of each recipe: milliseconds per training iteration (one D step, one G step and
-the Polyak update of every model, with the batch gathers, augmentation and z draws of the loop).
+the Polyak update of every model, with the batch gathers, augmentation and z draws of the loop), and the
+operators (CPU) or kernels (CUDA) one iteration launches.
 
 A script, not a test. Each row runs ``train.fit`` (one model) or ``concurrent.fit_grid`` (stacked models) on
-random data of the recipe's shape, twice, for n1 and n2 iterations, and takes (t2 - t1) / (n2 - n1), so that
-set-up and the end-of-epoch work cancel.
+random data of the recipe's shape:
 
-    python benchmarks/bench_step.py --recipe mnist --models 1,10,40 [--modes eager_fp32,graph_fp32,graph_bf16]
-        [--iters 20] [--device cuda] [--out results/benchmarks.json]
+1. one untimed warm-up run of the row's exact config (lazy CUDA modules, cuDNN / cuBLAS plans, the first
+   vmap, the CUDA-graph capture: every one-time cost lands here);
+2. one run of ``--warmup`` + ``--iters`` iterations in one epoch, timed *inside the loop*: a hook on
+   ``IterationRunner.run`` marks the start of iteration ``--warmup`` and the end of the last one (CUDA events
+   on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the capture) and
+   the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
+   spread;
+3. one short eager run of the same precision under ``torch.profiler`` over ``--profile-iters`` iterations
+   (after ``--warmup``): ``ops_per_iteration``, the innermost aten operators that compute (views, allocations
+   and no-op conversions left out: about the kernels a GPU launches), and on CUDA ``kernels_per_iteration``,
+   the GPU kernels the profiler saw. A captured iteration runs the same kernels from one graph launch.
 
-Modes (every row also carries the eager float32 figure of the same recipe and model count, from the same run):
+    python benchmarks/bench_step.py --recipe mnist --models 1,10,40
+        [--modes eager_fp32,graph_fp32,graph_tf32,graph_bf16] [--warmup 10] [--iters 200] [--repeats 3]
+        [--device cuda] [--out results/benchmarks.json]
+
+Modes:
   eager_fp32  train.precision=fp32, train.tf32=false (true float32), train.cuda_graph=off
-  graph_fp32  the same with train.cuda_graph=on (CUDA only)
+  eager_bf16  train.precision=bf16, eager (measures the cast operators on a CPU)
+  graph_fp32  eager_fp32 with train.cuda_graph=on (CUDA only)
+  graph_tf32  graph_fp32 with train.tf32=true (CUDA only)
   graph_bf16  train.precision=bf16 (+ train.channels_last for one CNN model), train.cuda_graph=on (CUDA only)
-  eager_tf32  train.tf32=true, otherwise eager_fp32 (CUDA only: TF32 against true float32)
-The backend flags are set explicitly for every row (train.numerics: TF32 off for the fp32 rows). Rows are
-merged into ``--out`` (results/benchmarks.json) by (recipe, device, mode, models):
-    {"rows": [{"recipe", "device", "mode", "models", "ms_per_iteration", "eager_fp32_ms_per_iteration",
-               "tflops", "torch", "date", "command"}]}
+Rows are merged into ``--out`` by (recipe, device, mode, models):
+    {"rows": [{"recipe", "device", "mode", "models", "ms_per_iteration", "ms_runs", "spread_pct",
+               "iterations_timed", "ops_per_iteration", "kernels_per_iteration", "torch", "date", "command"}]}
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ssgan import train as train_module
 from ssgan.concurrent import fit_grid
 from ssgan.config import compose, resolve_device
 from ssgan.data import ImageData
@@ -42,10 +59,11 @@ from ssgan.train import fit
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
            "cifar10_ct_gan": ["dataset=cifar10", "method=ct_gan"], "svhn": ["dataset=svhn"]}
 MODES = {"eager_fp32": dict(precision="fp32", tf32=False, cuda_graph="off"),
+         "eager_bf16": dict(precision="bf16", tf32=False, cuda_graph="off"),
          "graph_fp32": dict(precision="fp32", tf32=False, cuda_graph="on"),
-         "graph_bf16": dict(precision="bf16", tf32=False, cuda_graph="on"),
-         "eager_tf32": dict(precision="fp32", tf32=True, cuda_graph="off")}
-CUDA_ONLY = {"graph_fp32", "graph_bf16", "eager_tf32"}
+         "graph_tf32": dict(precision="fp32", tf32=True, cuda_graph="on"),
+         "graph_bf16": dict(precision="bf16", tf32=False, cuda_graph="on")}
+CUDA_ONLY = {"graph_fp32", "graph_tf32", "graph_bf16"}
 
 
 def random_data(cfg, n_models: int) -> ImageData:
@@ -58,42 +76,101 @@ def random_data(cfg, n_models: int) -> ImageData:
     return ImageData(x, np.arange(n) % k, x[:10], np.arange(10) % k, [str(c) for c in range(k)])
 
 
-def run_seconds(cfg, n_models: int, iters: int, data: ImageData) -> float:
-    """Wall seconds of one epoch of ``iters`` iterations of ``n_models`` models (stacked when several)."""
+class LoopClock:
+    """Marks two points inside the real loop through ``IterationRunner.run``: before iteration ``start`` runs
+    and after iteration ``stop - 1`` has run (CUDA events on a GPU; on a CPU the wall clock, the work being
+    synchronous there). ``profiler``: a torch.profiler started and stopped at the same two points."""
+
+    def __init__(self, start: int, stop: int, device: torch.device, profiler=None) -> None:
+        self.start, self.stop, self.device, self.profiler = start, stop, device, profiler
+        self.count, self.seconds = 0, None
+        self.cuda = device.type == "cuda"
+
+    @contextlib.contextmanager
+    def installed(self):
+        original = train_module.IterationRunner.run
+        clock = self
+
+        def run(runner, it):
+            if clock.count == clock.start:
+                clock._mark_start()
+            original(runner, it)
+            clock.count += 1
+            if clock.count == clock.stop:
+                clock._mark_stop()
+
+        train_module.IterationRunner.run = run
+        try:
+            yield self
+        finally:
+            train_module.IterationRunner.run = original
+
+    def _mark_start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.events[0].record()
+        if self.profiler is not None:
+            self.profiler.start()
+        self.t0 = time.perf_counter()
+
+    def _mark_stop(self) -> None:
+        if self.cuda:
+            self.events[1].record()
+            torch.cuda.synchronize(self.device)
+            self.seconds = self.events[0].elapsed_time(self.events[1]) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self.t0
+        if self.profiler is not None:
+            self.profiler.stop()
+
+
+def run_loop(cfg, n_models: int, iters: int, data: ImageData, clock: Optional[LoopClock] = None) -> None:
+    """One epoch of ``iters`` iterations of ``n_models`` models (stacked when several), hooked by ``clock``."""
     cfg = replace(cfg, train=replace(cfg.train, epochs=1, iters_per_epoch=iters, progress=False,
                                      sample_grid=False, concurrent_seeds=n_models > 1))
-    if cfg.train.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    if n_models == 1:
-        fit(cfg, data=data)
-    else:
-        fit_grid([replace(cfg, seed=s) for s in range(n_models)], data)
-    if cfg.train.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    with clock.installed() if clock is not None else contextlib.nullcontext():
+        if n_models == 1:
+            fit(cfg, data=data)
+        else:
+            fit_grid([replace(cfg, seed=s) for s in range(n_models)], data)
 
 
-def ms_per_iteration(cfg, n_models: int, n1: int, n2: int, data: ImageData) -> float:
-    t1, t2 = run_seconds(cfg, n_models, n1, data), run_seconds(cfg, n_models, n2, data)
-    return (t2 - t1) / (n2 - n1) * 1000.0
+def ms_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageData, device: torch.device) -> float:
+    """Milliseconds per iteration over ``iters`` iterations after ``warmup`` of one run (inside the loop)."""
+    clock = LoopClock(warmup, warmup + iters, device)
+    run_loop(cfg, n_models, warmup + iters, data, clock)
+    return clock.seconds / iters * 1000.0
 
 
-def flops_per_iteration(cfg, data: ImageData) -> int:
-    """FLOPs of one model's training iteration (torch.utils.flop_counter: matrix products and convolutions,
-    forward and backward): those of a 2-iteration run less those of a 1-iteration run, so that the init
-    and the evaluation cancel."""
-    from torch.utils.flop_counter import FlopCounterMode
+def launches_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageData,
+                           device: torch.device) -> Dict[str, Optional[float]]:
+    """Operators (and on CUDA kernels) per iteration of the eager form of ``cfg``, from torch.profiler over
+    ``iters`` iterations after ``warmup``: the innermost aten operators that compute, and the GPU kernels."""
+    from torch.profiler import ProfilerActivity, profile
 
-    counts = []
-    for iters in (1, 2):
-        counter = FlopCounterMode(display=False)
-        run_cfg = replace(cfg, train=replace(cfg.train, epochs=1, iters_per_epoch=iters, progress=False,
-                                             sample_grid=False))
-        with counter:
-            fit(run_cfg, data=data)
-        counts.append(counter.get_total_flops())
-    return counts[1] - counts[0]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    profiler = profile(activities=activities)
+    clock = LoopClock(warmup, warmup + iters, device, profiler)
+    eager = replace(cfg, train=replace(cfg.train, cuda_graph="off"))
+    run_loop(eager, n_models, warmup + iters, data, clock)
+    ops = kernels = 0
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels += 1
+        elif event.name.startswith("aten::") and event.name not in NO_KERNEL and not any(
+                child.name.startswith("aten::") for child in event.cpu_children):
+            ops += 1
+    return {"ops_per_iteration": round(ops / iters, 1),
+            "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None}
+
+
+# Operators that compute nothing (views, allocations, metadata): left out of the count of those that run a kernel
+NO_KERNEL = {f"aten::{name}" for name in (
+    "view", "_unsafe_view", "as_strided", "empty", "empty_strided", "empty_like", "resize_", "detach", "alias",
+    "expand", "t", "transpose", "permute", "unsqueeze", "squeeze", "reshape", "_reshape_alias", "select", "slice",
+    "split", "split_with_sizes", "unbind", "narrow", "chunk", "lift_fresh", "result_type", "set_", "is_nonzero",
+    "item", "_local_scalar_dense", "view_as", "numpy_T", "flatten", "unflatten", "contiguous", "to", "type_as")}
 
 
 def device_name(device: torch.device) -> str:
@@ -102,50 +179,71 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=RECIPES, required=True)
-    parser.add_argument("--models", default="1", help="model counts, e.g. 1,10,40 (stacked when > 1)")
-    parser.add_argument("--modes", default="eager_fp32,graph_fp32,graph_bf16", help=", ".join(MODES))
-    parser.add_argument("--iters", type=int, default=20, help="n2 - n1 iterations timed")
-    parser.add_argument("--warmup", type=int, default=5, help="n1 iterations (include CUDA graph warm-up)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="results/benchmarks.json")
-    args = parser.parse_args()
-
-    device = resolve_device(args.device)
-    base = compose(RECIPES[args.recipe] + [f"train.device={device}"])
+def bench_rows(recipe: str, models: List[int], modes: List[str], device: torch.device, *, warmup: int, iters: int,
+               repeats: int, profile_iters: int, overrides: List[str] = (), command: str = "") -> List[Dict]:
+    """The rows of one recipe: for each model count and mode, the warm-up run, ``repeats`` timed runs and
+    the profiled count (skipped modes are reported on stderr)."""
+    base = compose(RECIPES[recipe] + [f"train.device={device}", *overrides])
     data = random_data(base, 1)
-    flops = flops_per_iteration(base, data)
     rows = []
-    for n_models in (int(v) for v in args.models.split(",")):
-        eager = None
-        for mode in args.modes.split(","):
+    for n_models in models:
+        for mode in modes:
             if mode in CUDA_ONLY and device.type != "cuda":
-                print(f"{args.recipe}, {n_models} model(s), {mode}: skipped (needs CUDA)", file=sys.stderr)
+                print(f"{recipe}, {n_models} model(s), {mode}: skipped (needs CUDA)", file=sys.stderr)
                 continue
             options = dict(MODES[mode])
             if mode == "graph_bf16" and n_models == 1 and base.model.arch == "cnn":
                 options["channels_last"] = True
             cfg = replace(base, train=replace(base.train, **options))
-            if eager is None:
-                eager = ms_per_iteration(replace(base, train=replace(base.train, **MODES["eager_fp32"])), n_models,
-                                         args.warmup, args.warmup + args.iters, data)
-            ms = eager if mode == "eager_fp32" else ms_per_iteration(cfg, n_models, args.warmup,
-                                                                     args.warmup + args.iters, data)
-            row = {"recipe": args.recipe, "device": device_name(device), "mode": mode, "models": n_models,
-                   "ms_per_iteration": round(ms, 3), "eager_fp32_ms_per_iteration": round(eager, 3),
-                   "tflops": round(flops * n_models / ms / 1e9, 4), "torch": torch.__version__,
-                   "date": str(date.today()), "command": shlex.join(["python", *sys.argv])}
+            run_loop(cfg, n_models, warmup + 2, data)  # untimed: every one-time cost, the capture included
+            runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
+            counts = launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device)
+            ms = statistics.median(runs)
+            row = {"recipe": recipe, "device": device_name(device), "mode": mode, "models": n_models,
+                   "ms_per_iteration": round(ms, 3), "ms_runs": [round(r, 3) for r in runs],
+                   "spread_pct": round(100.0 * (max(runs) - min(runs)) / ms, 1), "iterations_timed": iters,
+                   **counts, "channels_last": options.get("channels_last", False), "torch": torch.__version__,
+                   "date": str(date.today()), "command": command}
             rows.append(row)
-            print(json.dumps(row))
-    out = Path(args.out)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def merge_rows(out: Path, rows: List[Dict]) -> None:
     existing = json.loads(out.read_text())["rows"] if out.is_file() else []
     key = lambda r: (r["recipe"], r["device"], r["mode"], r["models"])  # noqa: E731
     merged = {key(r): r for r in existing}
     merged.update({key(r): r for r in rows})
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": sorted(merged.values(), key=key)}, indent=1) + "\n")
-    print(f"{len(rows)} rows into {out}; {flops / 1e9:.2f} GFLOP per iteration of one model")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=RECIPES, required=True)
+    parser.add_argument("--models", default="1", help="model counts, e.g. 1,10,40 (stacked when > 1)")
+    parser.add_argument("--modes", default="eager_fp32,graph_fp32,graph_tf32,graph_bf16", help=", ".join(MODES))
+    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations before the timed stretch")
+    parser.add_argument("--iters", type=int, default=200, help="iterations timed in each run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median and spread)")
+    parser.add_argument("--profile-iters", type=int, default=2, help="iterations profiled for the counts")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (1 on a shared CPU: spinning threads multiply contention)")
+    parser.add_argument("--out", default="results/benchmarks.json")
+    parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides (e.g. smaller batches)")
+    args = parser.parse_args(argv)
+    if args.warmup <= train_module.WARMUP_ITERATIONS:
+        parser.error(f"--warmup must exceed the {train_module.WARMUP_ITERATIONS} iterations before the capture")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rows = bench_rows(args.recipe, [int(v) for v in args.models.split(",")], args.modes.split(","), device,
+                      warmup=args.warmup, iters=args.iters, repeats=args.repeats, profile_iters=args.profile_iters,
+                      overrides=args.overrides, command=shlex.join(["python", "benchmarks/bench_step.py",
+                                                                    *(argv if argv is not None else sys.argv[1:])]))
+    merge_rows(Path(args.out), rows)
+    print(f"{len(rows)} rows into {args.out}")
 
 
 if __name__ == "__main__":

@@ -301,7 +301,12 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
             raise UsageError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with its own "
                              f"(allowed: {', '.join(RESUME_OVERRIDABLE)})")
         try:
-            merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+            # Hydra's parser, as for ssgan fit: values such as off stay strings (a YAML dotlist reads False)
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            merged = OmegaConf.structured(cfg)
+            for override in OverridesParser.create().parse_overrides(list(overrides)):
+                OmegaConf.update(merged, override.key_or_group, override.value(), merge=True)
             cfg = OmegaConf.to_object(merged)
         except Exception as error:  # OmegaConf's validation errors
             raise UsageError(first_line(error)) from None
@@ -473,7 +478,8 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     data = load_data(run.config.dataset, run.config.seed)
     if len(data.y_test) == 0:
         raise DataError(f"{args.run_dir}: its data set has no test images to evaluate on")
-    probs = predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size)
+    probs = predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size,
+                          tf32=run.config.train.tf32)
     report = class_report(probs, data.y_test, run.class_names)
     _print_report(report, "its")
     print(f"test error: {report['test_error']:.2f} %")
@@ -506,7 +512,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
     _check_out(args.out, ".csv")
     run = load_run(args.run_dir, resolve_device(args.device))
     names, x = read_inputs(args.inputs, run.config.dataset)
-    probs = predict_proba(run.discriminator, x, args.batch_size)
+    probs = predict_proba(run.discriminator, x, args.batch_size, tf32=run.config.train.tf32)
     header = ["input", "class"] + ([f"p_{c}" for c in run.class_names] if args.proba else [])
     rows = [[name, run.class_names[int(np.argmax(p))]] + ([f"{v:.6f}" for v in p] if args.proba else [])
             for name, p in zip(names, probs)]

@@ -134,7 +134,7 @@ class TrainConfig:
     # Where the training images live: device (one tensor, index gathers), host (pinned memory, batches copied
     # one ahead), or auto (device while they take at most half of the GPU's free memory).
     data_placement: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward passes (losses stay float32)
+    precision: str = "fp32"  # fp32 | bf16: autocast of the forward passes (losses stay float32); fp16 is refused
     # TensorFloat-32 for float32 convolutions and matrix products on GPUs: false is true float32, as Theano ran
     # the official code; true is a speed option (10-bit mantissa inside the products).
     tf32: bool = False
@@ -235,7 +235,9 @@ def validate(cfg: Config) -> None:
          f"train.device={t.device!r}: expected auto, cpu or cuda"),
         (t.eval_every > 0, f"train.eval_every={t.eval_every}: must be positive"),
         (t.eval_batch_size > 0, f"train.eval_batch_size={t.eval_batch_size}: must be positive"),
-        (t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r}: expected fp32, bf16 or fp16"),
+        (t.precision != "fp16", "train.precision='fp16': not supported (no gradient scaling: small GAN gradients "
+                                "would underflow silently); use bf16 or fp32"),
+        (t.precision in ("fp32", "bf16"), f"train.precision={t.precision!r}: expected fp32 or bf16"),
         (t.data_placement in ("auto", "device", "host"),
          f"train.data_placement={t.data_placement!r}: expected auto, device or host"),
         (t.compile in ("off", "inductor", "aot_eager", "eager"),

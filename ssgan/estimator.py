@@ -347,7 +347,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         """p(y = k | x, real) = softmax(l(x))_k over the K classes of ``classes_``, from the averaged
         discriminator in eval mode (no dropout or noise). Returns (N, K) float64 rows that sum to 1."""
         x = self._check_input(X)
-        return predict_proba(self.discriminator_, x, self.config_.train.eval_batch_size)
+        return predict_proba(self.discriminator_, x, self.config_.train.eval_batch_size,
+                             tf32=self.config_.train.tf32)
 
     def predict(self, X: Any) -> np.ndarray:
         """The class of highest probability, as a value of ``classes_``. (N,)."""

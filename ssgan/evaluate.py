@@ -10,6 +10,7 @@ Score and the FID with torch-fidelity's Inception-v3 (the TensorFlow weights of 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -26,13 +27,56 @@ from .data import unscale_images
 # (B, C, H, W) generated images in the recipe's scale -> (B, K) class probabilities
 Classifier = Callable[[Tensor], Tensor]
 
+def _precision_flags() -> list:
+    """torch >= 2.9 keeps one fp32_precision per backend and operation: the owners of those flags that this
+    torch has, parents first (empty before 2.9)."""
+    owners = [torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn]
+    owners += [getattr(torch.backends.cudnn, op) for op in ("conv", "rnn") if hasattr(torch.backends.cudnn, op)]
+    try:
+        return [owner for owner in owners if owner.fp32_precision is not None]
+    except (AttributeError, RuntimeError):
+        return []
+
+
+@contextlib.contextmanager
+def float32_precision(tf32: bool) -> Iterator[None]:
+    """TensorFloat-32 (``tf32``) or true float32 for float32 matrix products and cuDNN convolutions, for the
+    duration; restored afterwards. Set through the legacy switches, which set the new per-operation flags
+    (torch >= 2.9) consistently: the legacy getters (``torch.backends.cudnn.allow_tf32``,
+    ``torch.backends.cuda.matmul.allow_tf32``, ``torch.get_float32_matmul_precision()``, read by Inductor)
+    raise when only some of the new flags were set. No effect on a CPU."""
+    flags = _precision_flags()
+    saved = [owner.fp32_precision for owner in flags]
+    try:  # the legacy switches too: restoring only the new flags leaves torch's legacy ones out of step
+        legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # the caller had mixed the two APIs
+        legacy = None
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        if legacy is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
+        if legacy is None or [owner.fp32_precision for owner in flags] != saved:
+            for owner, value in zip(flags, saved):
+                owner.fp32_precision = value
+
 
 @torch.no_grad()
-def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000) -> np.ndarray:
+def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000, *,
+                  tf32: bool = False) -> np.ndarray:
     """p(y = k | x, real) = softmax(l(x))_k over the K real classes, deterministic (no dropout or noise).
 
-    x: (N, C, H, W) scaled images. Returns (N, K) float64 rows that sum to 1.
+    x: (N, C, H, W) scaled images. ``tf32``: the run's ``train.tf32`` (``float32_precision``), so that on a GPU
+    the probabilities are those the run computed (PyTorch's default uses TF32 convolutions). Returns (N, K)
+    float64 rows that sum to 1.
     """
+    with float32_precision(tf32):
+        return _predict_proba(disc, x, batch_size)
+
+
+def _predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int) -> np.ndarray:
     was_training = disc.training
     disc.eval()
     device = next(disc.parameters()).device

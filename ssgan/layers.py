@@ -10,7 +10,7 @@ after that initialisation (a buffer) and only the output layers' scales are trai
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class _WeightNormBase(nn.Module):
         norm = self.v.pow(2).sum(dim=self._norm_dims(), keepdim=True).sqrt()
         return self.v * (self.g.view(shape) / norm)
 
-    def _apply_op(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _apply_op(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
     def _unit_view(self, t: Tensor, ndim: int) -> Tensor:
@@ -56,7 +56,12 @@ class _WeightNormBase(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.init_mode:
             return self.init_from_batch(x, self.target_std)
-        out = self._apply_op(x, self.weight())
+        if torch.is_autocast_enabled(x.device.type):
+            # bf16: the bias inside the product (autocast casts it too). Added afterwards, a float32 bias would
+            # turn every activation back into float32 (and the next layer cast it down again); inside, the
+            # output stays bf16 and the separate add goes (one operator fewer per layer and pass).
+            return self._apply_op(x, self.weight(), self.b)
+        out = self._apply_op(x, self.weight())  # float32: the official order, product then bias (bit-identical)
         return out + self._unit_view(self.b, out.dim())
 
     @torch.no_grad()
@@ -85,8 +90,8 @@ class WNLinear(_WeightNormBase):
         super().__init__((out_features, in_features), out_features, init_std=init_std,
                          target_std=target_std, train_scale=train_scale, data_init=data_init)
 
-    def _apply_op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight)
+    def _apply_op(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        return F.linear(x, weight, bias)
 
 
 class WNConv2d(_WeightNormBase):
@@ -99,8 +104,8 @@ class WNConv2d(_WeightNormBase):
                          init_std=init_std, target_std=target_std, train_scale=train_scale)
         self.stride, self.padding = stride, padding
 
-    def _apply_op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+    def _apply_op(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
 
 class WNConvTranspose2d(_WeightNormBase):
@@ -116,8 +121,8 @@ class WNConvTranspose2d(_WeightNormBase):
                          data_init=data_init)
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
 
-    def _apply_op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.conv_transpose2d(x, weight, stride=self.stride, padding=self.padding,
+    def _apply_op(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        return F.conv_transpose2d(x, weight, bias, stride=self.stride, padding=self.padding,
                                   output_padding=self.output_padding)
 
 

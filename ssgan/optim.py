@@ -108,8 +108,8 @@ class OfficialAdam(torch.optim.Optimizer):
             if group.get("capturable"):
                 step = int(group["step_t"].item())
                 for index in saved["params"]:
-                    if index in state["state"]:
-                        state["state"][index]["step"] = step
+                    if index in state["state"]:  # a copy: torch's state_dict holds the live per-parameter dicts
+                        state["state"][index] = {**state["state"][index], "step": step}
             saved.pop("lr_t", None)
             saved.pop("step_t", None)
         return state

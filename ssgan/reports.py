@@ -179,7 +179,8 @@ def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_ro
         if y_test is not None and not np.array_equal(data.y_test, y_test):
             raise RunDirError(f"runs with different test sets: {records[0].path} and {record.path}")
         y_test, class_names = data.y_test, list(run.class_names)
-        probs.append(predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size))
+        probs.append(predict_proba(run.discriminator, data.x_test, run.config.train.eval_batch_size,
+                                    tf32=run.config.train.tf32))
     return probs, y_test, class_names
 
 

@@ -215,25 +215,25 @@ def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, An
     seed_data = data if cfg.dataset.val_size == 0 else load_data(cfg.dataset, seed)  # val split: per seed
     batch = cfg.train.eval_batch_size
     if seed_dir in trained:
-        probs = _probs(trained[seed_dir], seed_data, batch)
+        probs = _probs(trained[seed_dir], seed_data, batch, cfg.train.tf32)
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
     if (seed_dir / RESULT_NAME).is_file():
         _check_key(seed_dir, cfg, cell.key)
         run = load_run(seed_dir, resolve_device(cfg.train.device))
-        probs = predict_proba(run.discriminator, seed_data.x_test, batch)
+        probs = predict_proba(run.discriminator, seed_data.x_test, batch, tf32=run.config.train.tf32)
         return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
     resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
     result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, cell.out_dir)
-    probs = _probs(result, seed_data, batch)
+    probs = _probs(result, seed_data, batch, cfg.train.tf32)
     return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
                        "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
 
 
-def _probs(result: Any, data: ImageData, batch_size: int) -> np.ndarray:
+def _probs(result: Any, data: ImageData, batch_size: int, tf32: bool) -> np.ndarray:
     """A trained seed's test probabilities: those its training computed, else computed here."""
     if result.test_probs is not None:
         return result.test_probs
-    return predict_proba(result.discriminator, data.x_test, batch_size)
+    return predict_proba(result.discriminator, data.x_test, batch_size, tf32=tf32)
 
 
 def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str) -> Dict[Path, Any]:

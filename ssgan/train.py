@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import losses, plots
 from .config import Config, ConfigError, MethodConfig, first_line, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
-from .evaluate import class_report, error_rate, predict_proba, sample_grid_png
+from .evaluate import class_report, error_rate, float32_precision, predict_proba, sample_grid_png
 from .layers import data_dependent_init
 from .models import as_generator, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the
 RESUME_OVERRIDABLE = ("train.epochs", "train.lr", "train.lr_d", "train.lr_g", "train.decay_start", "train.device",
                       "train.data_placement", "train.precision", "train.deterministic", "train.checkpoint_every",
                       "train.eval_every", "train.eval_batch_size", "train.progress", "train.tensorboard",
-                      "train.sample_grid", "dataset.root", "dataset.path", "dataset.download")
+                      "train.sample_grid", "train.cuda_graph", "dataset.root", "dataset.path", "dataset.download")
+# train.cuda_graph: a captured run's checkpoint holds the optimizers in their plain form, so it continues
+# uncaptured (e.g. on a CPU) and the other way round.
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
 STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
@@ -69,8 +71,9 @@ def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -
 def polyak_update(avg: nn.Module, model: nn.Module, decay: float) -> None:
     """avg <- decay * avg + (1 - decay) * model for every parameter; buffers are copied."""
     torch._foreach_lerp_(list(avg.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-    for b_avg, b in zip(avg.buffers(), model.buffers()):
-        b_avg.copy_(b)
+    buffers = list(avg.buffers())
+    if buffers:  # one foreach copy, not one operator per buffer (the hidden layers' fixed scales g)
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def _forward_parts(model: nn.Module, parts: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
@@ -111,11 +114,12 @@ class HistoricalAverage:
 
 # ------------------------------------------------------------------------------------------ the steps
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 is refused by config.validate: without gradient scaling small GAN gradients underflow silently
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """bf16 / fp16 autocast for the forward passes, or nothing. Losses are float32 whatever the networks'
+    """bf16 autocast for the forward passes, or nothing. Losses are float32 whatever the networks'
     precision (they cast the logits and features before logsumexp). Its cache of cast weights is off: weights
     change every step, and a CUDA graph must not keep casts made during its capture."""
     if dtype is None:
@@ -608,29 +612,27 @@ class _StopSignals:
 
 
 @contextlib.contextmanager
-def numerics(t) -> Iterator[None]:
+def numerics(t, device: Optional[torch.device] = None) -> Iterator[None]:
     """The numerics of a training, for its duration: ``torch.use_deterministic_algorithms``
     (``train.deterministic``) and TensorFloat-32 for float32 matrix products and cuDNN convolutions
     (``train.tf32``; off: true float32, as the official Theano code ran; PyTorch's own default turns it on
-    for convolutions). Both are restored afterwards."""
+    for convolutions; ``evaluate.float32_precision``). Both are restored afterwards.
+
+    ``device`` (default: ``train.device`` resolved): on CUDA, deterministic cuBLAS needs
+    ``CUBLAS_WORKSPACE_CONFIG`` before its first float32 product, else PyTorch raises there; it is set to
+    ``:4096:8`` unless the environment already has a value (and left set: cuBLAS reads it when it allocates).
+    """
+    if device is None:
+        device = resolve_device(t.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if t.deterministic and device.type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(t.deterministic or was_deterministic)
-    precision = "tf32" if t.tf32 else "ieee"
-    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: fp32_precision per backend
-        flags = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
-        values = [precision, precision]
-    else:
-        flags = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")]
-        values = [t.tf32, t.tf32]
-    saved = [getattr(owner, name) for owner, name in flags]
-    for (owner, name), value in zip(flags, values):
-        setattr(owner, name, value)
     try:
-        yield
+        with float32_precision(t.tf32):
+            yield
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        for (owner, name), value in zip(flags, saved):
-            setattr(owner, name, value)
 
 
 def prepare(cfg: Config, data: Optional[ImageData], n_models: int = 1) -> Tuple[Config, ImageData, torch.device]:
@@ -879,6 +881,7 @@ class IterationRunner:
         # the epoch's rows of x_all: labeled, unlabeled, feature-matching, each (S, iters, B)
         self.rows = torch.zeros(3, n_models, iters, t.batch_size, dtype=torch.long, device=device)
         self.host_rows = self.rows.cpu().pin_memory() if device.type == "cuda" else None
+        self.rows_copied = None  # CUDA event of the last copy out of host_rows
         self.counter = torch.zeros((), dtype=torch.long, device=device)
         self.temporal = members[0].te is not None
         self.graph, self.warm = None, 0
@@ -900,8 +903,14 @@ class IterationRunner:
         lab_rows = torch.stack([torch.from_numpy(m.labeled_indices)[lab[s]] for s, m in enumerate(self.members)])
         rows = torch.stack([lab_rows, unl, unl_fm])  # (3, S, iters, B)
         if self.host_rows is not None:
+            # the last epoch's copy out of the pinned buffer may still be queued: wait for it explicitly
+            # before rewriting the buffer (not on some other wait for the device happening in between)
+            if self.rows_copied is not None:
+                self.rows_copied.synchronize()
             self.host_rows.copy_(rows)
             self.rows.copy_(self.host_rows, non_blocking=True)  # pinned: no wait for the copy
+            self.rows_copied = torch.cuda.Event()
+            self.rows_copied.record()
         else:
             self.rows.copy_(rows)
         self.host_index = rows  # the host path gathers with these
@@ -1051,12 +1060,12 @@ def _finish(member: Member, networks: Networks, data: ImageData, device: torch.d
     t = member.cfg.train
     test_probs = None  # (N, K): the final classifier's, computed once for result.json and the seeds' ensembles
     if len(data.y_test):
-        test_probs = predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size)
+        test_probs = predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size, tf32=t.tf32)
         if not member.log.history:  # no epoch was trained (train.epochs=0): no test error was recorded
             member.test_error = error_rate(test_probs, data.y_test)
     val_error = None
     if data.x_val is not None:
-        val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size), data.y_val)
+        val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size, tf32=t.tf32), data.y_val)
     result = FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
                        member.class_names, member.log.history, member.run_dir, val_error, member.class_values,
                        test_probs)

@@ -132,3 +132,30 @@ def test_class_report_against_a_direct_count():
     assert report["test_error"] == pytest.approx(100 * 2 / 6)
     empty = class_report(np.eye(2)[[0, 0]], np.array([0, 0]), ["a", "b"])
     assert np.isnan(empty["per_class_error"]["b"])  # no test image of class b
+
+
+def test_predict_proba_runs_in_the_runs_float32_precision():
+    """Evaluation outside a training (ssgan evaluate, cached seeds, reports, the estimator) uses the run's
+    train.tf32, not PyTorch's default (TF32 convolutions on GPUs), so that it reproduces the run's own
+    test error. What a GPU computes cannot be seen here; the flags the forward pass sees can."""
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return torch.zeros(len(x), 2), torch.zeros(len(x), 1)
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True  # as a caller may have
+    try:
+        probe = Probe()
+        predict_proba(probe, torch.zeros(3, 1, 2, 2))
+        predict_proba(probe, torch.zeros(3, 1, 2, 2), tf32=True)
+        assert probe.seen == [(False, False), (True, True)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

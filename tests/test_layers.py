@@ -197,3 +197,17 @@ def test_generator_norm_virtual_splits_reference_and_main():
     out = norm(torch.cat([ref, main]))
     torch.testing.assert_close(out[5:], virtual_batch_norm(main, ref))
     torch.testing.assert_close(out[:5], F.batch_norm(ref, None, None, training=True, eps=1e-5))
+
+
+@pytest.mark.parametrize("make", [lambda: WNLinear(6, 4), lambda: WNConv2d(3, 4, 3, padding=1),
+                                  lambda: WNConvTranspose2d(3, 4, 4, stride=2, padding=1)])
+def test_weight_normalised_layers_stay_in_bf16_under_autocast(make):
+    """The float32 bias is added in the product's precision: a bf16 product stays bf16 (no cast kernels back
+    and forth per layer); float32 products are unchanged."""
+    layer = make()
+    x = torch.randn(2, 6) if isinstance(layer, WNLinear) else torch.randn(2, 3, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    out = layer(x)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, layer._apply_op(x, layer.weight()) + layer._unit_view(layer.b, out.dim()))

@@ -189,3 +189,18 @@ def test_a_state_loads_into_the_form_of_the_optimizer_it_is_loaded_into():
     again = OfficialAdam([torch.nn.Parameter(p.detach().clone())], lr=1e-3, capturable=True)
     again.load_state_dict(plain.state_dict())
     assert again.param_groups[0]["capturable"] is True and again.param_groups[0]["step_t"].item() == 2
+
+
+def test_state_dict_leaves_the_live_state_alone():
+    """The capturable form keeps its step on the device; saving writes the plain form's integer step into
+    the saved copy only, never into the optimizer's own state."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = OfficialAdam([p], lr=0.1, capturable=True)
+    p.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["state"][0]["step"] == 1
+    assert "step" not in opt.state[p]
+    p.grad = torch.ones(3)
+    opt.step()
+    assert saved["state"][0]["step"] == 1 and opt.state_dict()["state"][0]["step"] == 2

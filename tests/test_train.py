@@ -280,14 +280,16 @@ def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypa
     original = train.SingleEngine.step
 
     def recording_step(self, *args):
-        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        # both APIs: the legacy switches and the per-operation flags (cuDNN's "none" inherits: not TF32)
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                     torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision == "tf32"))
         return original(self, *args)
 
     monkeypatch.setattr(train.SingleEngine, "step", recording_step)
     before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
     fit(tiny_config)
     fit(replace(tiny_config, train=replace(tiny_config.train, tf32=True)))
-    assert seen[0] == ("ieee", "ieee") and seen[-1] == ("tf32", "tf32")
+    assert seen[0] == (False, False, "ieee", False) and seen[-1] == (True, True, "tf32", True)
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
 
 
@@ -438,3 +440,98 @@ def test_the_capture_decision_follows_where_the_images_are(tiny_config):
         from ssgan.train import use_cuda_graph
 
         assert not use_cuda_graph(replace(auto, **blocker), gpu)
+
+
+# ------------------------------------------------------------------ CUDA-only paths, checked on the CPU
+# No GPU runs in CI. What only a GPU can show (that cuBLAS accepts the workspace setting, that cuDNN really
+# computes in TF32 or not, that a pinned buffer is not rewritten under an in-flight copy) is checked here
+# through what the code hands to PyTorch; benchmarks/gpu_session.sh runs the real thing on a GPU.
+
+
+def test_deterministic_on_cuda_sets_the_cublas_workspace_before_enabling(tiny_config, monkeypatch):
+    """torch.use_deterministic_algorithms(True) raises at the first float32 matmul on CUDA unless
+    CUBLAS_WORKSPACE_CONFIG is set (a GPU-only error): numerics sets it first when the caller has not."""
+    import os
+
+    from ssgan import train as train_module
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+    real = torch.use_deterministic_algorithms
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, **kw: (seen.append((mode, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))),
+                                            real(mode, **kw))[1])
+    t = replace(tiny_config.train, deterministic=True)
+    with train_module.numerics(t, torch.device("cuda")):
+        pass
+    assert seen[0] == (True, ":4096:8")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
+    with train_module.numerics(t, torch.device("cuda")):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    with train_module.numerics(t, torch.device("cpu")):  # the CPU needs none
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_inside_numerics_the_legacy_tf32_getters_answer(tiny_config, tf32):
+    """Inductor and older code read torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    and torch.get_float32_matmul_precision(); with only the per-operation flags set they raise."""
+    from ssgan.train import numerics
+
+    with numerics(replace(tiny_config.train, tf32=tf32), torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32  # restored to a state that answers  # noqa: B018
+
+
+def test_a_run_resumes_with_another_cuda_graph_setting(tmp_path):
+    """A captured run's checkpoint (the optimizer saved in its plain form) continues without the capture,
+    e.g. on a CPU: train.cuda_graph may change on --resume."""
+    from ssgan.cli import main
+    from ssgan.train import RESUME_OVERRIDABLE
+
+    from .conftest import TINY_OVERRIDES
+
+    assert "train.cuda_graph" in RESUME_OVERRIDABLE
+    run_dir = tmp_path / "r"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "train.cuda_graph=auto"]) == 0
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=2", "train.cuda_graph=off"]) == 0
+
+
+def test_load_epoch_waits_for_the_last_copy_before_rewriting_the_pinned_rows(tiny_config, monkeypatch):
+    """On CUDA the epoch's rows go through a pinned buffer copied without blocking: the next epoch must not
+    rewrite it before that copy has finished. A recorded event orders it (the CUDA event is faked here)."""
+    from ssgan.train import STAT_NAMES, IterationRunner, Member
+
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.host_rows_when_recorded = None
+
+        def record(self, stream=None):
+            self.host_rows_when_recorded = runner.host_rows.clone()
+            events.append(("record", self))
+
+        def synchronize(self):
+            # the buffer still holds what the recorded copy read: nothing was rewritten before the wait
+            assert torch.equal(runner.host_rows, self.host_rows_when_recorded)
+            events.append(("synchronize", self))
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2))
+    member = Member(cfg, None, np.array([0, 1, 2]), ["a"], np.random.RandomState(0), torch.Generator())
+    member.batches = (np.zeros((2, 2), dtype=np.int64), np.ones((2, 2), dtype=np.int64),
+                      np.full((2, 2), 2, dtype=np.int64))
+    runner = IterationRunner(None, [member], torch.zeros(5, 1, 1, 1), torch.zeros(5, dtype=torch.long),
+                             torch.zeros(1, 2, len(STAT_NAMES)), torch.device("cpu"), capture=False)
+    runner.host_rows = torch.zeros_like(runner.rows)  # as on CUDA: the pinned copy of the rows
+    runner.load_epoch(0)
+    member.batches = (np.ones((2, 2), dtype=np.int64), np.zeros((2, 2), dtype=np.int64),
+                      np.zeros((2, 2), dtype=np.int64))
+    runner.load_epoch(0)
+    assert [kind for kind, _ in events] == ["record", "synchronize", "record"]
+    assert events[1][1] is events[0][1]
+    assert runner.rows[0].eq(1).all()  # the second epoch's labeled rows (subset position 1 -> row 1)

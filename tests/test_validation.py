@@ -92,6 +92,8 @@ CASES = [
     (["fit", "train.lr=0"], "train.lr=0"),
     (["fit", "train.lr=-0.1"], "train.lr=-0.1"),
     (["fit", "train.lr=fast"], "train.lr"),
+    # fp16 without gradient scaling loses small GAN gradients silently: refused, bf16 named instead
+    (["fit", "train.precision=fp16"], "train.precision='fp16'"),
     (["fit", "train.ema_decay=1.5"], "train.ema_decay"),
     (["fit", "train.device=tpu"], "train.device"),
     (["fit", "dataset.nope=1"], "dataset.nope"),

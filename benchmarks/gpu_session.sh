@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# One prepared GPU session: run from the repository root on a bare GPU machine that has PyTorch but not
+# hydra-core. Within a hard total of 540 s (each step under its own `timeout`) it
+#   0. installs the wheels of hydra-core, omegaconf and antlr4 from a folder (--wheels, no index, no deps) and
+#      the project (--no-deps; PYTHONPATH as a fallback), and records the machine;
+#   a. smoke: the MNIST recipe eagerly on CUDA with train.deterministic=true: fit, --resume, evaluate;
+#   b. captured against eager with the same optimizer form (benchmarks/gpu_checks.py): weights, optimizer
+#      state, RNG state and step counts compared for one model with noise off and on, ct_gan_te, two stacked
+#      seeds, bf16, a small CNN with dropout and a resumed captured run;
+#   c. the benchmark rows (benchmarks/bench_step.py): MNIST 1, 10, 40 stacked models and CIFAR-10 improved_gan
+#      and ct_gan with 1 model, eager fp32 / captured fp32 / captured TF32 / captured bf16 (+ channels_last);
+#   d. with the time left: ssgan table --dataset mnist --labels 100, 10 seeds trained together, captured,
+#      checkpointed every epoch and stopped by SIGTERM at the limit (exact position saved); the next call on
+#      the same machine (runs/ is kept) continues it. Its progress goes into table_progress.json.
+# Everything it returns is under $OUT (default ./out), at most 8 files:
+#   session.log (every step's output), summary.json (each step's status, exit code and seconds),
+#   compare.json (b), bench.json (c), table_progress.json (d).
+#
+#   bash benchmarks/gpu_session.sh [--wheels DIR (default .whl)] [--data DIR (default data, holding mnist.npz)]
+#                                  [--work DIR (default runs)] [--total 540] [--skip a,b,c,d] [--dry-run]
+# --dry-run: the same steps and flags on the CPU at tiny sizes (digits data, no install, no capture: the
+# captured runs use train.cuda_graph=auto); the test suite runs it (tests/test_gpu_session.py).
+set -u
+
+WHEELS=${WHEELS:-.whl}
+DATA=${DATA:-data}
+OUT=${OUT:-./out}
+WORK=${WORK:-runs}  # the runs (kept between calls on the same machine: step d continues from them)
+TOTAL=540
+SKIP=""
+DRY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) WHEELS=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
+    --total) TOTAL=$2; shift 2 ;;
+    --skip) SKIP=$2; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    *) echo "gpu_session.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python}
+ROOT=$(pwd)
+DATA=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")  # absolute: the table's runs keep the path
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+LOG="$OUT/session.log"
+STEPS="$OUT/.steps"  # one line per step, folded into summary.json at the end
+: > "$LOG"
+: > "$STEPS"
+START=$SECONDS
+
+left() { echo $(( TOTAL - (SECONDS - START) )); }
+
+# step NAME BUDGET_S COMMAND...: run under timeout (the smaller of its budget and the time left less a margin
+# for the summary), output appended to the log, status recorded.
+step() {
+  local name=$1 budget=$2; shift 2
+  case ",$SKIP," in *",$name,"*) echo "{\"step\": \"$name\", \"status\": \"skipped\"}" >> "$STEPS"; return 0 ;; esac
+  local limit; limit=$(( $(left) - 10 ))
+  [ "$budget" -lt "$limit" ] && limit=$budget
+  if [ "$limit" -lt 5 ]; then
+    echo "{\"step\": \"$name\", \"status\": \"no time left\"}" >> "$STEPS"; return 0
+  fi
+  local what="$*"
+  echo "=== step $name (limit ${limit}s, $(date -u +%H:%M:%S)) ${what:0:300}" >> "$LOG"
+  local t0=$SECONDS
+  timeout -s TERM -k 20 "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  local status=ok
+  [ $rc -ne 0 ] && status=failed
+  [ $rc -eq 124 ] && status=timed_out
+  echo "{\"step\": \"$name\", \"status\": \"$status\", \"rc\": $rc, \"seconds\": $(( SECONDS - t0 )), \"limit\": $limit}" >> "$STEPS"
+  echo "=== step $name: $status (rc $rc, $(( SECONDS - t0 ))s)" >> "$LOG"
+  return 0
+}
+
+if [ $DRY -eq 1 ]; then
+  DEVICE=cpu
+  CAPTURE=auto
+  MNIST=(dataset=digits dataset.labels=20 train.epochs=1 train.iters_per_epoch=2 train.batch_size=20
+         train.init_batch=50 "model.d_widths=[32,16]" "model.g_widths=[32]" model.z_dim=8)
+  CHECKS=(--iters 2 --cases noise_off,resumed --dry-run --work "$WORK/gpu_checks")
+  BENCH=(--recipe digits --models 1 --modes eager_fp32 --warmup 4 --iters 3 --repeats 1 --profile-iters 1
+         train.batch_size=20 train.init_batch=50 "model.d_widths=[32,16]" "model.g_widths=[32]" model.z_dim=8)
+  TABLE=(--dataset digits --labels 20 --seeds 2 train.epochs=2 train.iters_per_epoch=2 train.batch_size=20
+         train.init_batch=50 "model.d_widths=[32,16]" "model.g_widths=[32]" model.z_dim=8)
+  BUDGET_A=120; BUDGET_B=120; BUDGET_C=120  # a shared CPU may be slow; the total still bounds them
+else
+  DEVICE=cuda
+  CAPTURE=on
+  MNIST=(dataset=mnist dataset.source=npz "dataset.path=$DATA/mnist.npz" train.epochs=1 train.iters_per_epoch=200)
+  CHECKS=(--iters 30 --work "$WORK/gpu_checks")
+  BENCH=()
+  TABLE=(--dataset mnist --labels 100 --seeds 10 dataset.source=npz "dataset.path=$DATA/mnist.npz")
+  BUDGET_A=75; BUDGET_B=120; BUDGET_C=170
+fi
+
+# 0. set-up: the wheels (no index, no dependencies), the project, the machine
+setup() {
+  if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
+    "$PY" -m pip install --no-index --no-deps "$WHEELS"/*.whl || return 1
+  fi
+  "$PY" -m pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "(project on PYTHONPATH)"
+  command -v nvidia-smi >/dev/null && nvidia-smi
+  "$PY" -c "import torch, hydra, ssgan; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+}
+# a. eager smoke run of the MNIST recipe: fit, resume, evaluate (deterministic: checks CUBLAS_WORKSPACE_CONFIG)
+smoke() {
+  rm -rf $WORK/gpu_smoke
+  "$PY" -m ssgan fit --run-dir $WORK/gpu_smoke train.device=$DEVICE train.deterministic=true train.progress=false \
+    train.cuda_graph=off "${MNIST[@]}" || return 1
+  "$PY" -m ssgan fit --resume $WORK/gpu_smoke train.epochs=2 train.device=$DEVICE || return 1
+  "$PY" -m ssgan evaluate $WORK/gpu_smoke --device $DEVICE || return 1
+}
+
+# d. the MNIST 100-label table, 10 seeds trained together and captured; continued by the next call
+table_progress() {
+  "$PY" - "$OUT/table_progress.json" "$1" <<'EOF'
+import json, os, sys
+from pathlib import Path
+seeds = {}
+for log in sorted(Path(os.environ["WORK"], "gpu_table", "cache").rglob("metrics.jsonl")):
+    lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    last = lines[-1] if lines else {}
+    seeds[log.parent.name] = {"epochs_done": len(lines), "test_error": last.get("test_error"),
+                              "finished": (log.parent / "result.json").is_file()}
+table = Path(os.environ["WORK"], "gpu_table", "results")
+done = sorted(str(p) for p in table.glob("*.md"))
+json.dump({"step_rc": int(sys.argv[2]), "seeds": seeds, "table_files": done,
+           "all_finished": bool(seeds) and all(s["finished"] for s in seeds.values())},
+          open(sys.argv[1], "w"), indent=1)
+print("table progress:", {k: v["epochs_done"] for k, v in seeds.items()})
+EOF
+}
+table() {
+  "$PY" -m ssgan table "${TABLE[@]}" --device $DEVICE --out-dir $WORK/gpu_table/results \
+    --cache-dir $WORK/gpu_table/cache train.concurrent_seeds=true train.cuda_graph=$CAPTURE train.checkpoint_every=1 \
+    train.progress=false
+}
+
+# bash arrays cannot pass through `timeout`: a function step runs as `bash -c` with the arrays re-declared
+ARRAYS="$(declare -p MNIST TABLE)"
+export PY DEVICE CAPTURE OUT WHEELS WORK
+
+run_fn() {  # run_fn NAME BUDGET FUNCTION: a function of this script under `timeout`
+  local name=$1 budget=$2 fn=$3
+  step "$name" "$budget" bash -c "$ARRAYS; $(declare -f "$fn" table_progress); $fn"
+}
+
+if [ $DRY -eq 1 ]; then
+  step setup 10 echo "dry run: no install"
+else
+  run_fn setup 90 setup
+fi
+run_fn a "$BUDGET_A" smoke
+step b "$BUDGET_B" "$PY" benchmarks/gpu_checks.py --device $DEVICE --out "$OUT/compare.json" "${CHECKS[@]}"
+if [ $DRY -eq 1 ]; then
+  step c "$BUDGET_C" "$PY" benchmarks/bench_step.py --device $DEVICE --out "$OUT/bench.json" "${BENCH[@]}"
+else
+  # rows small but trustworthy: 10 untimed iterations (the capture among them), 100 timed, 3 runs per row
+  bench_all() {
+    "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe mnist --models 1,10,40 \
+      --modes eager_fp32,graph_fp32,graph_tf32,graph_bf16 --warmup 10 --iters 100 --repeats 3 || return 1
+    for recipe in cifar10 cifar10_ct_gan; do
+      "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe $recipe --models 1 \
+        --modes eager_fp32,graph_fp32,graph_tf32,graph_bf16 --warmup 10 --iters 50 --repeats 3 || return 1
+    done
+  }
+  run_fn c "$BUDGET_C" bench_all
+fi
+TABLE_T0=$SECONDS
+# a margin for SIGTERM's checkpoint of every seed (timeout -k 20 kills after it), the progress and the summary
+run_fn d $(( $(left) - 40 )) table
+TABLE_RC=$(tail -n 1 "$STEPS" | sed -n 's/.*"rc": \([0-9]*\).*/\1/p')
+table_progress "${TABLE_RC:--1}" >> "$LOG" 2>&1
+
+"$PY" - "$STEPS" "$OUT/summary.json" $(( SECONDS - START )) $DRY <<'EOF'
+import json, os, sys
+steps = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+json.dump({"steps": steps, "seconds": int(sys.argv[3]), "dry_run": sys.argv[4] == "1",
+           "ok": all(s["status"] in ("ok", "skipped") or s["step"] == "d" for s in steps)},
+          open(sys.argv[2], "w"), indent=1)
+EOF
+rm -f "$STEPS"
+cat "$OUT/summary.json"
