@@ -632,7 +632,7 @@ def cmd_table(argv: Sequence[str]) -> int:
     parser.add_argument("--labels", type=_label_counts, help="label counts, e.g. 20,50,100 (default: those "
                         "with published numbers)")
     parser.add_argument("--seeds", type=int, metavar="K", help="seeds per label count (default 10)")
-    parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan or ct_gan_te (CT with the temporal ensemble)")
+    parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan, ct_gan_te (CT with the temporal ensemble) or bad_gan")
     parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
     parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
                         "(default: each run's own dataset.root)")

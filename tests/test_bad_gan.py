@@ -1,0 +1,184 @@
+"""Bad GAN (Dai et al. 2017) in the harness: its terms inside the D and G losses against the official
+expressions on the same forward passes, its recipes against the official settings, and the frame around it
+(concurrent seeds, capture refusal, resume with the VI encoder)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssgan import losses
+from ssgan.config import ConfigError, MethodConfig, compose
+from ssgan.models import build_encoder
+from ssgan.train import discriminator_loss, fit, generator_loss, generator_step, lr_at
+from tests.test_train import _tiny_models
+
+
+def _quiet(seed=0):
+    """Tiny digits networks without their Gaussian noise, so two forward passes agree."""
+    return _tiny_models(seed, input_noise=0.0, hidden_noise=0.0)
+
+
+def test_d_loss_with_conditional_entropy_is_the_official_svhn_d_loss():
+    """svhn_trainer.py:80-93: lab_loss + (true_loss + fake_loss) + ent_weight * entropy(unl_logits)."""
+    disc, gen, x = _quiet()
+    y, z = torch.arange(20) % 10, gen.sample_z(20)
+    loss, _, _ = discriminator_loss(disc, gen, x[:20], y, x[20:], z, MethodConfig(cond_entropy_weight=0.1))
+    with torch.no_grad():
+        lab, _ = disc(x[:20])
+        unl, _ = disc(x[20:])
+        fake, _ = disc(gen(z))
+        unl_lse, fake_lse = torch.logsumexp(unl, 1), torch.logsumexp(fake, 1)
+        true_loss = -0.5 * unl_lse.mean() + 0.5 * F.softplus(unl_lse).mean()
+        fake_loss = 0.5 * F.softplus(fake_lse).mean()
+        probs = unl.softmax(1)
+        entropy = ((-probs * unl).sum(1) + unl_lse).mean()  # utils.py:31-34
+        expected = F.cross_entropy(lab, y) + true_loss + fake_loss + 0.1 * entropy
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    plain, _, _ = discriminator_loss(disc, gen, x[:20], y, x[20:], z, MethodConfig())
+    assert plain.item() != pytest.approx(loss.item())  # the term is in use
+
+
+def test_g_loss_with_pull_away_and_vi_is_the_official_g_loss():
+    """svhn_trainer.py:112-124 (L1 feature matching + pt_weight PT) and cifar_trainer.py:113-123 (+ vi_weight
+    times the encoder's Gaussian NLL of z)."""
+    disc, gen, x = _quiet()
+    torch.manual_seed(1)
+    enc = build_encoder([1, 8, 8], 8)
+    z = gen.sample_z(20)
+    loss = generator_loss(disc, gen, x[20:], z, 1, pull_away_weight=0.8, encoder=enc, vi_weight=0.01)
+    with torch.no_grad():
+        x_gen = gen(z)
+        _, real_feat = disc(x[20:])
+        _, gen_feat = disc(x_gen)
+        fm = (gen_feat.mean(0) - real_feat.mean(0)).abs().mean()
+        n = len(gen_feat)
+        unit = gen_feat / gen_feat.norm(p=2, dim=1, keepdim=True)
+        mask = torch.ones(n, n) - torch.eye(n)
+        pt = ((unit @ unit.t() * mask) ** 2).sum() / (n * (n - 1))
+        mu, log_sigma = enc(x_gen)
+        nll = (log_sigma.sum(1) + (((z - mu) / (1e-8 + log_sigma.exp())) ** 2).sum(1) / 2).mean()
+        expected = fm + 0.8 * pt + 0.01 * nll
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_g_step_with_vi_steps_the_encoder_too_and_leaves_d_alone():
+    disc, gen, x = _quiet()
+    enc = build_encoder([1, 8, 8], 8)
+    opt_g, opt_e = torch.optim.Adam(gen.parameters(), 1e-3), torch.optim.Adam(enc.parameters(), 1e-3)
+    before = [copy.deepcopy(m.state_dict()) for m in (disc, gen, enc)]
+    generator_step(disc, gen, opt_g, x[20:], gen.sample_z(20), fm_norm=1, encoder=enc, vi_weight=0.01, opt_e=opt_e)
+    after = [m.state_dict() for m in (disc, gen, enc)]
+    assert all(torch.equal(before[0][k], v) for k, v in after[0].items())
+    for i in (1, 2):
+        assert any(not torch.equal(before[i][k], v) for k, v in after[i].items())
+
+
+def _official_lr(epoch, base, epochs, floor=0.0):
+    """svhn_trainer.py:241-244, cifar_trainer.py:246-250: max(min_lr, lr * min(3 (1 - epoch / max_epochs), 1))."""
+    return max(floor, base * max(0.0, min(3.0 * (1.0 - epoch / epochs), 1.0)))
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("svhn", dict(lr_d=1e-3, lr_g=1e-3, vi_lr=None, batch=64, epochs=900, ent=0.1, pt=0.8, vi=0.0, fm=1, beta2=0.999,
+                  min_lr=1e-4)),
+    ("cifar10", dict(lr_d=6e-4, lr_g=3e-4, vi_lr=3e-4, batch=100, epochs=1200, ent=0.0, pt=0.0, vi=0.01, fm=1,
+                     beta2=0.999, min_lr=0.0)),
+    ("mnist", dict(lr_d=3e-3, lr_g=1e-3, vi_lr=None, batch=100, epochs=2000, ent=0.0, pt=0.0, vi=0.0, fm=2,
+                   beta2=0.9999, min_lr=0.0)),
+])
+def test_the_recipes_are_the_official_settings(dataset, expected):
+    """config.py and the trainers' optimizers and schedules (docs/recipes.md)."""
+    cfg = compose([f"dataset={dataset}", "method=bad_gan"])
+    t, m, e = cfg.train, cfg.method, expected
+    assert (t.lr_d, t.lr_g, m.vi_lr, t.batch_size, t.epochs) == (e["lr_d"], e["lr_g"], e["vi_lr"], e["batch"], e["epochs"])
+    assert (m.cond_entropy_weight, m.pull_away_weight, m.vi_weight, m.fm_norm) == (e["ent"], e["pt"], e["vi"], e["fm"])
+    assert (t.beta1, t.beta1_g, t.beta2, t.ema_decay, m.ct_weight) == (0.5, 0.0, e["beta2"], 0.0, 0.0)
+    for epoch in range(0, t.epochs, 7):
+        ours = max(t.min_lr, lr_at(epoch, t.lr_d, t.decay_start, t.epochs))
+        # MNIST's decay starts at 1333.3 epochs; ours at 1333 (the lr differs by < 0.1 % in the decay)
+        assert ours == pytest.approx(_official_lr(epoch, t.lr_d, t.epochs, e["min_lr"]), rel=1e-3, abs=1e-12)
+
+
+def test_any_method_takes_the_terms_in_one_command(tmp_path, capsys):
+    from ssgan.cli import main
+    from tests.conftest import TINY_OVERRIDES
+
+    rc = main(["fit", "--method", "ct_gan", "--run-dir", str(tmp_path / "r"), *TINY_OVERRIDES,
+               "method.pull_away_weight=0.8", "method.cond_entropy_weight=0.1"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test error:")
+
+
+def test_negative_weights_are_one_line_errors(tmp_path, capsys):
+    from ssgan.cli import main
+    from tests.conftest import TINY_OVERRIDES
+
+    assert main(["fit", "--run-dir", str(tmp_path / "r"), *TINY_OVERRIDES, "method.pull_away_weight=-1"]) == 2
+    assert "pull_away_weight" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_concurrent_seeds_with_entropy_and_pull_away_match_single_runs(tiny_config):
+    from ssgan.concurrent import fit_concurrent
+
+    cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
+                  method=replace(tiny_config.method, cond_entropy_weight=0.1, pull_away_weight=0.8),
+                  train=replace(tiny_config.train, epochs=2, iters_per_epoch=3, beta1_g=0.0))
+    for seed, result in zip([0, 1], fit_concurrent(cfg, [0, 1])):
+        single = fit(replace(cfg, seed=seed))
+        for a, b in zip(result.generator.state_dict().values(), single.generator.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(result.discriminator.state_dict().values(), single.discriminator.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_vi_is_refused_by_concurrent_seeds_and_the_cuda_graph(tiny_config):
+    from ssgan.concurrent import fit_concurrent
+    from ssgan.train import use_cuda_graph
+
+    cfg = replace(tiny_config, method=replace(tiny_config.method, vi_weight=0.01))
+    with pytest.raises(ConfigError, match="concurrent seeds do not support method.vi_weight"):
+        fit_concurrent(cfg, [0, 1])
+    on = replace(cfg, train=replace(cfg.train, cuda_graph="on"))
+    with pytest.raises(ConfigError, match="method.vi_weight"):
+        use_cuda_graph(on, torch.device("cuda"))
+
+
+def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
+    """The encoder and its Adam are in the checkpoint: an interrupted VI run continues exactly."""
+    import os
+    import signal
+
+    from ssgan import train
+    from ssgan.cli import main
+    from ssgan.rundir import load_checkpoint
+    from tests.conftest import TINY_OVERRIDES
+
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+        "method=bad_gan", "method.vi_weight=0.01", "method.vi_lr=0.0005", "train.beta1_g=0", "train.epochs=2",
+        "train.iters_per_epoch=4", "train.deterministic=true"]
+    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
+    calls, original = {"n": 0}, train.SingleEngine.step
+
+    def interrupting_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
+    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
+    monkeypatch.undo()
+    assert "encoder" in load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
+    a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for part in ("discriminator", "discriminator_avg", "generator", "encoder"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    assert a["opt_e"]["param_groups"][0]["lr"] == 0.0005
