@@ -36,7 +36,7 @@ from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numer
 # Options the vectorised step does not cover (they need per-model autograd, state or data; a validation split
 # is drawn per seed), named as in ``train.OPTION_IN_USE``. Every other option works as in a single run.
 UNSUPPORTED = ("model.norm=spectral", "method.gradient_penalty", "method.historical_averaging", "dataset.val_size",
-               "train.channels_last", "train.compile", "method.vi_weight")
+               "train.channels_last", "train.compile", "method.vi_weight", "method.density_weight")
 
 
 def check_supported(cfg: Config) -> None:

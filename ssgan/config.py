@@ -106,6 +106,13 @@ class MethodConfig:
     pull_away_weight: float = 0.0  # G: + weight * pull-away term of the generated batch's features
     vi_weight: float = 0.0  # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
     vi_lr: Optional[float] = None  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
+    # written by `ssgan density`), at iterations > density_start, each with probability density_prob
+    density_weight: float = 0.0
+    density_model: Optional[str] = None
+    density_start: int = 9000
+    density_prob: float = 0.1
+    density_batch: int = 30
 
 
 @dataclass
@@ -213,6 +220,12 @@ def validate(cfg: Config) -> None:
         (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
          "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
         (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
+        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
+        (me.density_weight == 0 or me.density_model,
+         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
+         "(or method.density_weight=0 to run without the low-density penalty)"),
+        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
+         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
         (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
         (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
         (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),

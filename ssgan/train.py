@@ -209,7 +209,8 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
                    history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
                    loss_fn: Optional[Callable] = None, pull_away_weight: float = 0.0,
                    encoder: Optional[nn.Module] = None, vi_weight: float = 0.0,
-                   opt_e: Optional[torch.optim.Optimizer] = None) -> Tensor:
+                   opt_e: Optional[torch.optim.Optimizer] = None, density: Optional[Callable] = None,
+                   density_z: Optional[Tensor] = None) -> Tensor:
     """One update of G by feature matching against a second, independently drawn unlabeled batch (plus
     Bad GAN's pull-away and VI terms where their weights are set; the encoder is stepped with G).
 
@@ -221,6 +222,8 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
                                            encoder=encoder, vi_weight=vi_weight)
     if history is not None:
         loss = loss + history_weight * history.penalty()
+    if density_z is not None:  # Bad GAN's low-density penalty on this iteration (density.DensityPenalty)
+        loss = loss + density(gen, density_z)
     update(loss, optimizer, *([opt_e] if opt_e is not None else []))
     if history is not None:
         history.update()
@@ -416,6 +419,14 @@ class SingleEngine:
         self.amp_dtype = AMP_DTYPES[cfg.train.precision]
         self.d_loss_fn, self.g_loss_fn = compiled_losses(cfg.train.compile, cfg.train.compile_mode)
         self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
+        self.density, self.global_iteration = None, 0
+        if cfg.method.density_weight > 0:
+            from .density import DensityPenalty
+            self.density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
+
+    def begin_epoch(self, epoch: int, iteration: int, iters: int) -> None:
+        """Where the next step is in the whole run (the density penalty's schedule; exact after a resume)."""
+        self.global_iteration = epoch * iters + iteration
 
     def train(self) -> None:
         self.net.disc.train()
@@ -426,6 +437,10 @@ class SingleEngine:
         """One D step, one G step and the Polyak update; returns the stats row (1, len(STAT_NAMES)) and the
         unlabeled pass's logits and features (1, B, K + F)."""
         n = self.net
+        density_z = None
+        if self.density is not None:
+            density_z = self.density.z_at(self.global_iteration)
+        self.global_iteration += 1
         stats, outputs = discriminator_step(n.disc, n.gen, n.opt_d, x_lab[0], y_lab[0], x_unl[0], z_d[0],
                                             method=self.method, targets=None if targets is None else targets[0],
                                             history=n.hist_d, amp_dtype=self.amp_dtype, loss_fn=self.d_loss_fn)
@@ -433,7 +448,8 @@ class SingleEngine:
                                          history_weight=self.method.historical_averaging, history=n.hist_g,
                                          amp_dtype=self.amp_dtype, loss_fn=self.g_loss_fn,
                                          pull_away_weight=self.method.pull_away_weight, encoder=n.enc,
-                                         vi_weight=self.method.vi_weight, opt_e=n.opt_e)
+                                         vi_weight=self.method.vi_weight, opt_e=n.opt_e, density=self.density,
+                                         density_z=density_z)
         polyak_update(n.disc_avg, n.disc, self.ema_decay)
         return torch.stack([stats[k].float() for k in STAT_NAMES])[None], outputs[None]
 
@@ -773,6 +789,8 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
             stats.zero_()
             for s, member in enumerate(members):
                 member.begin_epoch(len(x_all), iters, stats[s])
+            if hasattr(engine, "begin_epoch"):
+                engine.begin_epoch(epoch, iteration, iters)
             done = train_one_epoch(runner, start=iteration, stop=lambda: signals.signum is not None,
                                    progress=progress)
             if done < iters:  # stopped by a signal: every member's exact position is checkpointed
@@ -864,11 +882,12 @@ OPTION_IN_USE = {
     "model=custom": lambda cfg: cfg.model.arch == "custom",
     "dataset.val_size": lambda cfg: cfg.dataset.val_size > 0,
     "method.vi_weight": lambda cfg: cfg.method.vi_weight > 0,
+    "method.density_weight": lambda cfg: cfg.method.density_weight > 0,
 }
 # torch_adam: its float lr is baked into a capture; model=custom: your modules may wait for the host.
 NOT_CAPTURABLE = ("train.compile", "train.data_placement=host", "method.historical_averaging",
                   "method.gradient_penalty", "model.norm=spectral", "train.optimizer=torch_adam", "model=custom",
-                  "method.vi_weight")
+                  "method.vi_weight", "method.density_weight")
 
 
 def options_in_use(cfg: Config, names: Sequence[str]) -> List[str]:

@@ -94,11 +94,16 @@ def _official_lr(epoch, base, epochs, floor=0.0):
 ])
 def test_the_recipes_are_the_official_settings(dataset, expected):
     """config.py and the trainers' optimizers and schedules (docs/recipes.md)."""
-    cfg = compose([f"dataset={dataset}", "method=bad_gan"])
+    density = ["method.density_model=mnist.pixelcnn"] if dataset == "mnist" else []
+    cfg = compose([f"dataset={dataset}", "method=bad_gan", *density])
     t, m, e = cfg.train, cfg.method, expected
     assert (t.lr_d, t.lr_g, m.vi_lr, t.batch_size, t.epochs) == (e["lr_d"], e["lr_g"], e["vi_lr"], e["batch"], e["epochs"])
     assert (m.cond_entropy_weight, m.pull_away_weight, m.vi_weight, m.fm_norm) == (e["ent"], e["pt"], e["vi"], e["fm"])
     assert (t.beta1, t.beta1_g, t.beta2, t.ema_decay, m.ct_weight) == (0.5, 0.0, e["beta2"], 0.0, 0.0)
+    if dataset == "mnist":  # the low-density penalty (config.py:35-36, mnist_trainer.py:122-123)
+        assert (m.density_weight, m.density_start, m.density_prob, m.density_batch) == (1e-4, 9000, 0.1, 30)
+    else:
+        assert m.density_weight == 0
     for epoch in range(0, t.epochs, 7):
         ours = max(t.min_lr, lr_at(epoch, t.lr_d, t.decay_start, t.epochs))
         # MNIST's decay starts at 1333.3 epochs; ours at 1333 (the lr differs by < 0.1 % in the decay)
@@ -182,3 +187,111 @@ def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), (part, name)
     assert a["opt_e"]["param_groups"][0]["lr"] == 0.0005
+
+
+def test_the_mnist_recipe_without_a_density_model_is_one_line(tmp_path, capsys):
+    from ssgan.cli import main
+
+    assert main(["fit", "--dataset", "mnist", "--method", "bad_gan", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "method.density_model=PATH" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_density(tmp_path_factory):
+    """A small PixelCNN++ fitted for a few iterations on the digits images (8x8, unit scaling)."""
+    from ssgan.config import DataConfig
+    from ssgan.data import load_data
+    from ssgan.density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
+
+    x = to_unit_range(torch.from_numpy(load_data(DataConfig()).x_unlabeled[:200]).float(), "unit")
+    fitted = train_density(x, epochs=1, batch_size=50, lr=1e-3, nr_filters=8, nr_resnet=1, nr_mix=2, stages=2)
+    folder = tmp_path_factory.mktemp("density")
+    lp = log_likelihoods(fitted["model"], x).numpy()
+    save_density(folder / "official.pixelcnn", fitted["model"], density_threshold(lp), "unit", [1, 8, 8])
+    # A threshold far below every image's log-likelihood: the penalty is non-zero on generated images too.
+    save_density(folder / "low.pixelcnn", fitted["model"], float(lp.min()) - 1e3, "unit", [1, 8, 8])
+    return folder / "low.pixelcnn"
+
+
+def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_density):
+    """mnist_trainer.py:122-138 on one G step: fm + 1e-4 * low_density_penalty(log p(G(z')), eps)."""
+    from ssgan.config import Config, DataConfig, ModelConfig
+    from ssgan.density import DensityPenalty, discretized_logistic_mixture_loglik, load_density
+
+    disc, gen, x = _quiet()
+    cfg = Config(dataset=DataConfig(image_shape=[1, 8, 8]), model=ModelConfig(z_dim=8),
+                 method=MethodConfig(density_weight=1e-4, density_model=str(tiny_density), density_start=0,
+                                     density_prob=1.0, density_batch=30))
+    penalty = DensityPenalty(cfg, torch.device("cpu"))
+    assert penalty.z_at(0) is None  # iteration > density_start only
+    z_p = penalty.z_at(1)
+    assert z_p.shape == (30, 8) and torch.equal(z_p, penalty.z_at(1))  # the draws are a function of the iteration
+    z = gen.sample_z(20)
+    fm = generator_loss(disc, gen, x[20:], z, 1)
+    with torch.no_grad():
+        loaded = load_density(tiny_density)
+        images = gen(z_p) * 2 - 1  # (x - 0.5) / 0.5, mnist_trainer.py:125
+        lp = discretized_logistic_mixture_loglik(images, loaded["model"](images))
+        excess = (lp - loaded["threshold"]).clamp(min=0)
+        nonzero = int((excess > 0).sum())
+        assert nonzero == 30
+        expected = fm.detach() + (1e-4 * excess.sum() / nonzero if nonzero else 0.0)
+    opt = torch.optim.SGD(gen.parameters(), lr=0.0)
+    got = generator_step(disc, gen, opt, x[20:], z, fm_norm=1, density=penalty, density_z=z_p)
+    torch.testing.assert_close(got, torch.as_tensor(expected, dtype=got.dtype), rtol=1e-5, atol=1e-7)
+
+
+def test_a_density_run_resumes_exactly_and_is_refused_by_concurrent_seeds(tiny_density, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from ssgan import train
+    from ssgan.cli import main
+    from ssgan.rundir import load_checkpoint
+    from tests.conftest import TINY_OVERRIDES
+
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
+        "method=bad_gan", f"method.density_model={tiny_density}", "method.density_weight=0.01",
+        "method.density_start=2", "method.density_prob=0.5", "train.epochs=2", "train.iters_per_epoch=4",
+        "train.deterministic=true"]
+    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
+    calls, original = {"n": 0}, train.SingleEngine.step
+
+    def interrupting_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
+    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
+    monkeypatch.undo()
+    assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
+    a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for part in ("discriminator", "generator"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    # the penalty was in use: without it the generator ends elsewhere
+    off = [o if not o.startswith("method.density_weight") else "method.density_weight=0" for o in overrides]
+    assert main(["fit", "--run-dir", str(tmp_path / "off"), *off]) == 0
+    c = load_checkpoint(tmp_path / "off" / "checkpoint.pt")
+    assert any(not torch.equal(a["generator"][k], c["generator"][k]) for k in a["generator"])
+    assert main(["fit", "--seeds", "2", "train.concurrent_seeds=true", "--run-dir", str(tmp_path / "cc"),
+                 *overrides]) == 2
+
+
+def test_ssgan_density_writes_a_model_the_recipe_loads(tmp_path, capsys):
+    from ssgan.cli import main
+    from ssgan.density import load_density
+
+    out = tmp_path / "d.pixelcnn"
+    args = ["density", "--dataset", "digits", "--out", str(out), "--filters", "4", "--resnet", "1", "--mix", "2",
+            "--max-images", "60", "--batch-size", "30"]
+    assert main(args) == 0
+    loaded = load_density(out)
+    assert loaded["image_shape"] == [1, 8, 8] and math.isfinite(loaded["threshold"])
+    assert loaded["info"]["images"] == 60
+    assert main(args) == 2  # never overwritten
+    assert "exists" in capsys.readouterr().err
