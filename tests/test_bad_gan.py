@@ -295,3 +295,26 @@ def test_ssgan_density_writes_a_model_the_recipe_loads(tmp_path, capsys):
     assert loaded["info"]["images"] == 60
     assert main(args) == 2  # never overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def test_the_estimator_and_export_take_bad_gan(tmp_path):
+    """method=bad_gan with the VI encoder through the scikit-learn estimator, and a run's classifier exported
+    (the encoder is training state only: the exported file is D's)."""
+    from ssgan.cli import main
+    from ssgan.config import DataConfig
+    from ssgan.data import load_data
+    from ssgan.estimator import SSGANClassifier
+    from tests.conftest import TINY_OVERRIDES
+    from tests.test_estimator import TINY
+
+    data = load_data(DataConfig())
+    x, y = data.x_train.reshape(len(data.x_train), -1) * 16, data.y_train.copy()
+    y[50:] = -1
+    est = SSGANClassifier(method="bad_gan", **{**TINY, "overrides": (*TINY["overrides"], "method.vi_weight=0.01")})
+    est.fit(x, y)
+    assert est.predict(x[:5]).shape == (5,)
+    run = tmp_path / "run"
+    assert main(["fit", "--method", "bad_gan", "--run-dir", str(run), *TINY_OVERRIDES, "method.vi_weight=0.01"]) == 0
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    assert scripted(torch.rand(2, 1, 8, 8)).shape[0] == 2
