@@ -318,3 +318,19 @@ def test_the_estimator_and_export_take_bad_gan(tmp_path):
     assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
     scripted = torch.jit.load(str(tmp_path / "m.pt"))
     assert scripted(torch.rand(2, 1, 8, 8)).shape[0] == 2
+
+
+def test_the_optimizers_take_the_recipes_betas_and_rates(tiny_config):
+    """svhn_trainer.py:43-44 / cifar_trainer.py:44-46: D Adam betas (0.5, 0.999), G and the encoder (0, 0.999)."""
+    from ssgan.data import load_data
+    from ssgan.train import build_networks
+
+    cfg = replace(tiny_config, method=replace(tiny_config.method, vi_weight=0.01, vi_lr=3e-4),
+                  train=replace(tiny_config.train, beta1_g=0.0, lr_d=6e-4, lr_g=3e-4))
+    x = torch.from_numpy(load_data(cfg.dataset).x_unlabeled[:50])
+    net = build_networks(cfg, x, torch.device("cpu"))
+    groups = [opt.param_groups[0] for opt in (net.opt_d, net.opt_g, net.opt_e)]
+    assert [g["betas"] for g in groups] == [(0.5, 0.999), (0.0, 0.999), (0.0, 0.999)]
+    assert [g["lr"] for g in groups] == [6e-4, 3e-4, 3e-4]
+    plain = build_networks(tiny_config, x, torch.device("cpu"))
+    assert plain.enc is None and plain.opt_g.param_groups[0]["betas"] == (0.5, 0.999)
