@@ -62,6 +62,7 @@ COMMANDS = {
     "table": "train the seeds x labels grid of a data set (resuming) and write results/<dataset>.md, .json, .png",
     "ensemble": "evaluate trained runs together: each one's test error, mean +- std and the ensemble's error",
     "export": "write a run's classifier (input scaling and softmax inside) as an ONNX or TorchScript file",
+    "density": "train Bad GAN's PixelCNN++ density model on a data set's unlabeled images (method.density_model)",
 }
 
 
@@ -638,7 +639,7 @@ def cmd_table(argv: Sequence[str]) -> int:
     parser.add_argument("--labels", type=_label_counts, help="label counts, e.g. 20,50,100 (default: those "
                         "with published numbers)")
     parser.add_argument("--seeds", type=int, metavar="K", help="seeds per label count (default 10)")
-    parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan or ct_gan_te (CT with the temporal ensemble)")
+    parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan, ct_gan_te (CT with the temporal ensemble) or bad_gan")
     parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
     parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
                         "(default: each run's own dataset.root)")
@@ -769,8 +770,54 @@ def cmd_export(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_density(argv: Sequence[str]) -> int:
+    """Fit the PixelCNN++ on the train split's images (the unlabeled pool; never the test set), compute the
+    threshold as the official code does (the value at int(0.1 N) of the partitioned log-likelihoods) and
+    write both to --out, the file method.density_model names."""
+    from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
+
+    parser = _Parser(prog=f"{PROG} density", description=COMMANDS["density"] + ". Official MNIST sizes by "
+                     "default (160 filters, 3 resnet blocks, 10 logistics, 2 resolutions, Adam 2e-4, batch 40).")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--out", required=True, help="the file to write (refused if it exists)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--filters", type=int, default=160)
+    parser.add_argument("--resnet", type=int, default=3)
+    parser.add_argument("--mix", type=int, default=10)
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max-images", type=int, help="train on the first N images only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (e.g. dataset.root=data)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"--out {out}: exists; choose another file (no file is overwritten)")
+    if min(args.epochs, args.filters, args.resnet, args.mix, args.stages, args.batch_size) < 1 or args.lr <= 0:
+        raise UsageError("--epochs, --filters, --resnet, --mix, --stages, --batch-size and --lr must be positive")
+    cfg = compose([f"dataset={args.dataset}", *args.overrides])
+    if cfg.dataset.image_shape[0] != 1:
+        raise UsageError(f"--dataset {args.dataset}: the density model takes one-channel images")
+    if cfg.dataset.scaling not in ("unit", "symmetric"):
+        raise UsageError(f"dataset.scaling={cfg.dataset.scaling}: the density model reads unit or symmetric images")
+    data = load_data(cfg.dataset, args.seed)
+    x = to_unit_range(torch.from_numpy(data.x_unlabeled[:args.max_images]).float(), cfg.dataset.scaling)
+    fitted = train_density(x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           nr_filters=args.filters, nr_resnet=args.resnet, nr_mix=args.mix, stages=args.stages,
+                           log=lambda line: print(line, flush=True))
+    threshold = density_threshold(log_likelihoods(fitted["model"], x).numpy())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_density(out, fitted["model"], threshold, cfg.dataset.scaling, cfg.dataset.image_shape,
+                 {"dataset": args.dataset, "images": len(x), "epochs": args.epochs, "seconds": fitted["seconds"],
+                  "bits_per_dim": fitted["bits_per_dim"]})
+    print(f"density model: {out} ({len(x)} images, {fitted['bits_per_dim']:.4f} bits per dim, threshold "
+          f"{threshold:.2f} nats)")
+    return 0
+
+
 HANDLERS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "sample": cmd_sample,
-            "table": cmd_table, "ensemble": cmd_ensemble, "export": cmd_export}
+            "table": cmd_table, "ensemble": cmd_ensemble, "export": cmd_export, "density": cmd_density}
 
 
 def _usage() -> str:

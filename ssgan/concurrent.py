@@ -30,13 +30,13 @@ from .config import Config, ConfigError, validate
 from .data import ImageData
 from .optim import make_optimizer
 from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
-                    decide_capture, discriminator_loss, generator_loss, options_in_use, place_data, prepare, start_member,
-                    train_members, update)
+                    decide_capture, discriminator_loss, g_betas, generator_loss, options_in_use, place_data, prepare,
+                    start_member, train_members, update)
 
 # Options the vectorised step does not cover (they need per-model autograd, state or data; a validation split
 # is drawn per seed), named as in ``train.OPTION_IN_USE``. Every other option works as in a single run.
 UNSUPPORTED = ("model.norm=spectral", "method.gradient_penalty", "method.historical_averaging", "dataset.val_size",
-               "train.channels_last", "train.compile")
+               "train.channels_last", "train.compile", "method.vi_weight", "method.density_weight")
 
 
 def check_supported(cfg: Config) -> None:
@@ -105,8 +105,8 @@ class StackedEngine:
         first, betas = networks[0], (t.beta1, t.beta2)  # capture: the optimizers in their capturable form
         self.opt_d = make_optimizer(list(self.params_d.values()), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps,
                                     capture)
-        self.opt_g = make_optimizer(list(self.params_g.values()), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps,
-                                    capture)
+        self.opt_g = make_optimizer(list(self.params_g.values()), t.optimizer, t.lr_g or t.lr, g_betas(t),
+                                    t.adam_eps, capture)
         _stack_optimizer_state([n.opt_d for n in networks], self.opt_d)
         _stack_optimizer_state([n.opt_g for n in networks], self.opt_g)
         self.optimizers = (self.opt_d, self.opt_g)
@@ -117,7 +117,8 @@ class StackedEngine:
                                       x_unl, z, method, targets)
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
-            return generator_loss(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z, method.fm_norm)
+            return generator_loss(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z, method.fm_norm,
+                                  pull_away_weight=method.pull_away_weight)
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
         self.d_loss = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf, open_dict
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
 SCALINGS = ("unit", "cifar", "symmetric", "half")
-METHODS = ("improved_gan", "ct_gan", "ct_gan_te")
+METHODS = ("improved_gan", "ct_gan", "ct_gan_te", "bad_gan")
 ARCHS = ("mlp", "cnn", "custom")
 
 
@@ -101,6 +101,18 @@ class MethodConfig:
     label_smoothing: float = 0.0  # one-sided: real target 1 - label_smoothing
     historical_averaging: float = 0.0  # weight of ||theta - mean of past theta||^2
     gradient_penalty: float = 0.0  # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    # Bad GAN's terms (Dai et al. 2017; docs/method.md sec. 2.5), usable with any method; 0 disables each
+    cond_entropy_weight: float = 0.0  # D: + weight * conditional entropy of the unlabeled predictions
+    pull_away_weight: float = 0.0  # G: + weight * pull-away term of the generated batch's features
+    vi_weight: float = 0.0  # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
+    vi_lr: Optional[float] = None  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
+    # written by `ssgan density`), at iterations > density_start, each with probability density_prob
+    density_weight: float = 0.0
+    density_model: Optional[str] = None
+    density_start: int = 9000
+    density_prob: float = 0.1
+    density_batch: int = 30
 
 
 @dataclass
@@ -117,6 +129,8 @@ class TrainConfig:
     decay_start: Optional[int] = None
     beta1: float = 0.5
     beta2: float = 0.999
+    beta1_g: Optional[float] = None  # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
+    min_lr: float = 0.0  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
     optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
     adam_eps: float = 1e-8
     ema_decay: float = 0.9999  # Polyak averaging of D for evaluation
@@ -203,6 +217,17 @@ def validate(cfg: Config) -> None:
         (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
         (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
         (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
+        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
+         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
+        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
+        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
+        (me.density_weight == 0 or me.density_model,
+         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
+         "(or method.density_weight=0 to run without the low-density penalty)"),
+        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
+         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
+        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
+        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
         (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),
         (m.norm in ("weight", "spectral"), f"model.norm={m.norm!r}: expected weight or spectral"),
         (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),

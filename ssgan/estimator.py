@@ -120,8 +120,9 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     Parameters:
         recipe: digits, mnist, cifar10 or svhn: the network, scaling and optimiser of that data set for
             images; or tabular (see above).
-        method: improved_gan, ct_gan (adds the consistency term, Wei et al. 2018) or ct_gan_te (CT with
-            the temporal ensemble of the official CIFAR-10 script).
+        method: improved_gan, ct_gan (adds the consistency term, Wei et al. 2018), ct_gan_te (CT with
+            the temporal ensemble of the official CIFAR-10 script) or bad_gan (conditional entropy and
+            pull-away term, Dai et al. 2017; its other terms are ``overrides`` such as method.vi_weight=0.01).
         epochs: training epochs; None: the recipe's (300 for digits and mnist, 30 for tabular).
         iters_per_epoch: iterations per epoch; None: one pass over X, len(X) // batch_size for images (the
             recipes' iteration counts are one pass over their own training sets), ceil(len(X) / batch_size)

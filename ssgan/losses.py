@@ -97,3 +97,44 @@ def gradient_penalty(grad: Tensor) -> Tensor:
 def historical_averaging_loss(params: list[Tensor], averages: list[Tensor]) -> Tensor:
     """Historical averaging (Salimans et al. 2016, sec. 3.3): ||theta - (1/t) sum_i theta_i||^2."""
     return sum(((p.float() - a.float()) ** 2).sum() for p, a in zip(params, averages))
+
+
+# ------------------------------------------------------------- Bad GAN (Dai et al. 2017), off by default
+
+
+def conditional_entropy(logits: Tensor) -> Tensor:
+    """H = E_x [-sum_k p_k(x) log p_k(x)], p = softmax of the K class logits of unlabeled images: the
+    conditional entropy Bad GAN adds to the D loss (ssl_bad_gan utils.py:31-34, svhn_trainer.py:83).
+    Computed from log_softmax (the official form -sum p l + LSE(l) is the same number). logits: (B, K)."""
+    logp = F.log_softmax(logits.float(), dim=1)  # (B, K)
+    return -(logp.exp() * logp).sum(dim=1).mean()
+
+
+def pull_away_term(feats: Tensor) -> Tensor:
+    """PT = 1 / (N (N - 1)) sum_{i != j} (f_i . f_j / (|f_i| |f_j|))^2 over the generated batch's features:
+    the generator's entropy surrogate (Zhao et al. 2017; ssl_bad_gan svhn_trainer.py:116-121). feats: (N, F).
+    As in the official code, a zero feature vector is not guarded (it has no direction)."""
+    f = feats.float()
+    n = f.shape[0]
+    unit = f / f.norm(p=2, dim=1, keepdim=True)  # (N, F)
+    cosine = unit @ unit.t()  # (N, N)
+    off_diagonal = cosine - torch.diag_embed(torch.diagonal(cosine))
+    return off_diagonal.pow(2).sum() / (n * (n - 1))
+
+
+def gaussian_nll(mu: Tensor, log_sigma: Tensor, z: Tensor) -> Tensor:
+    """-log q(z | G(z)) up to a constant, q = N(mu, diag sigma^2) from the encoder: E[sum_j log sigma_j +
+    sum_j ((z_j - mu_j) / (1e-8 + sigma_j))^2 / 2], the variational bound on the generator's entropy
+    (ssl_bad_gan utils.py:7-10, cifar_trainer.py:113-115). mu, log_sigma, z: (B, z_dim)."""
+    mu, log_sigma, z = mu.float(), log_sigma.float(), z.float()
+    nll = log_sigma.sum(dim=1) + ((z - mu) / (1e-8 + log_sigma.exp())).pow(2).sum(dim=1) / 2
+    return nll.mean()
+
+
+def low_density_penalty(log_probs: Tensor, threshold: Tensor | float) -> Tensor:
+    """sum_i max(0, log p(x_i) - eps) / #{i: log p(x_i) > eps}, 0 when no image is above eps: the penalty on
+    generated images that a density model finds too likely (ssl_bad_gan mnist_trainer.py:129-134).
+    The count is clamped at 1 instead of branching on it (the sum is 0 then), so no value leaves the
+    device. log_probs: (N,) log-likelihoods of generated images; threshold: eps."""
+    excess = F.relu(log_probs.float() - threshold)  # (N,)
+    return excess.sum() / (excess > 0).sum().clamp(min=1)

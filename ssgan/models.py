@@ -231,6 +231,32 @@ def build_models(data: DataConfig, cfg: ModelConfig) -> Tuple[nn.Module, nn.Modu
 
 # ---------------------------------------------------------------------------------- your own networks
 
+class Encoder(nn.Module):
+    """Bad GAN's VI encoder q(z | x) = N(mu(x), diag sigma(x)^2) (ssl_bad_gan model.py:273-296): three
+    5x5 stride-2 convolutions (128, 256, 512 channels, no bias) each with batch norm and ReLU, then a linear
+    layer to (mu, log sigma). Ours: any image size (the flattened width is computed), and the last layer is a
+    plain linear one (the official weight-normalised one is never data-initialised either)."""
+
+    def __init__(self, image_shape, z_dim: int, widths: Tuple[int, ...] = (128, 256, 512)) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        layers = []
+        for width in widths:
+            layers += [nn.Conv2d(c, width, 5, 2, 2, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            c, h, w = width, (h + 1) // 2, (w + 1) // 2
+        self.core = nn.Sequential(*layers, nn.Flatten())
+        self.out = nn.Linear(c * h * w, 2 * z_dim)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """x: (B, C, H, W) -> mu, log sigma, each (B, z_dim)."""
+        return self.out(self.core(x)).chunk(2, dim=1)
+
+
+def build_encoder(image_shape, z_dim: int) -> nn.Module:
+    """The VI encoder for images of ``image_shape`` (C, H, W) and noise of ``z_dim``."""
+    return Encoder(tuple(image_shape), z_dim)
+
+
 class ModelError(ConfigError):
     """Networks of one's own that cannot be built or break the contract: one line, exit code 2."""
 

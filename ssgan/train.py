@@ -35,7 +35,7 @@ from .config import Config, ConfigError, MethodConfig, first_line, resolve_devic
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import class_report, error_rate, float32_precision, predict_proba, sample_grid_png
 from .layers import data_dependent_init
-from .models import as_generator, build_models, check_contract, sample_z
+from .models import as_generator, build_encoder, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
@@ -127,18 +127,22 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
-def update(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+def update(loss: Tensor, optimizer: torch.optim.Optimizer, *more: torch.optim.Optimizer) -> None:
     """Backward of ``loss`` into the optimizer's parameters only, then one optimizer step: the one place where
     training runs ``backward()`` and ``step()``, for one model or many.
 
     Several models stacked along a leading dimension give one loss each, (S,): their sum has each model's
     gradient in that model's slice, since the models share no parameters. Gradients flow only into the
     optimizer's parameters (``inputs=``), so the generator step leaves the discriminator's untouched.
+    ``more``: optimizers stepped on the same loss (Bad GAN's VI encoder, trained with G).
     """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    optimizer.zero_grad(set_to_none=True)
+    optimizers = (optimizer, *more)
+    params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     torch.autograd.backward(loss.sum(), inputs=params)
-    optimizer.step()
+    for opt in optimizers:
+        opt.step()
 
 
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
@@ -186,6 +190,8 @@ def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Te
         ct = losses.consistency_loss(logits_unl.float().softmax(1), logits_unl2.float().softmax(1), feats_unl,
                                      feats_unl2, method.ct_feat_weight, method.ct_margin)
     loss = losses.discriminator_loss(sup, unl, fake, ct, method.unl_weight, method.ct_weight)
+    if method.cond_entropy_weight > 0:  # Bad GAN (svhn_trainer.py:83, 93): outside the factor 1/2
+        loss = loss + method.cond_entropy_weight * losses.conditional_entropy(logits_unl)
     if method.gradient_penalty > 0:
         eps = torch.rand(len(x_gen), *([1] * (x_gen.dim() - 1)), device=x_gen.device)  # (B, 1, 1, 1)
         n = min(len(x_unl), len(x_gen))
@@ -205,29 +211,46 @@ def discriminator_loss(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Te
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
                    z: Tensor, *, fm_norm: int, history_weight: float = 0.0,
                    history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
-                   loss_fn: Optional[Callable] = None) -> Tensor:
-    """One update of G by feature matching against a second, independently drawn unlabeled batch.
+                   loss_fn: Optional[Callable] = None, pull_away_weight: float = 0.0,
+                   encoder: Optional[nn.Module] = None, vi_weight: float = 0.0,
+                   opt_e: Optional[torch.optim.Optimizer] = None, density: Optional[Callable] = None,
+                   density_z: Optional[Tensor] = None) -> Tensor:
+    """One update of G by feature matching against a second, independently drawn unlabeled batch (plus
+    Bad GAN's pull-away and VI terms where their weights are set; the encoder is stepped with G).
 
     x_unl: (B, C, H, W), z: (B, z_dim). ``loss_fn``: the loss computation, ``generator_loss`` or its
     torch.compile'd form. Returns the loss (0-d).
     """
     with autocast(x_unl.device, amp_dtype):
-        loss = (loss_fn or generator_loss)(disc, gen, x_unl, z, fm_norm)
+        loss = (loss_fn or generator_loss)(disc, gen, x_unl, z, fm_norm, pull_away_weight=pull_away_weight,
+                                           encoder=encoder, vi_weight=vi_weight)
     if history is not None:
         loss = loss + history_weight * history.penalty()
-    update(loss, optimizer)
+    if density_z is not None:  # Bad GAN's low-density penalty on this iteration (density.DensityPenalty)
+        loss = loss + density(gen, density_z)
+    update(loss, optimizer, *([opt_e] if opt_e is not None else []))
     if history is not None:
         history.update()
     return loss.detach()
 
 
-def generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int) -> Tensor:
-    """Feature matching of G(z) against a real batch, both through D in training mode (the official code)."""
+def generator_loss(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int, *,
+                   pull_away_weight: float = 0.0, encoder: Optional[nn.Module] = None,
+                   vi_weight: float = 0.0) -> Tensor:
+    """Feature matching of G(z) against a real batch, both through D in training mode (the official code);
+    Bad GAN's generator entropy terms where their weights are set: the pull-away term on the generated
+    features (svhn_trainer.py:116-124) and the encoder's Gaussian NLL of z (cifar_trainer.py:113-123)."""
     x_gen = gen(z)  # (B, C, H, W)
     with torch.no_grad():
         _, feats_real = disc(x_unl)
     _, feats_gen = disc(x_gen)
-    return losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+    loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
+    if pull_away_weight > 0:
+        loss = loss + pull_away_weight * losses.pull_away_term(feats_gen)
+    if vi_weight > 0:
+        mu, log_sigma = encoder(x_gen)  # each (B, z_dim)
+        loss = loss + vi_weight * losses.gaussian_nll(mu, log_sigma, z)
+    return loss
 
 
 def compiled_losses(backend: str, mode: Optional[str] = None) -> Tuple[Optional[Callable], Optional[Callable]]:
@@ -295,13 +318,17 @@ class Networks:
     opt_g: torch.optim.Optimizer
     hist_d: Optional[HistoricalAverage] = None
     hist_g: Optional[HistoricalAverage] = None
+    enc: Optional[nn.Module] = None  # Bad GAN's VI encoder q(z | x) and its Adam (method.vi_weight > 0)
+    opt_e: Optional[torch.optim.Optimizer] = None
 
     def state_dict(self) -> Dict:
         return {"discriminator": self.disc.state_dict(), "discriminator_avg": self.disc_avg.state_dict(),
                 "generator": self.gen.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "opt_g": self.opt_g.state_dict(),
                 "historical_average": None if self.hist_d is None else
-                {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()}}
+                {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()},
+                **({"encoder": self.enc.state_dict(), "opt_e": self.opt_e.state_dict()} if self.enc is not None
+                   else {})}
 
     def load_state_dict(self, payload: Dict) -> None:
         self.disc.load_state_dict(payload["discriminator"])
@@ -312,6 +339,9 @@ class Networks:
         if self.hist_d is not None and payload.get("historical_average"):
             self.hist_d.load_state_dict(payload["historical_average"]["d"])
             self.hist_g.load_state_dict(payload["historical_average"]["g"])
+        if self.enc is not None:
+            self.enc.load_state_dict(payload["encoder"])
+            self.opt_e.load_state_dict(payload["opt_e"])
 
 
 def init_images(cfg: Config, x_all: Tensor, n_train: int, labeled_indices: np.ndarray,
@@ -367,10 +397,21 @@ def build_networks(cfg: Config, x_init: Tensor, device: torch.device, probe: Opt
         p.requires_grad_(False)
     betas, capturable = (t.beta1, t.beta2), capture
     history = cfg.method.historical_averaging > 0
+    enc = opt_e = None
+    if cfg.method.vi_weight > 0:  # drawn after D and G, so the networks of the other configs stay the same
+        enc = build_encoder(cfg.dataset.image_shape, cfg.model.z_dim).to(device).train()
+        opt_e = make_optimizer(enc.parameters(), t.optimizer, cfg.method.vi_lr or t.lr_g or t.lr, g_betas(t),
+                               t.adam_eps, capturable)
     return Networks(disc, disc_avg, gen,
                     make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, betas, t.adam_eps, capturable),
-                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, betas, t.adam_eps, capturable),
-                    HistoricalAverage(disc) if history else None, HistoricalAverage(gen) if history else None)
+                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, g_betas(t), t.adam_eps, capturable),
+                    HistoricalAverage(disc) if history else None, HistoricalAverage(gen) if history else None,
+                    enc, opt_e)
+
+
+def g_betas(t) -> Tuple[float, float]:
+    """G's (and the VI encoder's) Adam betas: ``train.beta1_g`` where set (Bad GAN: 0), else D's."""
+    return (t.beta1 if t.beta1_g is None else t.beta1_g, t.beta2)
 
 
 class SingleEngine:
@@ -381,7 +422,15 @@ class SingleEngine:
         self.net, self.method, self.ema_decay = networks, cfg.method, cfg.train.ema_decay
         self.amp_dtype = AMP_DTYPES[cfg.train.precision]
         self.d_loss_fn, self.g_loss_fn = compiled_losses(cfg.train.compile, cfg.train.compile_mode)
-        self.optimizers = (networks.opt_d, networks.opt_g)
+        self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
+        self.density, self.global_iteration = None, 0
+        if cfg.method.density_weight > 0:
+            from .density import DensityPenalty
+            self.density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
+
+    def begin_epoch(self, epoch: int, iteration: int, iters: int) -> None:
+        """Where the next step is in the whole run (the density penalty's schedule; exact after a resume)."""
+        self.global_iteration = epoch * iters + iteration
 
     def train(self) -> None:
         self.net.disc.train()
@@ -392,12 +441,19 @@ class SingleEngine:
         """One D step, one G step and the Polyak update; returns the stats row (1, len(STAT_NAMES)) and the
         unlabeled pass's logits and features (1, B, K + F)."""
         n = self.net
+        density_z = None
+        if self.density is not None:
+            density_z = self.density.z_at(self.global_iteration)
+        self.global_iteration += 1
         stats, outputs = discriminator_step(n.disc, n.gen, n.opt_d, x_lab[0], y_lab[0], x_unl[0], z_d[0],
                                             method=self.method, targets=None if targets is None else targets[0],
                                             history=n.hist_d, amp_dtype=self.amp_dtype, loss_fn=self.d_loss_fn)
         stats["loss_g"] = generator_step(n.disc, n.gen, n.opt_g, x_unl_fm[0], z_g[0], fm_norm=self.method.fm_norm,
                                          history_weight=self.method.historical_averaging, history=n.hist_g,
-                                         amp_dtype=self.amp_dtype, loss_fn=self.g_loss_fn)
+                                         amp_dtype=self.amp_dtype, loss_fn=self.g_loss_fn,
+                                         pull_away_weight=self.method.pull_away_weight, encoder=n.enc,
+                                         vi_weight=self.method.vi_weight, opt_e=n.opt_e, density=self.density,
+                                         density_z=density_z)
         polyak_update(n.disc_avg, n.disc, self.ema_decay)
         return torch.stack([stats[k].float() for k in STAT_NAMES])[None], outputs[None]
 
@@ -727,13 +783,16 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
     progress.update(epoch * iters + iteration)
     try:
         while epoch < t.epochs:
-            lr_d = lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs)
-            lr_g = lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs)
-            for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g)):
+            lr_d = max(t.min_lr, lr_at(epoch, t.lr_d or t.lr, t.decay_start, t.epochs))
+            lr_g = max(t.min_lr, lr_at(epoch, t.lr_g or t.lr, t.decay_start, t.epochs))
+            lr_e = max(t.min_lr, lr_at(epoch, members[0].cfg.method.vi_lr or t.lr_g or t.lr, t.decay_start, t.epochs))
+            for optimizer, lr in zip(engine.optimizers, (lr_d, lr_g, lr_e)):
                 set_lr(optimizer, lr)
             stats.zero_()
             for s, member in enumerate(members):
                 member.begin_epoch(len(x_all), iters, stats[s])
+            if hasattr(engine, "begin_epoch"):
+                engine.begin_epoch(epoch, iteration, iters)
             done = train_one_epoch(runner, start=iteration, stop=lambda: signals.signum is not None,
                                    progress=progress)
             if done < iters:  # stopped by a signal: every member's exact position is checkpointed
@@ -824,10 +883,13 @@ OPTION_IN_USE = {
     "model.norm=spectral": lambda cfg: cfg.model.norm == "spectral",
     "model=custom": lambda cfg: cfg.model.arch == "custom",
     "dataset.val_size": lambda cfg: cfg.dataset.val_size > 0,
+    "method.vi_weight": lambda cfg: cfg.method.vi_weight > 0,
+    "method.density_weight": lambda cfg: cfg.method.density_weight > 0,
 }
 # torch_adam: its float lr is baked into a capture; model=custom: your modules may wait for the host.
 NOT_CAPTURABLE = ("train.compile", "train.data_placement=host", "method.historical_averaging",
-                  "method.gradient_penalty", "model.norm=spectral", "train.optimizer=torch_adam", "model=custom")
+                  "method.gradient_penalty", "model.norm=spectral", "train.optimizer=torch_adam", "model=custom",
+                  "method.vi_weight", "method.density_weight")
 
 
 def options_in_use(cfg: Config, names: Sequence[str]) -> List[str]:

@@ -226,7 +226,8 @@ def test_hydras_flags_work(flags, fragment, tmp_path, monkeypatch, capsys):
 def test_shell_completion_completes_config_groups_after_the_fit_command(monkeypatch, capsys):
     monkeypatch.setenv("COMP_LINE", "ssgan fit --dataset mnist method=")
     assert main(["-sc", "query=bash"]) == 0  # what the installed bash function calls
-    assert set(capsys.readouterr().out.split()) == {"method=ct_gan", "method=ct_gan_te", "method=improved_gan"}
+    assert set(capsys.readouterr().out.split()) == {"method=bad_gan", "method=ct_gan", "method=ct_gan_te",
+                                                    "method=improved_gan"}
 
 
 def test_a_config_dir_and_name_of_ones_own(tmp_path, capsys):

@@ -13,7 +13,7 @@ import ssgan
 LAYERS = [
     ["config"],
     ["data", "layers", "losses", "optim", "plots"],
-    ["models"],
+    ["models", "density"],
     ["evaluate"],
     ["rundir"],
     ["train"],

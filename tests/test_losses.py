@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssgan.losses import (consistency_loss, discriminator_loss, fake_loss, feature_matching_loss, interpolate,
-                          gradient_penalty, historical_averaging_loss, supervised_loss, unlabeled_loss)
+from ssgan.losses import (conditional_entropy, consistency_loss, discriminator_loss, fake_loss,
+                          feature_matching_loss, gaussian_nll, gradient_penalty, historical_averaging_loss, interpolate,
+                          low_density_penalty, pull_away_term, supervised_loss, unlabeled_loss)
 
 
 K = 5
@@ -290,3 +291,116 @@ def test_historical_averaging_stable_and_differentiable():
     loss.backward()
     assert torch.isfinite(loss) and loss.item() == pytest.approx(3 * HUGE ** 2)
     torch.testing.assert_close(p.grad, torch.full((3,), 2 * HUGE))
+
+
+# ------------------------------------------------------------------------ Bad GAN's terms (Dai et al. 2017)
+# References: the official expressions of ssl_bad_gan (utils.py, svhn_trainer.py, mnist_trainer.py), written
+# out in float64 with explicit loops or masks, as the official code computes them.
+
+
+def _official_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """utils.py:31-34: (-softmax(l) * l).sum(1) + log_sum_exp(l), mean over the batch (max-shifted LSE)."""
+    l = logits.double()
+    m = l.max(1, keepdim=True)[0]
+    lse = (l - m).exp().sum(1).log() + m[:, 0]
+    return ((-torch.softmax(l, 1) * l).sum(1) + lse).mean()
+
+
+def test_conditional_entropy_matches_official_expression(logits):
+    assert conditional_entropy(logits).item() == pytest.approx(_official_entropy(logits).item(), rel=1e-6)
+
+
+def test_conditional_entropy_stable_at_huge_logits():
+    x = torch.tensor([[HUGE, -HUGE, 0.0], [-HUGE, -HUGE, HUGE]])
+    loss = _assert_finite_grad(conditional_entropy, x)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # one-hot predictions have no entropy
+
+
+def test_conditional_entropy_known_value():
+    assert conditional_entropy(torch.zeros(4, K)).item() == pytest.approx(math.log(K), rel=1e-6)
+
+
+def _official_pull_away(f: torch.Tensor) -> torch.Tensor:
+    """svhn_trainer.py:117-121: masked squared cosines summed, over nsample (nsample - 1); pairs looped."""
+    f = f.double()
+    n = len(f)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                total += (torch.dot(f[i], f[j]) / (f[i].norm() * f[j].norm())) ** 2
+    return total / (n * (n - 1))
+
+
+def test_pull_away_term_matches_official_expression():
+    f = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    assert pull_away_term(f).item() == pytest.approx(_official_pull_away(f).item(), rel=1e-6)
+
+
+def test_pull_away_term_stable_at_huge_features():
+    f = torch.randn(5, 3, generator=torch.Generator().manual_seed(2)) * HUGE
+    loss = _assert_finite_grad(pull_away_term, f)
+    assert 0.0 <= loss.item() <= 1.0
+
+
+def test_pull_away_term_known_values():
+    assert pull_away_term(torch.eye(3)).item() == pytest.approx(0.0, abs=1e-7)  # orthogonal: no pull
+    assert pull_away_term(torch.ones(4, 2)).item() == pytest.approx(1.0, rel=1e-6)  # collapsed: cos = 1
+    # two vectors at 60 degrees: cos^2 = 1/4 for both ordered pairs, over 2 * 1
+    f = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    assert pull_away_term(f).item() == pytest.approx(0.25, rel=1e-6)
+
+
+def _official_gaussian_nll(mu, log_sigma, z):
+    """utils.py:7-10, element by element."""
+    total = 0.0
+    for b in range(len(z)):
+        row = 0.0
+        for j in range(z.shape[1]):
+            ls = float(log_sigma[b, j])
+            row += ls + ((float(z[b, j]) - float(mu[b, j])) / (1e-8 + math.exp(ls))) ** 2 / 2
+        total += row
+    return total / len(z)
+
+
+def test_gaussian_nll_matches_official_expression():
+    g = torch.Generator().manual_seed(3)
+    mu, log_sigma, z = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.rand(4, 3, generator=g)
+    assert gaussian_nll(mu, log_sigma, z).item() == pytest.approx(_official_gaussian_nll(mu, log_sigma, z), rel=1e-5)
+
+
+def test_gaussian_nll_stable_at_large_log_sigma():
+    g = torch.Generator().manual_seed(4)
+    mu, z = torch.randn(4, 3, generator=g), torch.rand(4, 3, generator=g)
+    loss = _assert_finite_grad(lambda ls: gaussian_nll(mu, ls, z), torch.full((4, 3), 50.0))
+    assert loss.item() == pytest.approx(150.0, rel=1e-6)  # sum of log sigma; the squares vanish
+
+
+def test_gaussian_nll_known_value():
+    # sigma = 1 (log sigma 0), z - mu = 1 in every of 3 coordinates: 3 * 1 / 2
+    z = torch.ones(2, 3)
+    assert gaussian_nll(torch.zeros(2, 3), torch.zeros(2, 3), z).item() == pytest.approx(1.5, rel=1e-6)
+
+
+def _official_low_density(log_probs, threshold):
+    """mnist_trainer.py:129-136: max(lp - th, 0); sum / nonzero count, or 0 when none is above."""
+    p = [max(float(v) - threshold, 0.0) for v in log_probs]
+    nonzero = sum(1 for v in p if v > 0)
+    return sum(p) / nonzero if nonzero else 0.0
+
+
+@pytest.mark.parametrize("threshold", [-5.0, 0.5, 100.0])
+def test_low_density_penalty_matches_official_expression(threshold):
+    lp = torch.randn(30, generator=torch.Generator().manual_seed(5)) * 3
+    assert low_density_penalty(lp, threshold).item() == pytest.approx(_official_low_density(lp, threshold),
+                                                                      rel=1e-6, abs=1e-9)
+
+
+def test_low_density_penalty_stable_at_huge_log_probs():
+    loss = _assert_finite_grad(lambda lp: low_density_penalty(lp, 0.0), torch.tensor([HUGE, -HUGE, 1.0]))
+    assert loss.item() == pytest.approx((HUGE + 1.0) / 2, rel=1e-6)
+
+
+def test_low_density_penalty_known_value():
+    assert low_density_penalty(torch.tensor([1.0, 3.0, -2.0]), 0.0).item() == pytest.approx(2.0)
+    assert low_density_penalty(torch.tensor([-1.0, -3.0]), 0.0).item() == 0.0
