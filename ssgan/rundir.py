@@ -42,7 +42,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -70,6 +70,8 @@ SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py); older seeds
 SUMMARY_MD_NAME = "summary.md"
 OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
                 CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
+STAGED_NAME = ".checkpoint.pt.staged"  # a stacked group's next checkpoint, before the group commits
+GROUP_COMMIT_NAME = ".group-commit.json"  # in the group's first run directory: the staged checkpoints are the new
 NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 
@@ -166,7 +168,7 @@ def clear_outputs(run_dir: Path | str) -> None:
         for folder in [path, *seed_runs]:
             held.enter_context(locked(folder))
         for item in path.iterdir():
-            if item.name in OUTPUT_NAMES or item in seed_runs or (item.name.startswith(".") and
+            if item.name in OUTPUT_NAMES + (STAGED_NAME, GROUP_COMMIT_NAME) or item in seed_runs or (item.name.startswith(".") and
                                                                    item.name.endswith(".tmp")):
                 try:
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
@@ -347,14 +349,61 @@ def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: 
                          numpy_state["has_gauss"], numpy_state["cached"]))
 
 
-def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any]) -> None:
+def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any], name: str = CHECKPOINT_NAME) -> None:
     """``checkpoint.pt``: the format tag, the resolved config and a training state (``train.Member``'s and
     the networks' ``state_dict``), written atomically."""
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state}
     payload["sha256"] = content_digest(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write(Path(run_dir) / CHECKPOINT_NAME, buffer.getvalue())
+    atomic_write(Path(run_dir) / name, buffer.getvalue())
+
+
+def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]) -> None:
+    """The checkpoints of models trained together (stacked), committed as one unit: a resumed group must
+    start all its members at one position, since the in-network noise that vmap draws for a stack depends
+    on its size. Each member's checkpoint is staged (``STAGED_NAME``), then the commit record is written in
+    the first member's folder (the commit point), then every staged file replaces its ``checkpoint.pt``.
+    ``recover_group_checkpoints`` finishes or undoes a group cut anywhere in this sequence. One member: a
+    plain ``write_checkpoint``."""
+    if len(items) == 1:
+        write_checkpoint(*items[0])
+        return
+    dirs = [Path(run_dir) for run_dir, _, _ in items]
+    for run_dir, cfg, state in items:
+        write_checkpoint(run_dir, cfg, state, name=STAGED_NAME)
+    record = dirs[0] / GROUP_COMMIT_NAME
+    atomic_write(record, json.dumps({"members": [str(d.resolve()) for d in dirs]}))
+    _switch_staged(dirs)
+    record.unlink()
+
+
+def _switch_staged(dirs: Sequence[Path]) -> None:
+    for run_dir in dirs:
+        staged = run_dir / STAGED_NAME
+        if staged.exists():
+            try:
+                os.replace(staged, run_dir / CHECKPOINT_NAME)
+            except OSError as error:
+                raise RunDirError(f"cannot write {run_dir / CHECKPOINT_NAME}: {error.strerror or error}") from None
+
+
+def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
+    """Before a group of stacked models resumes (their locks held): a group commit that was cut after its
+    commit record is finished (every staged checkpoint switched in), one cut before it is undone (the staged
+    checkpoints removed), so every member is at the group's last committed position."""
+    for run_dir in run_dirs:
+        record = Path(run_dir) / GROUP_COMMIT_NAME
+        if record.is_file():
+            try:
+                members = [Path(m) for m in json.loads(record.read_text())["members"]]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
+            _switch_staged(members)
+            record.unlink()
+    for run_dir in run_dirs:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(run_dir) / STAGED_NAME).unlink()
 
 
 def content_digest(value: Any) -> str:
