@@ -157,9 +157,10 @@ def check_free(run_dir: Path | str, overwrite: bool) -> None:
 
 def clear_outputs(run_dir: Path | str) -> None:
     """What ``--overwrite`` removes before a run starts again: every file of the run-directory format
-    (``OUTPUT_NAMES``, leftover temporary files) and the ``seed<N>/`` runs of a seeds run, so that no old
-    result stands beside a new checkpoint. Other files in the folder are left alone. A run (or seed) that
-    another process trains is not touched: one line instead."""
+    (``OUTPUT_NAMES``, leftover temporary and staged files), also inside the ``seed<N>/`` runs of a seeds
+    run, so that no old result stands beside a new checkpoint; a seed folder left empty goes too. Other files
+    (in the folder or a seed folder) are left alone. A run (or seed) that another process trains is not
+    touched: one line instead."""
     path = Path(run_dir)
     if not path.is_dir():
         return
@@ -167,13 +168,21 @@ def clear_outputs(run_dir: Path | str) -> None:
     with contextlib.ExitStack() as held:
         for folder in [path, *seed_runs]:
             held.enter_context(locked(folder))
-        for item in path.iterdir():
-            if item.name in OUTPUT_NAMES + (STAGED_NAME, GROUP_COMMIT_NAME) or item in seed_runs or (item.name.startswith(".") and
-                                                                   item.name.endswith(".tmp")):
-                try:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-                except OSError as error:
-                    raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
+        for folder in [*seed_runs, path]:
+            _remove_run_files(folder)
+        for folder in seed_runs:  # empty but its lock file: it was a seed's run directory and nothing else
+            if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_run_files(folder: Path) -> None:
+    for item in folder.iterdir():
+        if item.name in OUTPUT_NAMES + (STAGED_NAME, GROUP_COMMIT_NAME) or (item.name.startswith(".") and
+                                                                            item.name.endswith(".tmp")):
+            try:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            except OSError as error:
+                raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
 
 
 def remove_unstarted(run_dir: Path | str) -> None:

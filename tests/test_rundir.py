@@ -344,3 +344,18 @@ def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
     (tmp_path / METRICS_NAME).write_text('{"epoch": 1}\ngarbage\n{"epoch": 2}\n')
     with pytest.raises(RunDirError, match="line 2 is not a metrics record"):
         MetricsLog(tmp_path, resume_epoch=2)
+
+
+def test_overwrite_removes_only_files_a_run_wrote(tmp_path):
+    """A seed<N>/ folder is not a run because of its name: --overwrite removes the run files in it (and the
+    folder once empty), never a user's file."""
+    run_dir = tmp_path / "u"
+    (run_dir / "seed3").mkdir(parents=True)
+    (run_dir / "seed3" / "important.csv").write_text("x\n")
+    (run_dir / "seed4").mkdir()
+    (run_dir / "seed4" / "result.json").write_text("{}")
+    (run_dir / "seed4" / "checkpoint.pt").write_bytes(b"old")
+    assert main(["fit", "--run-dir", str(run_dir), "--overwrite", *TINY_OVERRIDES]) == 0
+    assert (run_dir / "seed3" / "important.csv").read_text() == "x\n"
+    assert not (run_dir / "seed4").exists()  # only run files: they go, and the folder with them
+    assert (run_dir / "result.json").is_file()
