@@ -104,7 +104,7 @@ def test_multirun_runs_every_job(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "-m", "seed=0,1", *TINY_OVERRIDES]) == 0
     jobs = sorted(p.name for p in next((tmp_path / "runs").glob("multirun-*")).iterdir() if p.is_dir())
-    assert jobs == ["digits-20-improved_gan-seed0", "digits-20-improved_gan-seed1"]
+    assert jobs == ["digits-20-improved_gan-seed0-job0", "digits-20-improved_gan-seed1-job1"]
 
 
 def test_python_dash_m_works():
@@ -310,3 +310,13 @@ def test_a_run_reports_per_class_errors_and_its_confusion_matrix(trained_run, ca
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("per-class test error (%)") and lines[1].startswith("confusion matrix")
     assert [int(v) for v in lines[3].split()[1:]] == result["confusion_matrix"][0]
+
+
+def test_a_sweep_over_any_key_gives_each_job_its_own_folder(tmp_path, capsys):
+    """Not only dataset, labels, method and seed: two learning rates are two jobs in two folders."""
+    sweep = tmp_path / "sw"
+    assert main(["fit", "-m", "train.lr=0.001,0.003", *TINY_OVERRIDES, f"hydra.sweep.dir={sweep}"]) == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
+    assert sorted(json.loads((job / "result.json").read_text())["config"]["train"]["lr"] for job in jobs) == \
+        [0.001, 0.003]
