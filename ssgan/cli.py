@@ -14,6 +14,7 @@ stopped by signal N (``TrainingInterrupted``).
 from __future__ import annotations
 
 import argparse
+import io
 import csv
 import itertools
 import json
@@ -47,7 +48,7 @@ from .evaluate import (class_report, discriminator_classifier, error_rate, incep
 from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, check_new_file, checkpoint_config, clear_outputs,
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, atomic_create, check_free, check_new_file, checkpoint_config, clear_outputs,
                      default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
                      remove_unstarted, write_overrides)
 from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
@@ -511,9 +512,9 @@ def cmd_predict(argv: Sequence[str]) -> int:
     rows = [[name, run.class_names[int(np.argmax(p))]] + ([f"{v:.6f}" for v in p] if args.proba else [])
             for name, p in zip(names, probs)]
     if args.out:
-        out = Path(args.out)
-        with open(out, "x", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows([header] + rows)
+        out, table = Path(args.out), io.StringIO(newline="")
+        csv.writer(table).writerows([header] + rows)
+        atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
     else:
         for row in rows:
@@ -567,8 +568,8 @@ def cmd_sample(argv: Sequence[str]) -> int:
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
     if not args.no_grid:
-        with open(out, "xb") as handle:  # never overwritten
-            handle.write(sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise))
+        grid = sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise)
+        atomic_create(out, grid)  # drawn first, then written whole; never over another file
         print(f"wrote {args.n} samples to {out}")
     if not args.score:
         return 0
@@ -739,8 +740,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
                    "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names,
                    "per_class_error": result.ensemble_report["per_class_error"],
                    "confusion_matrix": result.ensemble_report["confusion_matrix"]}
-        with open(args.out, "x", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
+        atomic_create(args.out, json.dumps(payload, indent=1))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

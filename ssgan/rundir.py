@@ -115,6 +115,33 @@ def atomic_write(path: Path, content: bytes | str) -> None:
         raise
 
 
+def atomic_create(path: Path | str, content: bytes | str) -> None:
+    """Write a new file that must not replace another (a command's ``--out``): the content goes to a temporary
+    file of its own, flushed, then is linked to ``path`` (which fails if ``path`` exists) and the temporary
+    name removed. A full or read-only disk or a file that appeared meanwhile is one line (RunDirError) and
+    leaves neither ``path`` nor a temporary file: never a truncated or empty output."""
+    path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), FILE_MODE)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RunDirError(f"{path} already exists; it is left as it was") from None
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def make_dir(path: Path) -> None:
     """``mkdir -p``, with a file in the way or a read-only parent as one clear line."""
     try:
@@ -215,7 +242,10 @@ class RunLock:
             self._held[key][1] += 1
             self.key = key
             return True
-        fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as error:  # a read-only mount: one line
+            raise RunDirError(f"cannot lock {self.run_dir}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

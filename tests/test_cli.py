@@ -320,3 +320,73 @@ def test_a_sweep_over_any_key_gives_each_job_its_own_folder(tmp_path, capsys):
     assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
     assert sorted(json.loads((job / "result.json").read_text())["config"]["train"]["lr"] for job in jobs) == \
         [0.001, 0.003]
+
+
+# ------------------------------------------------------------ full and read-only disks: one line, no trace
+
+def _disk_fails(monkeypatch, errno_name: str, on: str):
+    """Make the disk fail as a full (ENOSPC, on fsync) or read-only (EROFS, on creating a file) one would."""
+    import errno
+    import os
+
+    error = OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+    if on == "fsync":
+        def failing(*args, **kwargs):
+            raise error
+        monkeypatch.setattr(os, "fsync", failing)
+    else:
+        original = os.open
+
+        def failing_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                raise error
+            return original(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, "open", failing_open)
+
+
+OUT_COMMANDS = [
+    ("predict", lambda run, out: ["predict", str(run), str(out.parent / "x.npz"), "--out", str(out / "p.csv")]),
+    ("ensemble", lambda run, out: ["ensemble", str(run), "--out", str(out / "e.json")]),
+    ("sample", lambda run, out: ["sample", str(run), "--out", str(out / "g.png"), "--device", "cpu"]),
+]
+
+
+@pytest.mark.parametrize("errno_name, on", [("ENOSPC", "fsync"), ("EROFS", "open")])
+@pytest.mark.parametrize("name, argv", OUT_COMMANDS, ids=[c[0] for c in OUT_COMMANDS])
+def test_an_output_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(trained_run, tmp_path, monkeypatch,
+                                                                             capsys, name, argv, errno_name, on):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 8, 8), np.uint8))
+    _disk_fails(monkeypatch, errno_name, on)
+    assert main(argv(trained_run, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "cannot write" in err, err
+    assert list(out.iterdir()) == []  # no truncated, empty or temporary file
+    monkeypatch.undo()
+    assert main(argv(trained_run, out)) == 0  # nothing blocks the next try
+
+
+def test_sample_interrupted_while_drawing_leaves_no_empty_png(trained_run, tmp_path, monkeypatch):
+    from ssgan import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "sample_grid_png", interrupted)
+    assert main(["sample", str(trained_run), "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_and_table_on_a_read_only_disk_are_one_line(trained_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / ".lock").unlink(missing_ok=True)
+    _disk_fails(monkeypatch, "EROFS", "open")
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "Read-only" in err, err
+    assert main(["table", "--from", str(run_dir), "--out-dir", str(tmp_path / "tab"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "Read-only" in err, err
