@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -308,7 +310,7 @@ def _load_npz(cfg: DataConfig):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: not a readable .npz ({error})") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
@@ -408,7 +410,7 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
                     if key is None:
                         raise DataError(f"{item}: expected an array named x or x_test")
                     x = archive[key]
-            except (OSError, ValueError, EOFError) as error:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
                 if isinstance(error, DataError):
                     raise
                 raise DataError(f"{item}: not a readable .npz ({error})") from None

@@ -15,6 +15,19 @@ from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 
 
+def _bomb_png(path: Path) -> None:
+    """A PNG header claiming 100000 x 100000 pixels (over Pillow's decompression-bomb limit), tiny on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A trained run and the malformed files the table refers to, under one folder."""
@@ -73,6 +86,8 @@ def inputs(tmp_path_factory) -> Path:
         broken["sha256"] = content_digest(broken)
         (root / name).mkdir()
         torch.save(broken, root / name / "checkpoint.pt")
+    (root / "zip_magic.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a zip's magic, then junk
+    _bomb_png(root / "bomb.png")
     (root / "notes.txt").write_text("not an image")
     (root / "taken.csv").write_text("keep me")
     return root
@@ -155,7 +170,34 @@ CASES = [
     (["fit", "model.d_widths=[0,0,0]"], "widths must be positive"),
     (["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--cache-dir", "/proc/ssgan-no-cache"],
      "cannot create"),
+    # Never lose a run, part three: tracebacks that became one line
+    (["predict", "{root}/run", "{root}/nan_x.npz", "--device", "banana"], "device 'banana'"),
+    (["evaluate", "{root}/run", "--device", "banana"], "device 'banana'"),
+    (["sample", "{root}/run", "--out", "{root}/g.png", "--device", "banana"], "device 'banana'"),
+    (["ensemble", "{root}/run", "--device", "banana"], "device 'banana'"),
+    (["table", "--from", "{root}/run", "--out-dir", "{root}/tab", "--device", "banana"], "device 'banana'"),
+    (["predict", "{root}/run", "{root}/bomb.png"], "DecompressionBombError"),
+    (["predict", "{root}/run", "{root}/zip_magic.npz"], "zip_magic.npz"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/zip_magic.npz"], "zip_magic.npz"),
+    (["fit", "dataset.val_size=inf"], "dataset.val_size=inf"),
+    (["fit", "model.weight_init_std=-1"], "model.weight_init_std=-1"),
+    (["fit", "model.weight_init_std=nan"], "model.weight_init_std=nan"),
 ]
+
+
+def _numeric_cases() -> list:
+    """Every number of the schema (``config.numeric_keys``), out of its range: -1 (all are >= 0), and for
+    floats nan and inf (none may be infinite)."""
+    from ssgan.config import numeric_keys
+
+    cases = []
+    for key, kind in numeric_keys().items():
+        for value in ("-1", "nan", "inf") if kind is float else ("-1",):
+            cases.append((["fit", f"{key}={value}"], f"{key}={value}"))
+    return cases
+
+
+CASES += _numeric_cases()
 
 
 def _snapshot(root: Path) -> dict:
@@ -178,4 +220,4 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, fragment, inputs
 
 
 def test_the_table_is_large():
-    assert len(CASES) >= 70
+    assert len(CASES) >= 160
