@@ -19,6 +19,7 @@ import csv
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -259,7 +260,10 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
         print(f"validation error: {result.val_error:.2f} %")
-    print(f"test error: {result.test_error:.2f} %")
+    if math.isfinite(result.test_error):
+        print(f"test error: {result.test_error:.2f} %")
+    else:
+        print("test error: none (the data set has no test images)")
     return result
 
 
@@ -516,9 +520,8 @@ def cmd_predict(argv: Sequence[str]) -> int:
         csv.writer(table).writerows([header] + rows)
         atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
-    else:
-        for row in rows:
-            print("\t".join(row))
+    else:  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv), so rows stay rows
+        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(rows)
     return 0
 
 

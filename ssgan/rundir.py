@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -256,6 +257,10 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # Held now: a checkpoint's temporary file here is a killed writer's (SIGKILL runs no clean-up).
+        for stale in [*self.run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *self.run_dir.glob(f".{STAGED_NAME}.*.tmp")]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
         self._held[key] = [fd, 1]
         self.key = key
         return True
@@ -361,7 +366,18 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
 
 def write_result(run_dir: Path, result: Dict[str, Any]) -> None:
     """``result.json``: the outcome of a finished run (see ``read_run``)."""
-    atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(result, indent=1))
+    atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(_finite_or_null(result), indent=1, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN: a number that is not finite (the test error of a run with no test images) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -679,7 +695,9 @@ def read_run(run_dir: Path) -> RunRecord:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         return RunRecord(Path(run_dir), int(result["seed"]), result["dataset"], int(result["labels"]),
-                         result["method"], float(result["test_error"]), int(result["epochs"]),
+                         result["method"],
+                         float("nan") if result["test_error"] is None else float(result["test_error"]),
+                         int(result["epochs"]),
                          int(result["iters_per_epoch"]), str(result.get("device", "?")),
                          str(result.get("torch", "?")), result["config"])
     except (ValueError, KeyError, TypeError) as error:

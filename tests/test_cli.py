@@ -390,3 +390,17 @@ def test_resume_and_table_on_a_read_only_disk_are_one_line(trained_run, tmp_path
     assert main(["table", "--from", str(run_dir), "--out-dir", str(tmp_path / "tab"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "Read-only" in err, err
+
+
+def test_predict_to_stdout_keeps_one_row_per_image_whatever_the_names(trained_run, tmp_path, capsys):
+    import csv
+    import io
+
+    from PIL import Image
+
+    names = [tmp_path / "tab\there.png", tmp_path / "new\nline.png", tmp_path / 'plain "q".png']
+    for path in names:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format="PNG")
+    assert main(["predict", str(trained_run), *map(str, names), "--device", "cpu"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
+    assert sorted(row[0] for row in rows) == sorted(map(str, names)) and all(len(row) == 2 for row in rows)
