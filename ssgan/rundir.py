@@ -525,7 +525,9 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     payload = read_payload(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path}: not an ssgan checkpoint (expected format {CHECKPOINT_FORMAT})")
-    if "sha256" in payload and payload["sha256"] != content_digest(payload):
+    if "sha256" not in payload:
+        raise RunDirError(f"{path}: refused, the checkpoint has no checksum (sha256)")
+    if payload["sha256"] != content_digest(payload):
         raise RunDirError(f"{path}: corrupt checkpoint (its content does not match its checksum)")
     missing = [k for k in CHECKPOINT_FIELDS if k not in payload]
     if missing:
@@ -536,7 +538,36 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
             raise RunDirError(f"{path}: malformed checkpoint entry {key!r} ({type(value).__name__} {value!r:.40})")
     if not all(isinstance(name, str) for name in payload["class_names"]):
         raise RunDirError(f"{path}: malformed checkpoint entry 'class_names' (expected a list of strings)")
+    _check_content(payload, path)
     return payload
+
+
+def _check_content(payload: Dict[str, Any], path: Path) -> None:
+    """What a checksum recomputed by a forger does not vouch for: finite weights, labeled indices that are
+    indices, one class name per output class."""
+    for part in ("discriminator", "discriminator_avg", "generator"):
+        for name, tensor in payload[part].items():
+            if not torch.is_tensor(tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
+                raise RunDirError(f"{path}: refused, {part} weight {name} is not a finite tensor")
+    indices = payload["labeled_indices"]
+    if indices.dim() != 1 or indices.is_floating_point() or (indices.numel() and int(indices.min()) < 0):
+        raise RunDirError(f"{path}: malformed checkpoint entry 'labeled_indices' (expected indices >= 0)")
+    n_classes = payload["config"].get("dataset", {}).get("n_classes") if isinstance(
+        payload["config"].get("dataset"), dict) else None
+    if n_classes is not None and len(payload["class_names"]) != n_classes:
+        raise RunDirError(f"{path}: malformed checkpoint: {len(payload['class_names'])} class names for "
+                          f"{n_classes} classes")
+
+
+def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train: int, iters: int) -> None:
+    """A checkpoint's position and labeled indices fit the data and the schedule it resumes with."""
+    indices = payload["labeled_indices"]
+    if indices.numel() and int(indices.max()) >= n_train:
+        raise RunDirError(f"{run_dir}: the checkpoint's labeled indices reach {int(indices.max())}, but the data "
+                          f"has {n_train} training images")
+    if int(payload["iteration"]) >= iters:
+        raise RunDirError(f"{run_dir}: the checkpoint's iteration {int(payload['iteration'])} is past an epoch "
+                          f"of {iters} iterations")
 
 
 def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:

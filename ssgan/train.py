@@ -38,7 +38,7 @@ from .layers import data_dependent_init
 from .models import as_generator, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
-                     environment, locked, restore_rng, rng_state, write_config, write_group_checkpoints, write_result)
+                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config, write_group_checkpoints, write_result)
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -557,6 +557,7 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
     z_rng = torch.Generator(device).manual_seed(cfg.seed)  # z: one stream per model
     if resume is not None:
         lab_idx = resume["labeled_indices"].numpy()
+        check_resume_fits(resume, run_dir, len(data.y_train), iterations_per_epoch(cfg.train, len(x_all)))
     elif labeled_indices is None:
         lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
     else:

@@ -79,13 +79,25 @@ def inputs(tmp_path_factory) -> Path:
     payload["sha256"] = content_digest(payload)  # a well-formed checkpoint whose config names other widths
     torch.save(payload, root / "other_arch" / "checkpoint.pt")
     (root / "no_checkpoint").mkdir()
+    def nan_average(c):
+        c["discriminator_avg"][next(iter(c["discriminator_avg"]))].fill_(float("nan"))
+
     for name, change in (("no_class_names", lambda c: c.pop("class_names")),
-                         ("bad_epoch", lambda c: c.update(epoch="one"))):
+                         ("bad_epoch", lambda c: c.update(epoch="one")),
+                         # forged, with a recomputed checksum: the content is checked, not only the bytes
+                         ("nan_average", nan_average),
+                         ("far_indices", lambda c: c.update(labeled_indices=c["labeled_indices"] + 10 ** 6)),
+                         ("late_iteration", lambda c: c.update(iteration=10 ** 6)),
+                         ("three_names", lambda c: c.update(class_names=["a", "b", "c"]))):
         broken = load_checkpoint(root / "run" / "checkpoint.pt")
         change(broken)
         broken["sha256"] = content_digest(broken)
         (root / name).mkdir()
         torch.save(broken, root / name / "checkpoint.pt")
+    unsigned = load_checkpoint(root / "run" / "checkpoint.pt")
+    del unsigned["sha256"]  # a forged checkpoint that drops its checksum
+    (root / "no_checksum").mkdir()
+    torch.save(unsigned, root / "no_checksum" / "checkpoint.pt")
     (root / "zip_magic.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a zip's magic, then junk
     _bomb_png(root / "bomb.png")
     (root / "notes.txt").write_text("not an image")
@@ -182,6 +194,11 @@ CASES = [
     (["fit", "dataset.val_size=inf"], "dataset.val_size=inf"),
     (["fit", "model.weight_init_std=-1"], "model.weight_init_std=-1"),
     (["fit", "model.weight_init_std=nan"], "model.weight_init_std=nan"),
+    (["evaluate", "{root}/no_checksum"], "no checksum"),
+    (["predict", "{root}/nan_average", "{root}/nan_x.npz"], "not a finite tensor"),
+    (["evaluate", "{root}/three_names"], "3 class names for 10 classes"),
+    (["fit", "--resume", "{root}/far_indices"], "labeled indices reach"),
+    (["fit", "--resume", "{root}/late_iteration"], "past an epoch"),
 ]
 
 
