@@ -703,6 +703,9 @@ def cmd_table(argv: Sequence[str]) -> int:
         except TrainingInterrupted as stop:
             raise stop.resume_with("the same ssgan table command (finished seeds are kept)") from None
         except BaseException:
+            for cell_dir in cell_dirs:  # a cell this command created and no seed started: its plan goes too
+                if cell_dir.absolute() in created:
+                    remove_unstarted(cell_dir)
             for path in created:  # no empty cache folders for cells that could not start
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()

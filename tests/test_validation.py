@@ -199,6 +199,7 @@ CASES = [
     (["evaluate", "{root}/three_names"], "3 class names for 10 classes"),
     (["fit", "--resume", "{root}/far_indices"], "labeled indices reach"),
     (["fit", "--resume", "{root}/late_iteration"], "past an epoch"),
+    (["table", "--dataset", "digits", "--labels", "55", "--seeds", "1", "--cache-dir", "cache"], "not a multiple"),
 ]
 
 
@@ -234,6 +235,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, fragment, inputs
     assert fragment in err, err
     assert _snapshot(inputs) == before
     assert not (tmp_path / "runs").exists()  # no run directory left behind
+    assert not (tmp_path / "cache").exists()  # nor a table's cache
 
 
 def test_the_table_is_large():
