@@ -52,7 +52,7 @@ from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, p
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, atomic_create, check_free, check_new_file, checkpoint_config, clear_outputs,
                      default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
                      remove_unstarted, write_overrides)
-from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
+from .seeds import NOT_IN_KEY, cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
 from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
@@ -291,25 +291,17 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     if is_seeds_run(path):
-        if overrides:
-            raise UsageError(f"{run_dir} is a run of several seeds; it continues with its saved config, without "
-                             f"KEY=VALUE overrides")
         cfg, seeds, command = read_plan(path)
+        # only what leaves every seed's config key as it is (how the seeds run and report), so that finished
+        # seeds stay valid and unfinished ones continue exactly
+        allowed = tuple(k for k in RESUME_OVERRIDABLE if k in NOT_IN_KEY)
+        cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
         _train_and_print(cfg, seeds, path, command)
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
-    if overrides:
-        fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(RESUME_OVERRIDABLE))
-        if fixed:
-            raise UsageError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with its own "
-                             f"(allowed: {', '.join(RESUME_OVERRIDABLE)})")
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
-            cfg = OmegaConf.to_object(merged)
-        except Exception as error:  # OmegaConf's validation errors
-            raise UsageError(first_line(error)) from None
+    cfg = _resume_overrides(cfg, overrides, RESUME_OVERRIDABLE, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
@@ -319,6 +311,21 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     # (finished without result.json: a kill during the final writes; the resume writes them)
     _fit_and_print(cfg, path, resume=payload)
     return 0
+
+
+def _resume_overrides(cfg: Config, overrides: Sequence[str], allowed: Sequence[str], what: str) -> Config:
+    """``cfg`` with the KEY=VALUE words of ``--resume``, each of ``allowed``; one line otherwise."""
+    if not overrides:
+        return cfg
+    fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(allowed))
+    if fixed:
+        raise UsageError(f"--resume cannot change {', '.join(fixed)}: {what} trained with its own "
+                         f"(allowed: {', '.join(allowed)})")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except Exception as error:  # OmegaConf's validation errors
+        raise UsageError(first_line(error)) from None
 
 
 def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None,
