@@ -404,3 +404,19 @@ def test_predict_to_stdout_keeps_one_row_per_image_whatever_the_names(trained_ru
     assert main(["predict", str(trained_run), *map(str, names), "--device", "cpu"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
     assert sorted(row[0] for row in rows) == sorted(map(str, names)) and all(len(row) == 2 for row in rows)
+
+
+def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
+    """KeyboardInterrupt raised by the import of torch stands for Ctrl-C during start-up."""
+    code = ("import builtins\n"
+            "original = builtins.__import__\n"
+            "def interrupted(name, *args, **kwargs):\n"
+            "    if name == 'torch':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return original(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupted\n"
+            "import runpy\n"
+            "runpy.run_module('ssgan', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
