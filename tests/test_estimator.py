@@ -403,3 +403,19 @@ def test_sparse_x_and_continuous_y_are_one_clear_error():
         SSGANClassifier(device="cpu", epochs=1).fit(X, np.arange(30) % 2)
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
         SSGANClassifier(device="cpu", epochs=1).fit(np.random.rand(30, 5), np.random.rand(30))
+
+
+def test_a_loaded_run_scales_each_row_alike_whatever_the_batch(tmp_path):
+    """ssgan.load(run).predict: each row's pixel range is decided by the row alone, so a faint row (all values
+    <= 1) gets the same class alone as beside a bright one (it used to follow the batch's maximum)."""
+    from ssgan.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    run = ssgan.load(run_dir)
+    x, _ = load_digits(return_X_y=True)
+    faint = x[:20] / 16.0  # the same digits, values in [0, 1]
+    alone = run.predict_proba(faint)
+    beside = run.predict_proba(np.concatenate([faint, x[20:21]]))[:20]
+    np.testing.assert_array_equal(alone.argmax(1), beside.argmax(1))
+    np.testing.assert_allclose(alone, beside, rtol=1e-5, atol=1e-7)
