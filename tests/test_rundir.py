@@ -298,7 +298,7 @@ def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, m
     """A full disk at epoch 2 (a RunDirError, exit code 2) must not remove the run directory it started."""
     from ssgan import train
 
-    original, calls = train.write_checkpoint, {"n": 0}
+    original, calls = train.write_group_checkpoints, {"n": 0}
 
     def failing_second_write(*args, **kwargs):
         calls["n"] += 1
@@ -306,7 +306,7 @@ def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, m
             raise RunDirError("cannot write checkpoint.pt: No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "write_checkpoint", failing_second_write)
+    monkeypatch.setattr(train, "write_group_checkpoints", failing_second_write)
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + [
         "train.epochs=3", "train.checkpoint_every=1"]
