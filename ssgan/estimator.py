@@ -359,6 +359,12 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         """p(y = k | x, real) = softmax(l(x))_k over the K classes of ``classes_``, from the averaged
         discriminator in eval mode (no dropout or noise). Returns (N, K) float64 rows that sum to 1."""
         x = self._check_input(X)
+        if getattr(self, "data_min_", None) is not None:
+            # tabular rows: a float64 copy of the (small) classifier, since float32 products round differently
+            # with the batch size (1e-7) and float64 ones at 1e-16, so no row depends on the rows beside it
+            disc64 = copy.deepcopy(self.discriminator_).double()
+            return predict_proba(disc64, x.astype(np.float64), self.config_.train.eval_batch_size,
+                                 dtype=torch.float64)
         return predict_proba(self.discriminator_, x, self.config_.train.eval_batch_size)
 
     def predict(self, X: Any) -> np.ndarray:

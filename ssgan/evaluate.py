@@ -28,7 +28,8 @@ Classifier = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
-def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000) -> np.ndarray:
+def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000,
+                  dtype: torch.dtype = torch.float32) -> np.ndarray:
     """p(y = k | x, real) = softmax(l(x))_k over the K real classes, deterministic (no dropout or noise).
 
     x: (N, C, H, W) scaled images. Returns (N, K) float64 rows that sum to 1.
@@ -39,7 +40,7 @@ def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 100
     x = torch.as_tensor(x)
     out = []
     for start in range(0, len(x), batch_size):
-        logits, _ = disc(x[start:start + batch_size].to(device, torch.float32))
+        logits, _ = disc(x[start:start + batch_size].to(device, dtype))
         out.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: rows sum to 1 to ~1e-16
     disc.train(was_training)
     if not out:
