@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import List, Optional, Sequence
 import hydra
 import numpy as np
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -41,18 +39,20 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__, quality
-from .config import (DATASETS, MAX_SEED, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line,
-                     register_configs, resolve_device, resolve_paths, to_config, validate)
+from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line, register_configs,
+                     resolve_device, resolve_paths, to_config, validate)
 from .data import DataError, load_data, read_inputs
-from .evaluate import (class_report, discriminator_classifier, error_rate, inception_classifier, inception_weights_path,
+from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
+from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
-from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
-                      write_table)
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, atomic_create, check_free, check_new_file, checkpoint_config, clear_outputs,
-                     default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
-                     remove_unstarted, write_overrides)
-from .seeds import NOT_IN_KEY, cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
+from .hydra_state import hydra_globals
+from .reports import STD_KIND, aggregate, probs_on_test_set
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, atomic_create, check_free, check_new_file,
+                     checkpoint_config, clear_outputs, default_name, default_sweep_name, find_runs, is_used,
+                     load_checkpoint, load_run, locked, make_dir, remove_unstarted, removed_on_failure, write_overrides)
+from .seeds import check_seeds, in_key, is_seeds_run, read_plan
+from .table import Progress, collect_table, fit_seeds, make_table
 from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
@@ -192,13 +192,6 @@ def _check_out(out: Optional[str], suffix: str) -> None:
         check_new_file(out, suffix)
 
 
-def _check_seeds(first: int, n_seeds: int) -> None:
-    if n_seeds < 1:
-        raise UsageError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
-    if first + n_seeds > MAX_SEED:
-        raise UsageError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
-
-
 def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     """Every combination of a multirun's sweep values, each as a plain override list."""
     try:
@@ -243,7 +236,8 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
             write_overrides(run_dir, hydra_cfg.overrides.task)
             if n_seeds is not None:  # (already cleared above: no second clearing by the seeds run)
                 command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
-                return _train_and_print(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), run_dir, command).mean
+                return fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
+                                 progress=Progress(print)).mean
             return _fit_and_print(cfg, run_dir).test_error
     except (*BAD_INPUT, KeyboardInterrupt) as error:
         if created:
@@ -268,23 +262,6 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def _train_and_print(cfg: Config, seeds: Sequence[int], run_dir: Path, command: str, fresh: bool = False,
-                     data=None, trained=None) -> SeedsResult:
-    """Train the seeds (``reports.run_seeds``) and print, after one line per seed, the ensemble's test error
-    and, as the last line, the mean +- sample std of the seeds' test errors."""
-    for outcome, summary in run_seeds(cfg, seeds, run_dir, command, fresh=fresh, data=data, trained=trained):
-        how = "" if outcome.how in ("trained", "continued from its checkpoint") else f"; {outcome.how}"
-        print(f"seed {outcome.seed}: test error {outcome.record.test_error:.2f} % ({outcome.record.path}{how})")
-    print(f"run directory: {run_dir}")
-    print(f"ensemble test error: {summary.ensemble_error:.2f} % ({len(summary.runs)} models: mean of their class "
-          f"probabilities, then argmax)")
-    if summary.std is None:
-        print(f"test error: {summary.mean:.2f} % over 1 seed (no std)")
-    else:
-        print(f"test error: {summary.mean:.2f} +- {summary.std:.2f} % over {len(summary.runs)} seeds (sample std)")
-    return summary
-
-
 def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
     A seeds run continues with its saved config: finished seeds are kept, the others trained or continued."""
@@ -295,10 +272,10 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
         cfg, seeds, command = read_plan(path)
         # only what leaves every seed's config key as it is (how the seeds run and report), so that finished
         # seeds stay valid and unfinished ones continue exactly
-        allowed = tuple(k for k in RESUME_OVERRIDABLE if k in NOT_IN_KEY)
+        allowed = tuple(k for k in RESUME_OVERRIDABLE if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
-        _train_and_print(cfg, seeds, path, command)
+        fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
@@ -322,8 +299,10 @@ def _resume_overrides(cfg: Config, overrides: Sequence[str], allowed: Sequence[s
     if fixed:
         raise UsageError(f"--resume cannot change {', '.join(fixed)}: {what} trained with its own "
                          f"(allowed: {', '.join(allowed)})")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+    try:  # values read as Hydra reads them at the start of a run (train.cuda_graph=off is "off", not False)
+        merged = OmegaConf.structured(cfg)
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            OmegaConf.update(merged, override.key_or_group, override.value(), merge=True)
         return OmegaConf.to_object(merged)
     except Exception as error:  # OmegaConf's validation errors
         raise UsageError(first_line(error)) from None
@@ -337,25 +316,10 @@ def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = No
         return _fit_task(dict_cfg, n_seeds)
 
     register_configs()
-    GlobalHydra.instance().clear()
-    task = hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
-        _fit_task if n_seeds is None else fit_seeds_task)
-    saved, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    root = logging.getLogger()
-    saved_logging = list(root.handlers), root.level  # --info adds a handler to the root logger: undone below
-    sys.argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: completion
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        task()
-    finally:
-        root.handlers[:] = saved_logging[0]
-        root.setLevel(saved_logging[1])
-        sys.argv = saved
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_env
-        GlobalHydra.instance().clear()
+    argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: shell completion
+    with hydra_globals(argv):
+        hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
+            _fit_task if n_seeds is None else fit_seeds_task)()
 
 
 def _hydra_flags(args: argparse.Namespace) -> List[str]:
@@ -416,8 +380,8 @@ def cmd_fit(argv: Sequence[str]) -> int:
     if args.version:
         print(f"{PROG} {__version__} (Hydra {hydra.__version__})")
         return 0
-    if args.seeds is not None and args.seeds < 1:
-        raise UsageError(f"--seeds {args.seeds}: the number of seeds must be at least 1")
+    if args.seeds is not None:
+        check_seeds(0, args.seeds)  # (before anything else; the range once the config gives the first seed)
     hydra_flags = _hydra_flags(args)
     if args.resume:
         fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
@@ -440,16 +404,11 @@ def cmd_fit(argv: Sequence[str]) -> int:
         if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
             overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
         sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
-        created = [p for p in (sweep_dir.absolute(), *sweep_dir.absolute().parents) if not p.exists()]
         try:
-            _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
-        except BaseException as error:
-            if created and not any(sweep_dir.glob(f"**/{RESULT_NAME}")):  # no job finished: leave no trace
-                shutil.rmtree(sweep_dir, ignore_errors=True)
-                for path in created[1:]:
-                    if path.is_dir() and not any(path.iterdir()):
-                        path.rmdir()
-            if isinstance(error, Exception) and not isinstance(error, (HydraException, OmegaConfBaseException)) \
+            with removed_on_failure(runs=[sweep_dir]):  # no job started: no trace left
+                _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
+        except Exception as error:
+            if not isinstance(error, (HydraException, OmegaConfBaseException)) \
                     and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
                 raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
                                  f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
@@ -457,21 +416,14 @@ def cmd_fit(argv: Sequence[str]) -> int:
         return 0
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
-        _check_seeds(cfg.seed, args.seeds)
+        check_seeds(cfg.seed, args.seeds)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")
     check_free(cfg.run_dir, cfg.overwrite)
-    run_dir = Path(cfg.run_dir).absolute()
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    try:
-        make_dir(run_dir)  # here, so that a read-only or missing place is one line, before Hydra starts
+    with removed_on_failure(folders=[cfg.run_dir]):  # a run that could not start leaves no empty folders
+        make_dir(Path(cfg.run_dir))  # here, so that a read-only or missing place is one line, before Hydra starts
         _run_hydra(overrides, multirun=False, n_seeds=args.seeds, hydra_flags=hydra_flags)
-    except BaseException:
-        for path in created:  # deepest first: leave nothing behind for a run that could not start
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        raise
     return 0
 
 
@@ -657,73 +609,26 @@ def cmd_table(argv: Sequence[str]) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of every cell")
     args = parser.parse_intermixed_args(argv)
     command = shlex.join([PROG, "table", *argv])
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir {args.out_dir} is a file")
     if args.from_dirs:
         given = [f"--{name}" for name in ("seeds", "method") if getattr(args, name) is not None]
         if given or args.overrides:
             raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
-        records = find_runs(args.from_dirs)
-        dataset = records[0].dataset
-        if args.dataset is not None and args.dataset != dataset:
-            raise UsageError(f"--dataset {args.dataset}: the runs in --from are of {dataset}")
-        if args.labels:
-            records = [r for r in records if r.labels in args.labels]
-            if not records:
-                raise UsageError(f"no runs of {','.join(map(str, args.labels))} labels in --from")
-        rows = group_rows(records, resolve_device(args.device or "auto"), args.data_root)
+        table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
+                              data_root=args.data_root, out_dir=args.out_dir, command=command)
     else:
         if args.dataset is None:
             raise UsageError("--dataset is needed (or --from DIR... to aggregate finished runs)")
-        dataset = args.dataset
-        labels = args.labels or sorted(PUBLISHED.get(dataset, {}))
-        if not labels:
-            raise UsageError(f"{dataset} has no published label counts; pass --labels, e.g. --labels 20,50,100")
-        n_seeds = 10 if args.seeds is None else args.seeds
-        if n_seeds < 1:
-            raise UsageError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
         for word in args.overrides:
             if "=" not in word:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
-            if word.split("=", 1)[0].lstrip("+~") in ("dataset", "dataset.labels", "run_dir"):
-                raise UsageError(f"{word}: the table sets this; use --dataset and --labels")
-        base = [f"dataset={dataset}"] + ([f"method={args.method}"] if args.method else []) + list(args.overrides)
-        base += [f"train.device={args.device}"] if args.device else []
-        base += [f"dataset.root={args.data_root}"] if args.data_root else []
-        # Every cell is composed and checked before the first one trains.
-        cells = [resolve_paths(compose([*base, f"dataset.labels={n}"])) for n in labels]
-        _check_seeds(cells[0].seed, n_seeds)
-        rows, trained, data = [], None, None
-        cell_dirs = [cell_directory(Path(args.cache_dir), cfg) for cfg in cells]
-        created = [p for d in cell_dirs for p in (d.absolute(), *d.absolute().parents) if not p.exists()]
-        created = sorted(set(created), key=lambda p: len(p.parts), reverse=True)  # deepest first
-        try:
-            if cells[0].train.concurrent_seeds:  # every label count x seed of the table in stacked steps
-                data = load_data(cells[0].dataset, cells[0].seed)
-                grid = [prepare_cell(cfg, list(range(cfg.seed, cfg.seed + n_seeds)), cell_dir, command, data)
-                        for cfg, cell_dir in zip(cells, cell_dirs)]
-                trained = train_together(grid, data, "the same ssgan table command (finished seeds are kept)")
-            for cfg, cell_dir in zip(cells, cell_dirs):
-                seeds = list(range(cfg.seed, cfg.seed + n_seeds))
-                which = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
-                print(f"{dataset}, {cfg.dataset.labels} labels, {which}: {cell_dir}")
-                rows.append(_train_and_print(cfg, seeds, cell_dir, command, data=data, trained=trained))
-        except TrainingInterrupted as stop:
-            raise stop.resume_with("the same ssgan table command (finished seeds are kept)") from None
-        except BaseException:
-            for cell_dir in cell_dirs:  # a cell this command created and no seed started: its plan goes too
-                if cell_dir.absolute() in created:
-                    remove_unstarted(cell_dir)
-            for path in created:  # no empty cache folders for cells that could not start
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-            raise
-    for row in rows:
+        table = make_table(args.dataset, labels=args.labels, seeds=10 if args.seeds is None else args.seeds,
+                           method=args.method, overrides=args.overrides, device=args.device,
+                           data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir,
+                           command=command, progress=Progress(print))
+    for row in table.rows:
         spread = " (1 seed)" if row.std is None else f" +- {row.std:.2f} % over {len(row.runs)} seeds (sample std)"
         print(f"{row.labels} labels: test error {row.mean:.2f}{spread}, ensemble {row.ensemble_error:.2f} %")
-    written = write_table(out_dir, dataset, rows, command)
-    print(f"wrote {', '.join(str(p) for p in written)}")
+    print(f"wrote {', '.join(str(p) for p in table.files)}")
     return 0
 
 
@@ -782,8 +687,6 @@ def cmd_density(argv: Sequence[str]) -> int:
     """Fit the PixelCNN++ on the train split's images (the unlabeled pool; never the test set), compute the
     threshold as the official code does (the value at int(0.1 N) of the partitioned log-likelihoods) and
     write both to --out, the file method.density_model names."""
-    from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
-
     parser = _Parser(prog=f"{PROG} density", description=COMMANDS["density"] + ". Official MNIST sizes by "
                      "default (160 filters, 3 resnet blocks, 10 logistics, 2 resolutions, Adam 2e-4, batch 40).")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist")

@@ -428,7 +428,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format {' or '.join(FORMATS)})")
         tabular = payload["format"] == TABULAR_FORMAT
         missing = [k for k in ("params", "config", "discriminator", "generator", "classes", "classes_dtype",
-                               "n_features_in", "value_max", *(("data_min", "data_max") if tabular else ()))
+                               "n_features_in", "value_max", "history", *(("data_min", "data_max") if tabular else ()))
                    if k not in payload]
         if missing:
             raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
@@ -448,7 +448,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         data_min = payload["data_min"].numpy().astype(np.float64) if tabular else None
         data_max = payload["data_max"].numpy().astype(np.float64) if tabular else None
         estimator._set_fitted(cfg, disc, gen, np.array(payload["classes"], dtype=np.dtype(payload["classes_dtype"])),
-                              int(payload["n_features_in"]), payload["value_max"], payload.get("history", []),
+                              int(payload["n_features_in"]), payload["value_max"], payload["history"],
                               data_min, data_max)
         return estimator
 
