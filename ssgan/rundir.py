@@ -608,7 +608,7 @@ class Run:
     class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
 
 
-def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor],
+def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
                   path: Path, device: str | torch.device = "cpu"):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
     eval mode with its gradients off (a classifier). Weights of another architecture are one line."""
@@ -632,7 +632,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
-    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path, device)
+    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device)
     return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
                int(payload["epoch"]), run_dir, list(payload["class_values"]))
 
@@ -863,3 +863,68 @@ def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
                 seen.add(run_dir.resolve())
                 records.append(RunRecord.read(run_dir))
     return records
+
+
+# ------------------------------------------------------------------------------------ estimator files
+
+ESTIMATOR_FORMAT = "ssgan-estimator-v1"
+# Files of an estimator fitted with the tabular recipe: they also hold the min-max scaler, which a reader of
+# v1 files would ignore (and then scale the rows as pixels), so they carry a format of their own.
+TABULAR_FORMAT = "ssgan-estimator-v2"
+ESTIMATOR_FORMATS = (ESTIMATOR_FORMAT, TABULAR_FORMAT)
+
+
+@dataclass
+class EstimatorFile:
+    """A fitted ``SSGANClassifier`` in one file (``save`` / ``load``): its parameters, config, both networks'
+    weights, classes and, for the tabular recipe, the scaler's per-feature minimum and maximum (then the file's
+    format is ``TABULAR_FORMAT``). Only tensors, numbers, strings, lists and dicts: read weights-only."""
+
+    params: Dict[str, Any]
+    config: Dict[str, Any]
+    discriminator: Dict[str, torch.Tensor]
+    generator: Dict[str, torch.Tensor]
+    classes: List[Any]
+    classes_dtype: str
+    n_features_in: int
+    value_max: Optional[float]
+    history: List[Dict[str, float]]
+    data_min: Optional[torch.Tensor] = None  # float64, tabular recipe only
+    data_max: Optional[torch.Tensor] = None
+
+    @property
+    def tabular(self) -> bool:
+        return self.data_min is not None
+
+    def write(self, path: Path) -> None:
+        payload = {"format": TABULAR_FORMAT if self.tabular else ESTIMATOR_FORMAT}
+        payload.update({f.name: getattr(self, f.name) for f in fields(self)
+                        if self.tabular or f.name not in ("data_min", "data_max")})
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(path, buffer.getvalue())
+
+    @staticmethod
+    def is_one(path: Path) -> bool:
+        """Whether ``path`` is a file written by ``write`` (not a run's checkpoint)."""
+        return Path(path).is_file() and read_payload(path).get("format") in ESTIMATOR_FORMATS
+
+    @classmethod
+    def read(cls, path: Path) -> "EstimatorFile":
+        path = Path(path)
+        if path.is_dir():
+            raise RunDirError(f"{path} is a directory: SSGANClassifier.load takes a file written by save(); for a "
+                              f"run directory of ssgan fit use ssgan.load({str(path)!r})")
+        payload = read_payload(path)
+        if payload.get("format") == CHECKPOINT_FORMAT:
+            raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
+                              f"ssgan.load({str(path.parent)!r})")
+        if payload.get("format") not in ESTIMATOR_FORMATS:
+            raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format "
+                              f"{' or '.join(ESTIMATOR_FORMATS)})")
+        tabular = payload["format"] == TABULAR_FORMAT
+        names = [f.name for f in fields(cls) if tabular or f.name not in ("data_min", "data_max")]
+        missing = [name for name in names if name not in payload]
+        if missing:
+            raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
+        return cls(**{name: payload[name] for name in names})

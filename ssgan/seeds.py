@@ -157,7 +157,7 @@ class Cell:
         return config_key(asdict(self.cfg))
 
 
-def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, data: ImageData, *,
+def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str, data: ImageData,
                  fresh: bool = False) -> Cell:
     """A seeds run about to train: with ``fresh`` (``--overwrite``) its old outputs are cleared first, so that
     no old result stands beside a new checkpoint; its plan ``seeds.json`` is written before anything trains."""
@@ -170,7 +170,7 @@ def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str,
     return Cell(cfg, list(seeds), Path(out_dir))
 
 
-def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *, fresh: bool = False,
+def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str, fresh: bool = False,
                 data: Optional[ImageData] = None, trained: Optional[Dict[Path, Any]] = None) -> Iterator[SeedOutcome]:
     """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome.
 
@@ -184,7 +184,7 @@ def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, 
     ``out_dir`` to resume) from the training.
     """
     data = data if data is not None else load_data(cfg.dataset, seeds[0])  # one test split for every seed
-    cell = prepare_cell(cfg, seeds, out_dir, command, data, fresh=fresh)
+    cell = prepare_cell(cfg, seeds, out_dir, command=command, data=data, fresh=fresh)
     if trained is None:
         trained = train_together([cell], data, f"ssgan fit --resume {out_dir}") if cell.cfg.train.concurrent_seeds \
             else {}
@@ -197,19 +197,19 @@ def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, 
             waiting.append(seed)
             continue
         try:
-            yield _seed_outcome(cell, seed, data, trained)
+            yield _seed_outcome(cell, seed, data=data, trained=trained)
         finally:
             lock.release()
     for seed in waiting:
         lock = RunLock(out_dir / f"seed{seed}")
         lock.acquire(wait=True)
         try:
-            yield _seed_outcome(cell, seed, data, trained, "finished by another process")
+            yield _seed_outcome(cell, seed, data=data, trained=trained, finished_how="finished by another process")
         finally:
             lock.release()
 
 
-def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, Any],
+def _seed_outcome(cell: Cell, seed: int, *, data: ImageData, trained: Dict[Path, Any],
                   finished_how: str = "finished before, not trained again") -> SeedOutcome:
     """One seed's outcome, its lock held: read if finished, else trained (or continued from its checkpoint)."""
     cfg, seed_dir = cell.cfg, cell.out_dir / f"seed{seed}"
@@ -224,7 +224,8 @@ def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, An
         probs = predict_proba(run.discriminator, seed_data.x_test, batch, tf32=run.config.train.tf32)
         return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
     resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
-    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, cell.out_dir)
+    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume=resume, data=seed_data,
+                        out_dir=cell.out_dir)
     probs = _probs(result, seed_data, batch, cfg.train.tf32)
     return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test,
                        "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
@@ -295,7 +296,7 @@ def _check_key(seed_dir: Path, cfg: Config, key: str) -> None:
                           f"move it away to train seed {record.seed} again")
 
 
-def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageData, out_dir: Path):
+def _train_one(cfg: Config, seed_dir: Path, *, resume: Optional[Dict], data: ImageData, out_dir: Path):
     """One seed with ``train.fit``; a seed that could not start leaves nothing behind."""
     if resume is not None:
         logger.info(f"seed {cfg.seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")

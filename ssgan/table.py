@@ -73,7 +73,7 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str,
     trained its seeds together."""
     progress = progress or Progress()
     outcomes: List[SeedOutcome] = []
-    for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh, data=data, trained=trained):
+    for outcome in train_seeds(cfg, seeds, out_dir, command=command, fresh=fresh, data=data, trained=trained):
         outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
         summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
                             outcome.class_names)
@@ -118,7 +118,7 @@ def make_table(dataset: str, *, labels: Optional[Sequence[int]] = None, seeds: i
             data, trained = None, None
             if cells[0].train.concurrent_seeds:  # every label count x seed of the table in stacked steps
                 data = load_data(cells[0].dataset, cells[0].seed)
-                grid = [prepare_cell(cfg, check_seeds(cfg.seed, seeds), cell_dir, command, data)
+                grid = [prepare_cell(cfg, check_seeds(cfg.seed, seeds), cell_dir, command=command, data=data)
                         for cfg, cell_dir in zip(cells, cell_dirs)]
                 trained = train_together(grid, data, how_to_continue)
             rows = []

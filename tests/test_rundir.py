@@ -436,3 +436,29 @@ def test_the_plan_and_summary_records_round_trip(tmp_path):
     assert (tmp_path / "run" / SUMMARY_MD_NAME).read_text() == "# table\n"
     with pytest.raises(RunDirError, match="not a seeds plan"):
         SeedsPlan.read(tmp_path)
+
+
+@pytest.mark.parametrize("tabular", [False, True])
+def test_the_estimator_file_record_round_trips(tabular, tmp_path):
+    from ssgan.rundir import CHECKPOINT_FORMAT, EstimatorFile, read_payload
+
+    saved = EstimatorFile(params={"recipe": "digits", "epochs": 2}, config={"seed": 0},
+                          discriminator={"w": torch.arange(6.0).reshape(2, 3)}, generator={"b": torch.ones(2)},
+                          classes=["a", "b"], classes_dtype="<U1", n_features_in=64, value_max=16.0,
+                          history=[{"epoch": 1, "test_error": 50.0}],
+                          data_min=torch.zeros(3, dtype=torch.float64) if tabular else None,
+                          data_max=torch.ones(3, dtype=torch.float64) if tabular else None)
+    saved.write(tmp_path / "model.pt")
+    assert EstimatorFile.is_one(tmp_path / "model.pt")
+    assert read_payload(tmp_path / "model.pt")["format"] == ("ssgan-estimator-v2" if tabular else "ssgan-estimator-v1")
+    again = EstimatorFile.read(tmp_path / "model.pt")
+    assert again.tabular == tabular and again.classes == saved.classes and again.history == saved.history
+    assert torch.equal(again.discriminator["w"], saved.discriminator["w"])
+    if tabular:
+        assert torch.equal(again.data_max, saved.data_max) and again.data_max.dtype == torch.float64
+    torch.save({"format": CHECKPOINT_FORMAT}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="a checkpoint of ssgan fit"):
+        EstimatorFile.read(tmp_path / "checkpoint.pt")
+    torch.save({"format": "ssgan-estimator-v1", "params": {}}, tmp_path / "cut.pt")
+    with pytest.raises(RunDirError, match="incomplete estimator file"):
+        EstimatorFile.read(tmp_path / "cut.pt")
