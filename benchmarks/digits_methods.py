@@ -8,7 +8,9 @@ task, on the same seeds and labeled subsets, with LabelSpreading beside them.
    from the rest) on the selection seeds; the candidate with the lowest mean validation error is "best". The
    test set is never looked at for this choice.
 2. Test: improved_gan, ct_gan, bad_gan and the chosen combination, each on ``--seeds`` (50 labels, the default
-   300 epochs), seeds trained concurrently (``train.concurrent_seeds``); LabelSpreading on the same balanced
+   300 epochs), each row one ``ssgan.make_table`` call (its runs kept in ``--cache-dir``, so a rerun trains
+   nothing twice), seeds trained concurrently (``train.concurrent_seeds``) where the options allow it;
+   LabelSpreading on the same balanced
    subsets (``ssgan.data.balanced_labeled_subset`` with the same seed, as ``ssgan fit --seed N`` draws them).
 
 Writes a Markdown table (mean +- sample std, ddof=1, per-seed errors) with the command, versions, date and
@@ -23,7 +25,6 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -48,19 +49,28 @@ def _seeds(text: str):
     if "-" in text:
         first, last = (int(v) for v in text.split("-"))
         return list(range(first, last + 1))
-    return [int(v) for v in text.split(",")]
+    seeds = [int(v) for v in text.split(",")]
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise SystemExit(f"{text}: seeds must be consecutive (a table cell trains seed .. seed+K-1)")
+    return seeds
 
 
-def _fit_seeds(overrides, seeds, extra=()):
-    """One model per seed: concurrently where the options allow it, else one after another."""
-    from ssgan.concurrent import UNSUPPORTED, fit_concurrent
-    from ssgan.config import compose
-    from ssgan.train import fit, options_in_use
+def _fit_seeds(overrides, seeds, cache_dir, extra=()):
+    """The runs of one row (digits, 50 labels), as ``ssgan.make_table`` trains them: the seeds together where
+    the options allow it (``train.concurrent_seeds``), else one after another."""
+    import ssgan
+    from ssgan.config import ConfigError
+    from ssgan.table import Progress
 
-    cfg = compose([*overrides, *extra, "train.progress=false", "train.sample_grid=false"])
-    if not options_in_use(cfg, UNSUPPORTED):
-        return fit_concurrent(cfg, seeds)
-    return [fit(replace(cfg, seed=seed)) for seed in seeds]
+    words = [*overrides, *extra, f"seed={seeds[0]}", "train.progress=false", "train.sample_grid=false"]
+    for together in (["train.concurrent_seeds=true"], []):
+        try:
+            table = ssgan.make_table("digits", labels=[50], seeds=len(seeds), overrides=[*words, *together],
+                                     cache_dir=cache_dir, out_dir=None, progress=Progress(lambda line: None))
+            return table.rows[0].runs
+        except ConfigError:  # an option the stacked step does not support: one seed after another
+            if not together:
+                raise
 
 
 def label_spreading(seeds, labels=50):
@@ -86,6 +96,7 @@ def main() -> None:
     parser.add_argument("--select-seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the recipe's 300)")
     parser.add_argument("--out", default="results/digits_methods.md")
+    parser.add_argument("--cache-dir", default="runs/table", help="where the runs are kept (ssgan table's cache)")
     args = parser.parse_args()
     seeds, select_seeds = _seeds(args.seeds), _seeds(args.select_seeds)
     extra = [f"train.epochs={args.epochs}"] if args.epochs else []
@@ -93,7 +104,7 @@ def main() -> None:
 
     validation = {}
     for name, overrides in CANDIDATES.items():
-        results = _fit_seeds(overrides, select_seeds, [*extra, "dataset.val_size=0.2"])
+        results = _fit_seeds(overrides, select_seeds, args.cache_dir, [*extra, "dataset.val_size=0.2"])
         validation[name] = [r.val_error for r in results]
         print(f"selection {name}: val {np.mean(validation[name]):.2f} %", flush=True)
     best = min(validation, key=lambda name: np.mean(validation[name]))
@@ -101,7 +112,7 @@ def main() -> None:
     rows = {**METHODS, f"best: {best}": CANDIDATES[best]}
     test = {}
     for name, overrides in rows.items():
-        test[name] = [r.test_error for r in _fit_seeds(overrides, seeds, extra)]
+        test[name] = [r.test_error for r in _fit_seeds(overrides, seeds, args.cache_dir, extra)]
         print(f"{name}: {np.mean(test[name]):.2f} +- {np.std(test[name], ddof=1):.2f} %", flush=True)
     test["LabelSpreading (scikit-learn defaults)"] = label_spreading(seeds)
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import io
 import math
 import numbers
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,14 +34,9 @@ from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose
 from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
                    source_value_max)
 from .evaluate import predict_proba
-from .rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_networks, load_run, read_payload
+from .rundir import EstimatorFile, RunDirError, load_networks, load_run
 from .train import fit as train_fit
 
-ESTIMATOR_FORMAT = "ssgan-estimator-v1"
-# Files of an estimator fitted with the tabular recipe: they also hold the min-max scaler, which a reader of
-# v1 files would ignore (and then scale the rows as pixels), so they carry a format of their own.
-TABULAR_FORMAT = "ssgan-estimator-v2"
-FORMATS = (ESTIMATOR_FORMAT, TABULAR_FORMAT)
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
 
 # The tabular recipe (see SSGANClassifier and tabular_defaults): the digits recipe with its MLP pair scaled to
@@ -152,7 +146,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
     training X for the tabular recipe; None for images) and ``history_`` (per-epoch losses).
     """
 
-    def __init__(self, recipe: str = "digits", method: str = "improved_gan", epochs: Optional[int] = None,
+    def __init__(self, recipe: str = "digits", method: str = "improved_gan", *, epochs: Optional[int] = None,
                  iters_per_epoch: Optional[int] = None, batch_size: Optional[int] = None,
                  lr: Optional[float] = None, ema_decay: Optional[float] = None, seed: int = 0,
                  device: str = "auto", image_shape: Optional[Sequence[int]] = None,
@@ -334,8 +328,9 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             modules = (self.discriminator, self.generator)
         result = train_fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)), modules=modules)
 
-        self._set_fitted(cfg, result.discriminator, result.generator, classes, int(math.prod(x.shape[1:])),
-                         value_max, result.history, data_min, data_max)
+        self._set_fitted(cfg, result.discriminator, result.generator, classes=classes,
+                         n_features_in=int(math.prod(x.shape[1:])), value_max=value_max, history=result.history,
+                         data_min=data_min, data_max=data_max)
         return self
 
     # ------------------------------------------------------------------------------------------ predict
@@ -392,47 +387,25 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         tabular recipe, the scaler's per-feature minimum and maximum), atomically, holding only tensors,
         numbers, strings, lists and dicts."""
         check_is_fitted(self)
-        path = Path(path)
         tabular = getattr(self, "data_min_", None) is not None
-        payload = {
-            "format": TABULAR_FORMAT if tabular else ESTIMATOR_FORMAT,
-            "params": {key: _plain(value, f"parameter {key}") for key, value in self.get_params().items()},
-            "config": asdict(self.config_),
-            "discriminator": {k: v.detach().cpu() for k, v in self.discriminator_.state_dict().items()},
-            "generator": {k: v.detach().cpu() for k, v in self.generator_.state_dict().items()},
-            "classes": [_plain(c, "classes_") for c in self.classes_.tolist()],
-            "classes_dtype": self.classes_.dtype.str,
-            "n_features_in": int(self.n_features_in_),
-            "value_max": self.value_max_,
-            "history": _plain(self.history_, "history_"),
-        }
-        if tabular:
-            payload["data_min"] = torch.from_numpy(np.asarray(self.data_min_, dtype=np.float64))
-            payload["data_max"] = torch.from_numpy(np.asarray(self.data_max_, dtype=np.float64))
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write(path, buffer.getvalue())
+        EstimatorFile(
+            params={key: _plain(value, f"parameter {key}") for key, value in self.get_params().items()},
+            config=asdict(self.config_),
+            discriminator={k: v.detach().cpu() for k, v in self.discriminator_.state_dict().items()},
+            generator={k: v.detach().cpu() for k, v in self.generator_.state_dict().items()},
+            classes=[_plain(c, "classes_") for c in self.classes_.tolist()], classes_dtype=self.classes_.dtype.str,
+            n_features_in=int(self.n_features_in_), value_max=self.value_max_,
+            history=_plain(self.history_, "history_"),
+            data_min=torch.from_numpy(np.asarray(self.data_min_, dtype=np.float64)) if tabular else None,
+            data_max=torch.from_numpy(np.asarray(self.data_max_, dtype=np.float64)) if tabular else None,
+        ).write(Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SSGANClassifier":
         """Read a file written by ``save`` (weights-only unpickling); refuse anything else with one line."""
         path, device = Path(path), _device(device)
-        if path.is_dir():
-            raise RunDirError(f"{path} is a directory: SSGANClassifier.load takes a file written by save(); for a "
-                              f"run directory of ssgan fit use ssgan.load({str(path)!r})")
-        payload = read_payload(path)
-        if payload.get("format") == CHECKPOINT_FORMAT:
-            raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
-                              f"ssgan.load({str(path.parent)!r})")
-        if payload.get("format") not in FORMATS:
-            raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format {' or '.join(FORMATS)})")
-        tabular = payload["format"] == TABULAR_FORMAT
-        missing = [k for k in ("params", "config", "discriminator", "generator", "classes", "classes_dtype",
-                               "n_features_in", "value_max", *(("data_min", "data_max") if tabular else ()))
-                   if k not in payload]
-        if missing:
-            raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
-        params = dict(payload["params"])
+        saved = EstimatorFile.read(path)
+        params = dict(saved.params)
         for key in ("image_shape", "overrides"):
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
@@ -441,18 +414,18 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         except TypeError as error:
             raise RunDirError(f"{path}: parameters do not match this version of ssgan ({error})") from None
         try:
-            cfg = config_from_dict(payload["config"])
+            cfg = config_from_dict(saved.config)
         except ConfigError as error:
             raise RunDirError(f"{path}: {error}") from None
-        disc, gen = load_networks(cfg, payload["discriminator"], payload["generator"], path, device)
-        data_min = payload["data_min"].numpy().astype(np.float64) if tabular else None
-        data_max = payload["data_max"].numpy().astype(np.float64) if tabular else None
-        estimator._set_fitted(cfg, disc, gen, np.array(payload["classes"], dtype=np.dtype(payload["classes_dtype"])),
-                              int(payload["n_features_in"]), payload["value_max"], payload.get("history", []),
-                              data_min, data_max)
+        disc, gen = load_networks(cfg, saved.discriminator, saved.generator, path=path, device=device)
+        data_min = saved.data_min.numpy().astype(np.float64) if saved.tabular else None
+        data_max = saved.data_max.numpy().astype(np.float64) if saved.tabular else None
+        estimator._set_fitted(cfg, disc, gen, classes=np.array(saved.classes, dtype=np.dtype(saved.classes_dtype)),
+                              n_features_in=int(saved.n_features_in), value_max=saved.value_max,
+                              history=saved.history, data_min=data_min, data_max=data_max)
         return estimator
 
-    def _set_fitted(self, cfg: Config, disc: torch.nn.Module, gen: torch.nn.Module, classes: np.ndarray,
+    def _set_fitted(self, cfg: Config, disc: torch.nn.Module, gen: torch.nn.Module, *, classes: np.ndarray,
                     n_features_in: int, value_max: Optional[float], history: list,
                     data_min: Optional[np.ndarray] = None, data_max: Optional[np.ndarray] = None) -> None:
         self.classes_ = classes
@@ -477,14 +450,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
     """
     path, device = Path(path), _device(device)
-    if path.is_file() and read_payload(path).get("format") in FORMATS:
+    if EstimatorFile.is_one(path):
         return SSGANClassifier.load(path, device)
     run = load_run(path, device)
     cfg = run.config
     estimator = SSGANClassifier(recipe=cfg.dataset.name, method=cfg.method.name, epochs=cfg.train.epochs,
                                 seed=cfg.seed, device=str(device))
-    estimator._set_fitted(cfg, run.discriminator, run.generator, np.array(run.class_values),
-                          int(math.prod(cfg.dataset.image_shape)), None, [])
+    estimator._set_fitted(cfg, run.discriminator, run.generator, classes=np.array(run.class_values),
+                          n_features_in=int(math.prod(cfg.dataset.image_shape)), value_max=None, history=[])
     estimator.class_names_ = list(run.class_names)
     return estimator
 

@@ -209,7 +209,7 @@ def _batches(images: Tensor | np.ndarray, batch_size: int) -> Iterable[Tensor | 
         yield images[start:start + batch_size]
 
 
-def sample_quality(generator: nn.Module, scaling: str, n_samples: int = 50000, batch_size: int = 100,
+def sample_quality(generator: nn.Module, scaling: str, n_samples: int = 50000, batch_size: int = 100, *,
                    real_images: Optional[Tensor | np.ndarray] = None, splits: int = 10,
                    feature_extractor: Optional[FeatureExtractor] = None,
                    generator_seed: int = 0) -> Dict[str, float]:

@@ -17,18 +17,16 @@ import re
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import plots
-from .config import Config
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
-from .rundir import (SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, environment, load_run,
-                     make_dir)
-from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
+from .rundir import RunDirError, RunRecord, SeedsSummary, atomic_write, environment, load_run, make_dir
+from .seeds import config_differences, config_key, keyed_fields
 
 STD_KIND = "sample std (ddof=1)"
 ENSEMBLE_RULE = "the mean of the models' class probabilities, then argmax (docs/method.md sec. 5)"
@@ -135,10 +133,15 @@ def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: 
 NOT_TEST_SET = ("labels", "val_size", "root", "download")  # data fields that leave the test images as they are
 
 
+def fixes_test_set(name: str) -> bool:
+    """Whether a data field (e.g. ``root``) decides which test images a run is evaluated on."""
+    return name not in NOT_TEST_SET
+
+
 def _test_set_identity(dataset: Dict[str, Any]) -> str:
     """What fixes a data set's test images: the data fields but those of ``NOT_TEST_SET`` (the same data may
     live under another root on another machine; the test labels are compared after loading)."""
-    return json.dumps({k: v for k, v in dataset.items() if k not in NOT_TEST_SET}, sort_keys=True)
+    return json.dumps({k: v for k, v in dataset.items() if fixes_test_set(k)}, sort_keys=True)
 
 
 def check_same_data(records: Sequence[RunRecord]) -> None:
@@ -150,7 +153,7 @@ def check_same_data(records: Sequence[RunRecord]) -> None:
                             f"{record.dataset}")
         if _test_set_identity(record.config["dataset"]) != _test_set_identity(first.config["dataset"]):
             fields = config_differences(first.config["dataset"], record.config["dataset"])
-            fields = [f for f in fields if f not in NOT_TEST_SET]
+            fields = [f for f in fields if fixes_test_set(f)]
             raise RunDirError(f"runs of different data: {first.path} and {record.path} differ in "
                             f"{', '.join('dataset.' + f for f in fields)}")
 
@@ -184,20 +187,6 @@ def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_ro
                                     tf32=run.config.train.tf32))
     return probs, y_test, class_names
 
-
-
-def run_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *, fresh: bool = False,
-              data=None, trained=None) -> Iterator[Tuple[SeedOutcome, SeedsResult]]:
-    """Train the seeds (``seeds.train_seeds``; ``data``, ``trained`` passed on) and rewrite ``summary.json`` /
-    ``summary.md`` after each one; yield each seed's outcome with the summary of the seeds so far (the last
-    one is the seeds run's)."""
-    outcomes: List[SeedOutcome] = []
-    for outcome in train_seeds(cfg, seeds, out_dir, command, fresh=fresh, data=data, trained=trained):
-        outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
-        summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
-                            outcome.class_names)
-        write_summary(out_dir, summary, list(seeds), command)
-        yield outcome, summary
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -279,31 +268,31 @@ def _linked(text: str, out_dir: Path) -> str:
 
 
 def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], command: str) -> None:
-    """``summary.json`` and ``summary.md`` of a seeds run (rewritten after every seed: ``complete`` says
-    whether every planned seed has finished)."""
-    meta = provenance([result], command)
-    finished = result.seeds
-    payload = {
-        **meta, "dataset": result.runs[0].dataset, "labels": result.labels, "method": result.method,
-        "key": result.key, "seeds": list(seeds), "finished": finished, "complete": sorted(finished) == sorted(seeds),
-        "test_errors": {str(r.seed): r.test_error for r in result.runs},
-        "mean": result.mean, "std": result.std, "ensemble_error": result.ensemble_error, "n_test": result.n_test,
-        "runs": {str(r.seed): r.path.name for r in result.runs}, "config": {**result.config, "seed": seeds[0]},
-        "ensemble_per_class_error": None if result.ensemble_report is None else result.ensemble_report["per_class_error"],
-        "ensemble_confusion_matrix": None if result.ensemble_report is None else
-        result.ensemble_report["confusion_matrix"],
-    }
-    atomic_write(out_dir / SUMMARY_NAME, json.dumps(payload, indent=1))
-    title = f"# {payload['dataset']}, {result.labels} labels, {result.method}: seeds {_seed_ranges(finished)}"
-    if not payload["complete"]:
-        title += f" ({len(finished)} of {len(seeds)} planned seeds finished)"
+    """``summary.json`` and ``summary.md`` of a seeds run (``rundir.SeedsSummary``), rewritten after every
+    seed."""
+    report = result.ensemble_report
+    summary = SeedsSummary(
+        meta=provenance([result], command), dataset=result.runs[0].dataset, labels=result.labels,
+        method=result.method, key=result.key, seeds=list(seeds), finished=result.seeds,
+        test_errors={str(r.seed): r.test_error for r in result.runs}, mean=result.mean, std=result.std,
+        ensemble_error=result.ensemble_error, n_test=result.n_test, runs={str(r.seed): r.path.name for r in result.runs},
+        config={**result.config, "seed": seeds[0]},
+        ensemble_per_class_error=None if report is None else report["per_class_error"],
+        ensemble_confusion_matrix=None if report is None else report["confusion_matrix"])
+    summary.write(out_dir, _summary_markdown(summary, result))
+
+
+def _summary_markdown(summary: SeedsSummary, result: SeedsResult) -> str:
+    title = f"# {summary.dataset}, {result.labels} labels, {result.method}: seeds {_seed_ranges(summary.finished)}"
+    if not summary.complete:
+        title += f" ({len(summary.finished)} of {len(summary.seeds)} planned seeds finished)"
     lines = [title, "", "| seed | test error (%) | run |", "|---|---|---|"]
     lines += [f"| {r.seed} | {_pct(r.test_error)} | {r.path.name} |" for r in result.runs]
     lines += [f"| mean +- std | {_pm(result.mean, result.std)} | {STD_KIND} |",
-              f"| ensemble | {_pct(result.ensemble_error)} | {len(finished)} models |", "",
+              f"| ensemble | {_pct(result.ensemble_error)} | {len(summary.finished)} models |", "",
               f"Test set: {result.n_test} images. Config key {result.key}.", ""]
-    lines += _provenance_lines(meta)
-    atomic_write(out_dir / SUMMARY_MD_NAME, "\n".join(lines) + "\n")
+    lines += _provenance_lines(summary.meta)
+    return "\n".join(lines) + "\n"
 
 
 def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], command: str) -> List[Path]:

@@ -40,7 +40,7 @@ import shutil
 import pickle
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -67,7 +67,7 @@ CONFUSION_NAME = "confusion_matrix.png"  # with the plots extra
 TENSORBOARD_NAME = "tensorboard"
 LOCK_NAME = ".lock"
 PLAN_NAME = "seeds.json"  # a seeds run's plan (seeds.py)
-SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py); older seeds runs kept their plan in it
+SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py)
 SUMMARY_MD_NAME = "summary.md"
 OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
                 CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
@@ -221,6 +221,27 @@ def remove_unstarted(run_dir: Path | str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def removed_on_failure(*, runs: Sequence[Path | str] = (), folders: Sequence[Path | str] = ()) -> Iterator[None]:
+    """Leave nothing behind of what a block could not start: if it raises (Ctrl-C included), each of ``runs``
+    that did not exist before it goes as ``remove_unstarted`` decides (kept if it holds a checkpoint or a
+    result), and every folder the block created for ``runs`` and ``folders`` (their parents too) goes if it
+    is empty, deepest first."""
+    targets = [Path(p).absolute() for p in runs]
+    created = {p for t in [*targets, *(Path(f).absolute() for f in folders)] for p in (t, *t.parents)
+               if not p.exists()}
+    try:
+        yield
+    except BaseException:
+        for run_dir in targets:
+            if run_dir in created:
+                remove_unstarted(run_dir)
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
+
+
 class RunLock:
     """The lock of a run directory (``flock`` on its ``.lock`` file): one process trains a run at a time.
 
@@ -362,11 +383,6 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             pass  # no git: the versions above still say what ran
     return versions
-
-
-def write_result(run_dir: Path, result: Dict[str, Any]) -> None:
-    """``result.json``: the outcome of a finished run (see ``read_run``)."""
-    atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(_finite_or_null(result), indent=1, allow_nan=False))
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -517,7 +533,7 @@ def read_payload(path: Path) -> Dict[str, Any]:
 # What a checkpoint must hold, and of which kind (the networks' and optimizers' entries are dicts).
 CHECKPOINT_FIELDS = {"config": dict, "epoch": int, "iteration": int, "discriminator": dict,
                      "discriminator_avg": dict, "generator": dict, "opt_d": dict, "opt_g": dict, "rng": dict,
-                     "labeled_indices": torch.Tensor, "class_names": list}
+                     "labeled_indices": torch.Tensor, "class_names": list, "class_values": list}
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -592,7 +608,7 @@ class Run:
     class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
 
 
-def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor],
+def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
                   path: Path, device: str | torch.device = "cpu"):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
     eval mode with its gradients off (a classifier). Weights of another architecture are one line."""
@@ -616,12 +632,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
-    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path, device)
-    names = list(payload["class_names"])
-    # checkpoints written before class values were kept: folders used their names, other sources 0..K-1
-    values = payload.get("class_values", names if cfg.dataset.source == "folder" else list(range(len(names))))
-    return Run(cfg, disc, gen, names, payload["labeled_indices"].numpy(), int(payload["epoch"]), run_dir,
-               list(values))
+    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device)
+    return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
+               int(payload["epoch"]), run_dir, list(payload["class_values"]))
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -702,9 +715,11 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
 
 @dataclass
 class RunRecord:
-    """A finished run directory (one with a result.json) and what its result.json says."""
+    """``result.json``, the outcome of a finished run (written by ``train.fit`` at its end), and where it was
+    read from. The file holds every field but ``path``; a test error that is not a number (a data set without
+    test images) is null in the file and NaN here."""
 
-    path: Path
+    path: Optional[Path]
     seed: int
     dataset: str
     labels: int
@@ -715,25 +730,119 @@ class RunRecord:
     device: str
     torch: str
     config: Dict[str, Any]
+    val_error: Optional[float] = None
+    seconds: float = 0.0
+    versions: Dict[str, str] = field(default_factory=dict)
+    class_names: List[str] = field(default_factory=list)
+    class_values: List[Any] = field(default_factory=list)  # each class's label value in the data
+    per_class_error: Optional[Dict[str, float]] = None
+    confusion_matrix: Optional[List[List[int]]] = None
+    labeled_indices: List[int] = field(default_factory=list)
+
+    FILE_FIELDS = ("test_error", "val_error", "seed", "dataset", "labels", "method", "epochs", "iters_per_epoch",
+                   "device", "seconds", "torch", "versions", "class_names", "class_values", "per_class_error",
+                   "confusion_matrix", "labeled_indices", "config")  # the file's keys, in its order
+
+    def write(self, run_dir: Path) -> None:
+        payload = {name: getattr(self, name) for name in self.FILE_FIELDS}
+        atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(_finite_or_null(payload), indent=1, allow_nan=False))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunRecord":
+        path = Path(run_dir) / RESULT_NAME
+        if not path.is_file():
+            raise RunDirError(f"{run_dir}: not a finished run (no {RESULT_NAME}); finish it with "
+                              f"ssgan fit --resume {run_dir}")
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            values = {name: stored[name] for name in cls.FILE_FIELDS}
+            record = cls(path=Path(run_dir), **values)
+            record.seed, record.labels, record.epochs = int(record.seed), int(record.labels), int(record.epochs)
+            record.iters_per_epoch = int(record.iters_per_epoch)
+            record.test_error = float("nan") if record.test_error is None else float(record.test_error)
+            if not isinstance(record.config, dict):
+                raise TypeError("config is not a mapping")
+            return record
+        except (ValueError, KeyError, TypeError) as error:
+            raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
+                              f"{error})") from None
 
 
-def read_run(run_dir: Path) -> RunRecord:
-    """Read ``run_dir/result.json`` (written by ``train.fit`` at the end of a run)."""
-    path = Path(run_dir) / RESULT_NAME
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a finished run (no {RESULT_NAME}); finish it with "
-                          f"ssgan fit --resume {run_dir}")
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        return RunRecord(Path(run_dir), int(result["seed"]), result["dataset"], int(result["labels"]),
-                         result["method"],
-                         float("nan") if result["test_error"] is None else float(result["test_error"]),
-                         int(result["epochs"]),
-                         int(result["iters_per_epoch"]), str(result.get("device", "?")),
-                         str(result.get("torch", "?")), result["config"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
-                          f"{error})") from None
+@dataclass
+class SeedsPlan:
+    """``seeds.json``, what a seeds run trains (its resolved config, seeds and command), written before the
+    first seed starts so that a run stopped at any point can be continued. The config stays a plain dict here
+    (a plan of an older schema can still be found by its key); ``typed_config`` checks it."""
+
+    config: Dict[str, Any]
+    seeds: List[int]
+    command: str
+
+    def write(self, out_dir: Path) -> None:
+        make_dir(out_dir)
+        atomic_write(Path(out_dir) / PLAN_NAME, json.dumps({"config": self.config, "seeds": [int(s) for s in
+                                                                                           self.seeds],
+                                                            "command": self.command}, indent=1))
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "SeedsPlan":
+        path = Path(out_dir) / PLAN_NAME
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(plan["config"], dict):
+                raise TypeError("config is not a mapping")
+            return cls(plan["config"], [int(s) for s in plan["seeds"]], str(plan["command"]))
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            raise RunDirError(f"{path}: not a seeds plan ({type(error).__name__}: {error})") from None
+
+
+@dataclass
+class SeedsSummary:
+    """``summary.json`` (and its Markdown twin ``summary.md``): a seeds run's numbers so far, rewritten after
+    every seed (``complete`` says whether every planned seed has finished). ``meta`` is the provenance
+    (command, date, devices, versions, epochs, seeds, std, ensemble) that leads the file."""
+
+    meta: Dict[str, Any]
+    dataset: str
+    labels: int
+    method: str
+    key: str
+    seeds: List[int]
+    finished: List[int]
+    test_errors: Dict[str, float]
+    mean: float
+    std: Optional[float]
+    ensemble_error: float
+    n_test: int
+    runs: Dict[str, str]
+    config: Dict[str, Any]
+    ensemble_per_class_error: Optional[Dict[str, float]] = None
+    ensemble_confusion_matrix: Optional[List[List[int]]] = None
+
+    @property
+    def complete(self) -> bool:
+        return sorted(self.finished) == sorted(self.seeds)
+
+    def write(self, out_dir: Path, markdown: str) -> None:
+        body = {name: getattr(self, name) for name in ("dataset", "labels", "method", "key", "seeds", "finished")}
+        body["complete"] = self.complete
+        body.update({name: getattr(self, name) for name in ("test_errors", "mean", "std", "ensemble_error",
+                                                             "n_test", "runs", "config", "ensemble_per_class_error",
+                                                             "ensemble_confusion_matrix")})
+        atomic_write(Path(out_dir) / SUMMARY_NAME, json.dumps({**self.meta, **body}, indent=1))
+        atomic_write(Path(out_dir) / SUMMARY_MD_NAME, markdown)
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "SeedsSummary":
+        path = Path(out_dir) / SUMMARY_NAME
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            names = [f.name for f in fields(cls) if f.name != "meta"]
+            values = {name: stored.pop(name) for name in names}
+            stored.pop("complete")
+            return cls(meta=stored, **values)
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            raise RunDirError(f"{path}: not a seeds summary ({type(error).__name__}: {error})") from None
 
 
 def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
@@ -752,5 +861,70 @@ def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
         for run_dir in found:
             if run_dir.resolve() not in seen:
                 seen.add(run_dir.resolve())
-                records.append(read_run(run_dir))
+                records.append(RunRecord.read(run_dir))
     return records
+
+
+# ------------------------------------------------------------------------------------ estimator files
+
+ESTIMATOR_FORMAT = "ssgan-estimator-v1"
+# Files of an estimator fitted with the tabular recipe: they also hold the min-max scaler, which a reader of
+# v1 files would ignore (and then scale the rows as pixels), so they carry a format of their own.
+TABULAR_FORMAT = "ssgan-estimator-v2"
+ESTIMATOR_FORMATS = (ESTIMATOR_FORMAT, TABULAR_FORMAT)
+
+
+@dataclass
+class EstimatorFile:
+    """A fitted ``SSGANClassifier`` in one file (``save`` / ``load``): its parameters, config, both networks'
+    weights, classes and, for the tabular recipe, the scaler's per-feature minimum and maximum (then the file's
+    format is ``TABULAR_FORMAT``). Only tensors, numbers, strings, lists and dicts: read weights-only."""
+
+    params: Dict[str, Any]
+    config: Dict[str, Any]
+    discriminator: Dict[str, torch.Tensor]
+    generator: Dict[str, torch.Tensor]
+    classes: List[Any]
+    classes_dtype: str
+    n_features_in: int
+    value_max: Optional[float]
+    history: List[Dict[str, float]]
+    data_min: Optional[torch.Tensor] = None  # float64, tabular recipe only
+    data_max: Optional[torch.Tensor] = None
+
+    @property
+    def tabular(self) -> bool:
+        return self.data_min is not None
+
+    def write(self, path: Path) -> None:
+        payload = {"format": TABULAR_FORMAT if self.tabular else ESTIMATOR_FORMAT}
+        payload.update({f.name: getattr(self, f.name) for f in fields(self)
+                        if self.tabular or f.name not in ("data_min", "data_max")})
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(path, buffer.getvalue())
+
+    @staticmethod
+    def is_one(path: Path) -> bool:
+        """Whether ``path`` is a file written by ``write`` (not a run's checkpoint)."""
+        return Path(path).is_file() and read_payload(path).get("format") in ESTIMATOR_FORMATS
+
+    @classmethod
+    def read(cls, path: Path) -> "EstimatorFile":
+        path = Path(path)
+        if path.is_dir():
+            raise RunDirError(f"{path} is a directory: SSGANClassifier.load takes a file written by save(); for a "
+                              f"run directory of ssgan fit use ssgan.load({str(path)!r})")
+        payload = read_payload(path)
+        if payload.get("format") == CHECKPOINT_FORMAT:
+            raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
+                              f"ssgan.load({str(path.parent)!r})")
+        if payload.get("format") not in ESTIMATOR_FORMATS:
+            raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format "
+                              f"{' or '.join(ESTIMATOR_FORMATS)})")
+        tabular = payload["format"] == TABULAR_FORMAT
+        names = [f.name for f in fields(cls) if tabular or f.name not in ("data_min", "data_max")]
+        missing = [name for name in names if name not in payload]
+        if missing:
+            raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
+        return cls(**{name: payload[name] for name in names})

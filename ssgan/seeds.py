@@ -24,13 +24,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .concurrent import check_supported, fit_grid
-from .config import Config, ConfigError, config_from_dict, resolve_device
+from .config import MAX_SEED, Config, ConfigError, config_from_dict, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
-from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, SUMMARY_NAME, RunDirError, RunLock, RunRecord,
-                     atomic_write, clear_outputs, is_used, load_checkpoint, load_run, make_dir, read_run,
-                     recover_group_checkpoints,
-                     remove_unstarted)
+from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, RunRecord, SeedsPlan,
+                     clear_outputs, is_used, load_checkpoint, load_run, recover_group_checkpoints, remove_unstarted)
 from .train import TrainingInterrupted, fit
 
 logger = logging.getLogger(__name__)
@@ -47,6 +45,21 @@ NOT_IN_KEY = ("seed", "run_dir", "overwrite", "dataset.root", "dataset.download"
 
 # ------------------------------------------------------------------------------------------------ keys
 
+def in_key(name: str) -> bool:
+    """Whether a config field (dotted name, e.g. ``train.device``) is part of a cell's key."""
+    return name not in NOT_IN_KEY
+
+
+def check_seeds(first: int, n_seeds: int) -> List[int]:
+    """The seeds ``first .. first + n_seeds - 1`` of a seeds run or table cell; ConfigError unless there is at
+    least one and all stay below numpy's 2**32."""
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+    if first + n_seeds > MAX_SEED:
+        raise ConfigError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
+    return list(range(first, first + n_seeds))
+
+
 def config_key(config: Dict[str, Any]) -> str:
     """12 hex digits of the SHA-256 of a resolved config (nested dicts as ``dataclasses.asdict`` gives)
     without the fields of ``NOT_IN_KEY``, serialised as JSON with sorted keys."""
@@ -61,14 +74,12 @@ def keyed_fields(config: Dict[str, Any]) -> Dict[str, Any]:
         config = asdict(config_from_dict(config))
     except ConfigError:  # a field this version no longer knows: keep the config as it is
         pass
-    kept = json.loads(json.dumps(config))  # a deep copy of plain values
-    for dotted in NOT_IN_KEY:
-        *parents, name = dotted.split(".")
-        node = kept
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(name, None)
-    return kept
+    return _keyed(json.loads(json.dumps(config)), "")  # (through JSON: plain values only)
+
+
+def _keyed(node: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return {name: _keyed(value, f"{prefix}{name}.") if isinstance(value, dict) else value
+            for name, value in node.items() if in_key(prefix + name)}
 
 
 def config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -90,10 +101,10 @@ def cell_directory(cache_dir: Path, cfg: Config) -> Path:
     key = config_key(asdict(cfg))
     root = Path(cache_dir) / cfg.dataset.name
     if not (root / key).exists() and root.is_dir():
-        for plan in sorted([*root.glob(f"*/{PLAN_NAME}"), *root.glob(f"*/{SUMMARY_NAME}")]):
+        for plan in sorted(root.glob(f"*/{PLAN_NAME}")):
             try:
-                stored = json.loads(plan.read_text(encoding="utf-8"))["config"]
-            except (ValueError, KeyError, TypeError):
+                stored = SeedsPlan.read(plan.parent).config
+            except RunDirError:
                 continue
             if config_key(stored) == key:
                 return plan.parent
@@ -102,28 +113,17 @@ def cell_directory(cache_dir: Path, cfg: Config) -> Path:
 
 # ------------------------------------------------------------------------------------------------ plan
 
-def write_plan(out_dir: Path, cfg: Config, seeds: Sequence[int], command: str) -> None:
-    """``seeds.json``: what the seeds run trains (its config, seeds and command), before anything trains."""
-    make_dir(out_dir)
-    atomic_write(out_dir / PLAN_NAME, json.dumps({"config": asdict(cfg), "seeds": [int(s) for s in seeds],
-                                                  "command": command}, indent=1))
-
-
 def is_seeds_run(path: Path) -> bool:
-    return (Path(path) / PLAN_NAME).is_file() or (Path(path) / SUMMARY_NAME).is_file()
+    return (Path(path) / PLAN_NAME).is_file()
 
 
 def read_plan(run_dir: Path) -> Tuple[Config, List[int], str]:
-    """The config, seeds and command of a seeds run (to continue it), from its ``seeds.json`` (or the
-    ``summary.json`` of a run written before there was a plan file)."""
-    path = Path(run_dir) / PLAN_NAME
-    if not path.is_file():
-        path = Path(run_dir) / SUMMARY_NAME
+    """The config, seeds and command of a seeds run (to continue it), from its ``seeds.json``."""
+    plan = SeedsPlan.read(run_dir)
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-        return config_from_dict(plan["config"]), [int(s) for s in plan["seeds"]], str(plan["command"])
-    except (OSError, KeyError, TypeError, ValueError, ConfigError) as error:
-        raise RunDirError(f"{path}: not a seeds plan ({type(error).__name__}: {error})") from None
+        return config_from_dict(plan.config), plan.seeds, plan.command
+    except ConfigError as error:
+        raise RunDirError(f"{Path(run_dir) / PLAN_NAME}: not a seeds plan (ConfigError: {error})") from None
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -157,7 +157,7 @@ class Cell:
         return config_key(asdict(self.cfg))
 
 
-def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, data: ImageData, *,
+def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str, data: ImageData,
                  fresh: bool = False) -> Cell:
     """A seeds run about to train: with ``fresh`` (``--overwrite``) its old outputs are cleared first, so that
     no old result stands beside a new checkpoint; its plan ``seeds.json`` is written before anything trains."""
@@ -166,11 +166,11 @@ def prepare_cell(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str,
         check_supported(cfg)
     if fresh:
         clear_outputs(out_dir)
-    write_plan(out_dir, cfg, seeds, command)
+    SeedsPlan(asdict(cfg), list(seeds), command).write(out_dir)
     return Cell(cfg, list(seeds), Path(out_dir))
 
 
-def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, *, fresh: bool = False,
+def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str, fresh: bool = False,
                 data: Optional[ImageData] = None, trained: Optional[Dict[Path, Any]] = None) -> Iterator[SeedOutcome]:
     """Train ``cfg`` with each of ``seeds`` into ``out_dir/seed<N>/``; yield each seed's outcome.
 
@@ -184,7 +184,7 @@ def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, 
     ``out_dir`` to resume) from the training.
     """
     data = data if data is not None else load_data(cfg.dataset, seeds[0])  # one test split for every seed
-    cell = prepare_cell(cfg, seeds, out_dir, command, data, fresh=fresh)
+    cell = prepare_cell(cfg, seeds, out_dir, command=command, data=data, fresh=fresh)
     if trained is None:
         trained = train_together([cell], data, f"ssgan fit --resume {out_dir}") if cell.cfg.train.concurrent_seeds \
             else {}
@@ -197,19 +197,19 @@ def train_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, command: str, 
             waiting.append(seed)
             continue
         try:
-            yield _seed_outcome(cell, seed, data, trained)
+            yield _seed_outcome(cell, seed, data=data, trained=trained)
         finally:
             lock.release()
     for seed in waiting:
         lock = RunLock(out_dir / f"seed{seed}")
         lock.acquire(wait=True)
         try:
-            yield _seed_outcome(cell, seed, data, trained, "finished by another process")
+            yield _seed_outcome(cell, seed, data=data, trained=trained, finished_how="finished by another process")
         finally:
             lock.release()
 
 
-def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, Any],
+def _seed_outcome(cell: Cell, seed: int, *, data: ImageData, trained: Dict[Path, Any],
                   finished_how: str = "finished before, not trained again") -> SeedOutcome:
     """One seed's outcome, its lock held: read if finished, else trained (or continued from its checkpoint)."""
     cfg, seed_dir = cell.cfg, cell.out_dir / f"seed{seed}"
@@ -217,16 +217,17 @@ def _seed_outcome(cell: Cell, seed: int, data: ImageData, trained: Dict[Path, An
     batch = cfg.train.eval_batch_size
     if seed_dir in trained:
         probs = _probs(trained[seed_dir], seed_data, batch, cfg.train.tf32)
-        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
+        return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test, "trained concurrently", seed_data.class_names)
     if (seed_dir / RESULT_NAME).is_file():
         _check_key(seed_dir, cfg, cell.key)
         run = load_run(seed_dir, resolve_device(cfg.train.device))
         probs = predict_proba(run.discriminator, seed_data.x_test, batch, tf32=run.config.train.tf32)
-        return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
+        return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
     resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
-    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume, seed_data, cell.out_dir)
+    result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume=resume, data=seed_data,
+                        out_dir=cell.out_dir)
     probs = _probs(result, seed_data, batch, cfg.train.tf32)
-    return SeedOutcome(read_run(seed_dir), probs, seed_data.y_test,
+    return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test,
                        "continued from its checkpoint" if resume is not None else "trained", seed_data.class_names)
 
 
@@ -288,14 +289,14 @@ def _resume_payload(seed_dir: Path, key: str) -> Optional[Dict]:
 
 
 def _check_key(seed_dir: Path, cfg: Config, key: str) -> None:
-    record = read_run(seed_dir)
+    record = RunRecord.read(seed_dir)
     if config_key(record.config) != key:
         fields = config_differences(keyed_fields(asdict(cfg)), keyed_fields(record.config))
         raise RunDirError(f"{seed_dir} was trained with another config (it differs in {', '.join(fields)}); "
                           f"move it away to train seed {record.seed} again")
 
 
-def _train_one(cfg: Config, seed_dir: Path, resume: Optional[Dict], data: ImageData, out_dir: Path):
+def _train_one(cfg: Config, seed_dir: Path, *, resume: Optional[Dict], data: ImageData, out_dir: Path):
     """One seed with ``train.fit``; a seed that could not start leaves nothing behind."""
     if resume is not None:
         logger.info(f"seed {cfg.seed}: continuing from its checkpoint at epoch {int(resume['epoch'])} ({seed_dir})")

@@ -38,7 +38,7 @@ from .layers import data_dependent_init
 from .models import as_generator, build_encoder, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
-                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config, write_group_checkpoints, write_result)
+                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config, write_group_checkpoints, RunRecord)
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -1178,16 +1178,15 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
     curve = plots.curve_png(result.history, title)
     if curve is not None:
         atomic_write(run_dir / CURVE_NAME, curve)
-    write_result(run_dir, {
-        "test_error": result.test_error, "val_error": result.val_error, "seed": cfg.seed,
-        "dataset": cfg.dataset.name, "labels": cfg.dataset.labels, "method": cfg.method.name,
-        "epochs": cfg.train.epochs, "iters_per_epoch": iters, "device": str(device),
-        "seconds": result.history[-1]["seconds"] if result.history else 0.0, "torch": torch.__version__,
-        "versions": environment(device), "class_names": list(result.class_names),
-        "class_values": list(result.class_values),
-        "per_class_error": None if report is None else report["per_class_error"],
-        "confusion_matrix": None if report is None else report["confusion_matrix"],
-        "labeled_indices": [int(i) for i in result.labeled_indices], "config": asdict(cfg)})
+    RunRecord(
+        path=run_dir, test_error=result.test_error, val_error=result.val_error, seed=cfg.seed,
+        dataset=cfg.dataset.name, labels=cfg.dataset.labels, method=cfg.method.name, epochs=cfg.train.epochs,
+        iters_per_epoch=iters, device=str(device), seconds=result.history[-1]["seconds"] if result.history else 0.0,
+        torch=torch.__version__, versions=environment(device), class_names=list(result.class_names),
+        class_values=list(result.class_values),
+        per_class_error=None if report is None else report["per_class_error"],
+        confusion_matrix=None if report is None else report["confusion_matrix"],
+        labeled_indices=[int(i) for i in result.labeled_indices], config=asdict(cfg)).write(run_dir)
 
 
 def _description(members: Sequence[Member]) -> str:

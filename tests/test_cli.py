@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from ssgan.cli import _fit_parser, fit_overrides, job_device, main
+from ssgan.cli import main
+from ssgan.fit_command import fit_overrides, fit_parser, job_device
 from tests.conftest import TINY_OVERRIDES
 
 
 def test_labels_flag_lands_on_dataset_labels():
-    args = _fit_parser().parse_args(["--dataset", "cifar10", "--labels", "4000", "--seed", "3",
+    args = fit_parser().parse_args(["--dataset", "cifar10", "--labels", "4000", "--seed", "3",
                                      "--method", "ct_gan", "train.lr=1e-4"])
     overrides = fit_overrides(args)
     assert "dataset.labels=4000" in overrides and "dataset=cifar10" in overrides

@@ -391,3 +391,74 @@ def test_resume_removes_the_checkpoint_temporaries_a_sigkill_left(tmp_path, monk
         path.write_bytes(b"half a checkpoint")
     assert main(["fit", "--resume", str(run_dir)]) == 0
     assert not any(path.exists() for path in stale)
+
+
+# --------------------------------------------------------------------------------------- typed records
+
+def test_the_result_record_round_trips_and_is_what_a_run_writes(uninterrupted, tmp_path):
+    from ssgan.rundir import RESULT_NAME, RunRecord
+
+    record = RunRecord.read(uninterrupted)  # what train.fit wrote
+    assert list(json.loads((uninterrupted / RESULT_NAME).read_text())) == list(RunRecord.FILE_FIELDS)
+    assert record.path == uninterrupted and record.epochs == 6 and len(record.labeled_indices) == 20
+    record.write(tmp_path)
+    again = RunRecord.read(tmp_path)
+    assert {**vars(again), "path": None} == {**vars(record), "path": None}
+    assert (tmp_path / RESULT_NAME).read_text() == (uninterrupted / RESULT_NAME).read_text()
+
+    no_test = RunRecord(None, 0, "npz", 20, "improved_gan", float("nan"), 1, 2, "cpu", torch.__version__, {})
+    no_test.write(tmp_path)  # NaN is null in the file and NaN again when read
+    assert json.loads((tmp_path / RESULT_NAME).read_text())["test_error"] is None
+    assert RunRecord.read(tmp_path).test_error != RunRecord.read(tmp_path).test_error
+    (tmp_path / RESULT_NAME).write_text(json.dumps({"test_error": 1.0}))
+    with pytest.raises(RunDirError, match="not a result.json"):
+        RunRecord.read(tmp_path)
+
+
+def test_the_plan_and_summary_records_round_trip(tmp_path):
+    from dataclasses import asdict
+
+    from ssgan.config import Config
+    from ssgan.rundir import PLAN_NAME, SUMMARY_MD_NAME, SUMMARY_NAME, SeedsPlan, SeedsSummary
+
+    plan = SeedsPlan(asdict(Config()), [3, 4], "ssgan fit --seeds 2 seed=3")
+    plan.write(tmp_path / "run")
+    assert SeedsPlan.read(tmp_path / "run") == plan
+    assert set(json.loads((tmp_path / "run" / PLAN_NAME).read_text())) == {"config", "seeds", "command"}
+
+    summary = SeedsSummary(meta={"command": "c", "date": "d"}, dataset="digits", labels=20, method="improved_gan",
+                           key="0123456789ab", seeds=[0, 1], finished=[0], test_errors={"0": 9.5}, mean=9.5,
+                           std=None, ensemble_error=9.5, n_test=450, runs={"0": "seed0"}, config={"seed": 0})
+    summary.write(tmp_path / "run", "# table\n")
+    assert SeedsSummary.read(tmp_path / "run") == summary
+    stored = json.loads((tmp_path / "run" / SUMMARY_NAME).read_text())
+    assert stored["complete"] is False and list(stored)[:2] == ["command", "date"]  # provenance leads
+    assert (tmp_path / "run" / SUMMARY_MD_NAME).read_text() == "# table\n"
+    with pytest.raises(RunDirError, match="not a seeds plan"):
+        SeedsPlan.read(tmp_path)
+
+
+@pytest.mark.parametrize("tabular", [False, True])
+def test_the_estimator_file_record_round_trips(tabular, tmp_path):
+    from ssgan.rundir import CHECKPOINT_FORMAT, EstimatorFile, read_payload
+
+    saved = EstimatorFile(params={"recipe": "digits", "epochs": 2}, config={"seed": 0},
+                          discriminator={"w": torch.arange(6.0).reshape(2, 3)}, generator={"b": torch.ones(2)},
+                          classes=["a", "b"], classes_dtype="<U1", n_features_in=64, value_max=16.0,
+                          history=[{"epoch": 1, "test_error": 50.0}],
+                          data_min=torch.zeros(3, dtype=torch.float64) if tabular else None,
+                          data_max=torch.ones(3, dtype=torch.float64) if tabular else None)
+    saved.write(tmp_path / "model.pt")
+    assert EstimatorFile.is_one(tmp_path / "model.pt")
+    assert read_payload(tmp_path / "model.pt")["format"] == ("ssgan-estimator-v2" if tabular else "ssgan-estimator-v1")
+    again = EstimatorFile.read(tmp_path / "model.pt")
+    assert again.tabular == tabular and again.classes == saved.classes and again.history == saved.history
+    assert torch.equal(again.discriminator["w"], saved.discriminator["w"])
+    if tabular:
+        assert torch.equal(again.data_max, saved.data_max) and again.data_max.dtype == torch.float64
+    torch.save({"format": CHECKPOINT_FORMAT}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="a checkpoint of ssgan fit"):
+        EstimatorFile.read(tmp_path / "checkpoint.pt")
+    torch.save({"format": "ssgan-estimator-v1", "params": {}}, tmp_path / "cut.pt")
+    with pytest.raises(RunDirError, match="incomplete estimator file"):
+        EstimatorFile.read(tmp_path / "cut.pt")

@@ -1,0 +1,79 @@
+"""Tables as library calls (ssgan/table.py): ``ssgan.make_table`` trains and writes what ``ssgan table`` does,
+``collect_table`` aggregates what ``ssgan table --from`` does, and ``fit_seeds`` is ``ssgan fit --seeds``; on
+the digits data with tiny models."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import ssgan
+from ssgan.cli import main
+from ssgan.config import ConfigError
+from ssgan.table import Progress, collect_table, fit_seeds
+from tests.conftest import TINY_SEEDS
+
+PROVENANCE = ("command", "date", "runs")  # what differs between two tables of the same numbers
+
+
+def _rows(path):
+    """A table's JSON rows without what names the call (command, date) or where the runs live."""
+    table = json.loads(path.read_text())
+    return [{k: v for k, v in row.items() if k not in PROVENANCE} for row in table["rows"]]
+
+
+def test_make_table_writes_what_ssgan_table_writes(tmp_path, capsys, caplog):
+    assert main(["table", "--dataset", "digits", "--labels", "20", "--seeds", "2", "--cache-dir",
+                 str(tmp_path / "cli-cache"), "--out-dir", str(tmp_path / "cli"), *TINY_SEEDS]) == 0
+    cli_lines = capsys.readouterr().out.splitlines()
+
+    with caplog.at_level(logging.INFO, logger="ssgan"):
+        table = ssgan.make_table("digits", labels=[20], seeds=2, overrides=TINY_SEEDS,
+                                 cache_dir=tmp_path / "cache", out_dir=tmp_path / "lib")
+    assert [p.name for p in table.files] == ["digits.md", "digits.json", "digits.png"]
+    assert _rows(tmp_path / "lib" / "digits.json") == _rows(tmp_path / "cli" / "digits.json")  # trained alike
+    (row,) = table.rows
+    assert row.seeds == [0, 1] and row.labels == 20 and len(row.test_errors) == 2
+    # the lines the command printed while training, from the library's default Progress (the ssgan logger)
+    logged = [r.getMessage() for r in caplog.records if r.name == "ssgan.table"]
+    assert [line.split(":")[0] for line in logged] == [line.split(":")[0] for line in cli_lines[:len(logged)]]
+    assert logged[-1] == cli_lines[len(logged) - 1]  # "test error: mean +- std ..." of the cell
+
+    again = ssgan.make_table("digits", labels=[20], seeds=2, overrides=TINY_SEEDS,
+                             cache_dir=tmp_path / "cli-cache", out_dir=None)  # the command's cache: nothing trains
+    assert again.files == [] and again.rows[0].test_errors == row.test_errors
+    assert not (tmp_path / "results").exists()
+
+
+def test_collect_table_is_table_from(tmp_path, capsys):
+    table = ssgan.make_table("digits", labels=[20], seeds=1, overrides=TINY_SEEDS, cache_dir=tmp_path / "cache",
+                             out_dir=None, progress=Progress(lambda line: None))
+    assert main(["table", "--from", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "cli"),
+                 "--device", "cpu"]) == 0
+    collected = collect_table([tmp_path / "cache"], device="cpu", out_dir=tmp_path / "lib")
+    assert _rows(tmp_path / "lib" / "digits.json") == _rows(tmp_path / "cli" / "digits.json")
+    assert collected.rows[0].ensemble_error == table.rows[0].ensemble_error
+
+
+def test_fit_seeds_is_ssgan_fit_seeds(seeds_run, tmp_path):
+    from ssgan.config import compose
+
+    run_dir, lines = seeds_run
+    printed = []
+    cfg = compose([*TINY_SEEDS, "dataset.labels=20"])
+    summary = fit_seeds(cfg, [0, 1], tmp_path / "run", command="test", progress=Progress(printed.append))
+    assert printed[-1] == lines[-1] and printed[-2] == lines[-2]  # the same numbers as the command's
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["mean"] == summary.mean
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"labels": None}, "no published label counts"),
+    ({"labels": [20], "seeds": 0}, "at least 1"),
+    ({"labels": [20], "overrides": ["dataset.labels=30"]}, "the table sets this"),
+])
+def test_make_table_refuses_bad_input_before_anything_is_written(kwargs, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        ssgan.make_table("digits", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", **kwargs)
+    assert list(tmp_path.iterdir()) == []
