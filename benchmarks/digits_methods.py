@@ -53,12 +53,12 @@ def _seeds(text: str):
 
 def _fit_seeds(overrides, seeds, extra=()):
     """One model per seed: concurrently where the options allow it, else one after another."""
-    from ssgan.concurrent import UNSUPPORTED, fit_concurrent
-    from ssgan.config import compose
-    from ssgan.train import fit, options_in_use
+    from ssgan.concurrent import fit_concurrent
+    from ssgan.config import compose, refused_options
+    from ssgan.train import fit
 
     cfg = compose([*overrides, *extra, "train.progress=false", "train.sample_grid=false"])
-    if not options_in_use(cfg, UNSUPPORTED):
+    if not refused_options(cfg, "stacked"):
         return fit_concurrent(cfg, seeds)
     return [fit(replace(cfg, seed=seed)) for seed in seeds]
 

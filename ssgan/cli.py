@@ -51,7 +51,8 @@ from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, chec
                      default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
                      remove_unstarted, write_overrides)
 from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
-from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
+from .config import RESUMABLE_FIELDS as RESUME_OVERRIDABLE
+from .train import TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
 COMMANDS = {

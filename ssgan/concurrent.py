@@ -6,7 +6,7 @@ Only what vectorising needs lives here: stacking the members' networks and optim
 single-model modules (``StackedEngine.networks``). Everything else (the seeds' draws, the epoch loop, the data
 order and z, evaluation, logs, checkpoints, signals, outputs) is the single-run frame of ``train.py``
 (``start_member``, ``train_members``), so every ``train.*`` option means the same in both paths, and those
-the vectorised step cannot take are refused by one list, ``UNSUPPORTED``.
+the vectorised step cannot take are refused as the schema declares (``config.refused_options``).
 
 Each seed keeps its own labeled subset, initialisation, data order and z stream, drawn exactly as a
 single-seed ``fit`` draws them, so with the in-network noise off a concurrent run reproduces the single
@@ -26,22 +26,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .config import Config, ConfigError, validate
+from .config import Config, ConfigError, refused_options, validate
 from .data import ImageData
 from .optim import make_optimizer
 from .train import (AMP_DTYPES, STAT_NAMES, FitResult, Networks, autocast, numerics,
-                    decide_capture, discriminator_loss, g_betas, generator_loss, options_in_use, place_data, prepare,
+                    decide_capture, discriminator_loss, g_betas, generator_loss, place_data, prepare,
                     start_member, train_members, update)
 
-# Options the vectorised step does not cover (they need per-model autograd, state or data; a validation split
-# is drawn per seed), named as in ``train.OPTION_IN_USE``. Every other option works as in a single run.
-UNSUPPORTED = ("model.norm=spectral", "method.gradient_penalty", "method.historical_averaging", "dataset.val_size",
-               "train.channels_last", "train.compile", "method.vi_weight", "method.density_weight")
-
-
 def check_supported(cfg: Config) -> None:
-    """Refuse, with one line, the options of ``UNSUPPORTED``."""
-    names = options_in_use(cfg, UNSUPPORTED)
+    """Refuse, with one line, the options the vectorised step does not cover (the schema's
+    ``refused_by=("stacked",)``: they need per-model autograd, state or data)."""
+    names = refused_options(cfg, "stacked")
     if names:
         raise ConfigError(f"concurrent seeds do not support {', '.join(names)}; set train.concurrent_seeds=false")
 

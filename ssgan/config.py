@@ -11,9 +11,10 @@ Each hyperparameter of the method is one field here; the published recipes set t
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -27,151 +28,222 @@ METHODS = ("improved_gan", "ct_gan", "ct_gan_te", "bad_gan")
 ARCHS = ("mlp", "cnn", "custom")
 
 
+# ------------------------------------------------------------------------------------------ field roles
+
+# Every field of the schema declares its role once, here, in its dataclass metadata (``recipe(300)`` etc.):
+# whether it is part of a table cell's cache key (``keyed``: it changes what a run computes) and whether
+# ``ssgan fit --resume DIR KEY=VALUE`` may change it (``resumable``: it does not change the state a checkpoint
+# holds). ``fields_with``, ``keyed_values`` and ``refused_options`` read the roles; tests/test_config.py checks
+# that every field has one.
+ROLES = {
+    "recipe": {"keyed": True, "resumable": False},  # what is trained: networks, data, method, batches
+    "schedule": {"keyed": True, "resumable": True},  # how long and at which rates: a resume may extend it
+    # How the numbers are computed (precision, TF32, compile, CUDA graph, determinism, memory layout): they change
+    # a run's last bits, so they are keyed; the checkpoint is float32 with plain optimizers, so they are resumable.
+    "numerics": {"keyed": True, "resumable": True},
+    "data_path": {"keyed": True, "resumable": True},  # the user data's file: names the data, and may move
+    # Where and how runs execute (device, data placement, seeds stacked or one after another, how many at once):
+    # not keyed, so that a table can be continued on another machine or another way; result.json records each.
+    "execution": {"keyed": False, "resumable": True},
+    "reporting": {"keyed": False, "resumable": True},  # what a run shows and writes along the way
+    "identity": {"keyed": False, "resumable": False},  # which run: the seed, its directory
+}
+ENGINES = ("stacked", "captured")  # concurrent.StackedEngine; engines.Captured (an iteration as a CUDA graph)
+
+
+def _field(role: str, default: Any, *, test_set: bool = True, refused_by: Sequence[str] = (),
+           refused_when: Any = None) -> Any:
+    """A schema field with its role. ``test_set`` (dataset fields): whether it fixes the test images;
+    ``refused_by``: the engines (``ENGINES``) that cannot run the option when it is in use, i.e. when it equals
+    ``refused_when`` or, where that is None, differs from the default. A list default is copied per instance."""
+    metadata = {"role": role, **ROLES[role], "test_set": test_set, "refused_by": tuple(refused_by),
+                "refused_when": refused_when}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def recipe(default: Any, **options: Any) -> Any:
+    return _field("recipe", default, **options)
+
+
+def schedule(default: Any, **options: Any) -> Any:
+    return _field("schedule", default, **options)
+
+
+def numerics(default: Any, **options: Any) -> Any:
+    return _field("numerics", default, **options)
+
+
+def data_path(default: Any, **options: Any) -> Any:
+    return _field("data_path", default, **options)
+
+
+def execution(default: Any, **options: Any) -> Any:
+    return _field("execution", default, **options)
+
+
+def reporting(default: Any, **options: Any) -> Any:
+    return _field("reporting", default, **options)
+
+
+def identity(default: Any, **options: Any) -> Any:
+    return _field("identity", default, **options)
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared (docs/method.md sec. 3)."""
 
-    name: str = "digits"
+    name: str = recipe("digits")
     # builtin: scikit-learn's digits; torchvision: the torchvision data set class; folder / npz: user data.
-    source: str = "builtin"
-    root: str = "data"
-    path: Optional[str] = None  # the folder or .npz for source=folder|npz
-    download: bool = False
-    labels: int = 50  # total labeled examples, balanced over the classes
-    n_classes: int = 10
+    source: str = recipe("builtin")
+    root: str = execution("data", test_set=False)
+    path: Optional[str] = data_path(None)  # the folder or .npz for source=folder|npz
+    download: bool = execution(False, test_set=False)
+    labels: int = recipe(50, test_set=False)  # total labeled examples, balanced over the classes
+    n_classes: int = recipe(10)
     # (C, H, W) the recipe's network expects; user data of another size needs resize=true.
-    image_shape: List[int] = field(default_factory=lambda: [1, 8, 8])
-    resize: bool = False
+    image_shape: List[int] = recipe([1, 8, 8])
+    resize: bool = recipe(False)
     # unit: x / max -> [0, 1]; cifar: (x - 127.5) / 128; symmetric: (x - 127.5) / 127.5;
     # half: (x - 127.5) / 255 -> [-0.5, 0.5] (CT-GAN's CIFAR-10 loader)
-    scaling: str = "unit"
+    scaling: str = recipe("unit")
     # Held out of the train split for model selection: a fraction if < 1, else a count. 0 as in the papers.
-    val_size: float = 0.0
+    val_size: float = recipe(0.0, test_set=False, refused_by=("stacked",))
 
 
 @dataclass
 class ModelConfig:
     """Which discriminator / generator pair to build (models.py) and its sizes."""
 
-    arch: str = "mlp"  # mlp | cnn | custom (your own networks: model.discriminator, model.generator)
+    # mlp | cnn | custom (your own networks: model.discriminator, model.generator; they may wait for the host,
+    # so a CUDA graph does not capture them)
+    arch: str = recipe("mlp", refused_by=("captured",), refused_when="custom")
     # mlp: hidden widths of D; cnn: [width of block 1, width of block 2, last conv, NiN 1, NiN 2]
-    d_widths: List[int] = field(default_factory=lambda: [256, 128, 128])
+    d_widths: List[int] = recipe([256, 128, 128])
     # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
-    g_widths: List[int] = field(default_factory=lambda: [256, 256])
-    z_dim: int = 100
-    weight_init_std: float = 0.1  # std of the direction parameters v before normalisation
+    g_widths: List[int] = recipe([256, 256])
+    z_dim: int = recipe(100)
+    weight_init_std: float = recipe(0.1)  # std of the direction parameters v before normalisation
     # The generator's weights: normal (N(0, weight_init_std)) or glorot (Lasagne's default GlorotUniform, gain 1,
     # as in the official MNIST generator)
-    g_init: str = "normal"
-    input_noise: float = 0.3  # mlp: Gaussian noise std on the input
-    hidden_noise: float = 0.5  # mlp: Gaussian noise std after each hidden layer
-    input_dropout: float = 0.2  # cnn: dropout on the input
-    hidden_dropout: float = 0.5  # cnn: dropout after each stride-2 block
-    out_init_std: float = 1.0  # data-dependent init target std of D's and G's output layers
+    g_init: str = recipe("normal")
+    input_noise: float = recipe(0.3)  # mlp: Gaussian noise std on the input
+    hidden_noise: float = recipe(0.5)  # mlp: Gaussian noise std after each hidden layer
+    input_dropout: float = recipe(0.2)  # cnn: dropout on the input
+    hidden_dropout: float = recipe(0.5)  # cnn: dropout after each stride-2 block
+    out_init_std: float = recipe(1.0)  # data-dependent init target std of D's and G's output layers
     # Stabilisers that change the networks (off by default; Salimans et al. 2016, Miyato et al. 2018)
-    norm: str = "weight"  # weight | spectral
-    minibatch_discrimination: bool = False
-    mbd_kernels: int = 100
-    mbd_kernel_dim: int = 5
-    virtual_batch_norm: bool = False
+    norm: str = recipe("weight", refused_by=("stacked", "captured"), refused_when="spectral")  # weight | spectral
+    minibatch_discrimination: bool = recipe(False)
+    mbd_kernels: int = recipe(100)
+    mbd_kernel_dim: int = recipe(5)
+    virtual_batch_norm: bool = recipe(False)
     # model.arch=custom: your networks, as Hydra instantiation specs {_target_: import.path, **kwargs}. ssgan
     # also passes the keyword arguments the constructors accept of: image_shape (C, H, W) and n_classes (D),
     # image_shape and z_dim (G). Contract (checked at start-up): D(x) -> (logits (B, K), features (B, F));
     # G(z) -> images (B, C, H, W) in the data's range.
-    discriminator: Optional[Any] = None
-    generator: Optional[Any] = None
+    discriminator: Optional[Any] = recipe(None)
+    generator: Optional[Any] = recipe(None)
 
 
 @dataclass
 class MethodConfig:
     """What the method switches on (docs/method.md sec. 1, 2)."""
 
-    name: str = "improved_gan"
-    unl_weight: float = 1.0  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
-    ct_weight: float = 0.0  # lambda of the consistency term; 0 disables it
-    ct_feat_weight: float = 0.1  # weight of the second-to-last-layer term inside CT
-    ct_margin: float = 0.0  # M'
+    name: str = recipe("improved_gan")
+    unl_weight: float = recipe(1.0)  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
+    ct_weight: float = recipe(0.0)  # lambda of the consistency term; 0 disables it
+    ct_feat_weight: float = recipe(0.1)  # weight of the second-to-last-layer term inside CT
+    ct_margin: float = recipe(0.0)  # M'
     # two_pass: CT between two dropout / noise passes of the unlabeled batch (CT_CIFAR.py); temporal: between one
     # pass and per-example targets, a bias-corrected moving average over epochs of each example's earlier
     # logits and features (CT_CIFAR-10_TE.py)
-    ct_mode: str = "two_pass"
-    te_decay: float = 0.6  # decay of the temporal ensemble (ct_mode=temporal)
-    fm_norm: int = 1  # feature matching: 1 = mean absolute, 2 = mean squared difference
+    ct_mode: str = recipe("two_pass")
+    te_decay: float = recipe(0.6)  # decay of the temporal ensemble (ct_mode=temporal)
+    fm_norm: int = recipe(1)  # feature matching: 1 = mean absolute, 2 = mean squared difference
     # Options from the same family, off by default
-    label_smoothing: float = 0.0  # one-sided: real target 1 - label_smoothing
-    historical_averaging: float = 0.0  # weight of ||theta - mean of past theta||^2
-    gradient_penalty: float = 0.0  # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    label_smoothing: float = recipe(0.0)  # one-sided: real target 1 - label_smoothing
+    # weight of ||theta - mean of past theta||^2
+    historical_averaging: float = recipe(0.0, refused_by=("stacked", "captured"))
+    # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    gradient_penalty: float = recipe(0.0, refused_by=("stacked", "captured"))
     # Bad GAN's terms (Dai et al. 2017; docs/method.md sec. 2.5), usable with any method; 0 disables each
-    cond_entropy_weight: float = 0.0  # D: + weight * conditional entropy of the unlabeled predictions
-    pull_away_weight: float = 0.0  # G: + weight * pull-away term of the generated batch's features
-    vi_weight: float = 0.0  # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
-    vi_lr: Optional[float] = None  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    cond_entropy_weight: float = recipe(0.0)  # D: + weight * conditional entropy of the unlabeled predictions
+    pull_away_weight: float = recipe(0.0)  # G: + weight * pull-away term of the generated batch's features
+    # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
+    vi_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    vi_lr: Optional[float] = recipe(None)  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
     # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
     # written by `ssgan density`), at iterations > density_start, each with probability density_prob
-    density_weight: float = 0.0
-    density_model: Optional[str] = None
-    density_start: int = 9000
-    density_prob: float = 0.1
-    density_batch: int = 30
+    density_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    density_model: Optional[str] = recipe(None)
+    density_start: int = recipe(9000)
+    density_prob: float = recipe(0.1)
+    density_batch: int = recipe(30)
 
 
 @dataclass
 class TrainConfig:
     """The optimisation recipe (docs/method.md sec. 3, 6)."""
 
-    epochs: int = 300
-    iters_per_epoch: Optional[int] = None  # None: len(unlabeled pool) // batch_size
-    batch_size: int = 100
-    lr: float = 0.003
-    lr_d: Optional[float] = None  # separate D / G rates (TTUR); None: lr
-    lr_g: Optional[float] = None
+    epochs: int = schedule(300)
+    iters_per_epoch: Optional[int] = recipe(None)  # None: len(unlabeled pool) // batch_size
+    batch_size: int = recipe(100)
+    lr: float = schedule(0.003)
+    lr_d: Optional[float] = schedule(None)  # separate D / G rates (TTUR); None: lr
+    lr_g: Optional[float] = schedule(None)
     # Epoch where the linear decay to 0 (at train.epochs) starts; None, or >= train.epochs: constant lr.
-    decay_start: Optional[int] = None
-    beta1: float = 0.5
-    beta2: float = 0.999
-    beta1_g: Optional[float] = None  # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
-    min_lr: float = 0.0  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
-    optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
-    adam_eps: float = 1e-8
-    ema_decay: float = 0.9999  # Polyak averaging of D for evaluation
-    init_batch: int = 500  # images for the data-dependent initialisation of D
+    decay_start: Optional[int] = schedule(None)
+    beta1: float = recipe(0.5)
+    beta2: float = recipe(0.999)
+    beta1_g: Optional[float] = recipe(None)  # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
+    min_lr: float = schedule(0.0)  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
+    # official_adam (epsilon inside the sqrt) | torch_adam (its float lr would be baked into a CUDA graph)
+    optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
+    adam_eps: float = recipe(1e-8)
+    ema_decay: float = recipe(0.9999)  # Polyak averaging of D for evaluation
+    init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
     # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
     # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
     # first of epoch 0's labeled stream; official CIFAR-10 / SVHN)
-    init_source: str = "pool"
-    init_pad: int = 0  # reflect padding of the init images (CT-GAN's CIFAR-10: 2, i.e. 36x36)
-    init_z: Optional[int] = None  # z for the generator's init (official: 100); None: init_batch
-    augment: bool = False  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
-    translate: int = 2
-    flip: bool = True
-    device: str = "auto"  # auto | cpu | cuda
+    init_source: str = recipe("pool")
+    init_pad: int = recipe(0)  # reflect padding of the init images (CT-GAN's CIFAR-10: 2, i.e. 36x36)
+    init_z: Optional[int] = recipe(None)  # z for the generator's init (official: 100); None: init_batch
+    augment: bool = recipe(False)  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
+    translate: int = recipe(2)
+    flip: bool = recipe(True)
+    device: str = execution("auto")  # auto | cpu | cuda
     # Where the training images live: device (one tensor, index gathers), host (pinned memory, batches copied
     # one ahead), or auto (device while they take at most half of the GPU's free memory).
-    data_placement: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16: autocast of the forward passes (losses stay float32); fp16 is refused
+    data_placement: str = execution("auto", refused_by=("captured",), refused_when="host")
+    # fp32 | bf16: autocast of the forward passes (losses stay float32); fp16 is refused
+    precision: str = numerics("fp32")
     # TensorFloat-32 for float32 convolutions and matrix products on GPUs: false is true float32, as Theano ran
     # the official code; true is a speed option (10-bit mantissa inside the products).
-    tf32: bool = False
-    channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    tf32: bool = numerics(False)
+    # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    channels_last: bool = numerics(False, refused_by=("stacked",))
     # torch.compile of the D and G loss computations: off | inductor | aot_eager | eager (the backend), and its
     # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
-    compile: str = "off"
-    compile_mode: Optional[str] = None
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
+    compile: str = numerics("off", refused_by=("stacked", "captured"))
+    compile_mode: Optional[str] = numerics(None)
+    deterministic: bool = numerics(False)  # torch.use_deterministic_algorithms (exactly reproducible resume)
     # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
     # (ssgan/concurrent.py); false: one after another.
-    concurrent_seeds: bool = False
+    concurrent_seeds: bool = execution(False)
     # At most this many models in one stacked step (--seeds, and ssgan table's label counts x seeds); 0: no bound
-    max_concurrent: int = 0
+    max_concurrent: int = execution(0)
     # CUDA graphs: capture a whole training iteration once and replay it (on: required, off: never, auto: on
     # CUDA when every option allows it). Built without a GPU: unverified there so far, hence off by default.
-    cuda_graph: str = "off"
-    checkpoint_every: int = 10  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
-    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
-    eval_batch_size: int = 1000
-    progress: bool = True
-    tensorboard: bool = False
-    sample_grid: bool = True  # write samples.png at the end
+    cuda_graph: str = numerics("off")
+    checkpoint_every: int = reporting(10)  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
+    eval_every: int = reporting(1)  # epochs between test evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = reporting(1000)
+    progress: bool = reporting(True)
+    tensorboard: bool = reporting(False)
+    sample_grid: bool = reporting(True)  # write samples.png at the end
 
 
 @dataclass
@@ -180,9 +252,65 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    run_dir: str = "runs/default"
-    overwrite: bool = False
+    seed: int = identity(0)
+    run_dir: str = identity("runs/default")
+    overwrite: bool = identity(False)
+
+
+_SECTIONS = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "MethodConfig": MethodConfig,
+             "TrainConfig": TrainConfig}
+
+
+def schema_fields(schema: type = None, prefix: str = "") -> Iterator[Tuple[str, Field]]:
+    """Every leaf field of the schema as (dotted name, dataclass field), in the schema's order."""
+    for f in fields(schema or Config):
+        section = _SECTIONS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if section is not None:  # dataset, model, method, train
+            yield from schema_fields(section, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def fields_with(role: str, value: Any = True) -> Tuple[str, ...]:
+    """The dotted names of the fields whose metadata ``role`` (a key of a ``ROLES`` entry, ``role`` itself or
+    ``test_set``) equals ``value``: ``fields_with("keyed", False)`` are those a cache key leaves out,
+    ``fields_with("resumable")`` those a resume may change."""
+    return tuple(name for name, f in schema_fields() if f.metadata[role] == value)
+
+
+def keyed_values(values: Dict[str, Any]) -> Dict[str, Any]:
+    """A config's plain values (as ``dataclasses.asdict`` gives them) without the fields that are not keyed:
+    what a table cell's cache key hashes. Returns a new dict; ``values`` is left as it is."""
+    kept = json.loads(json.dumps(values))  # a deep copy of plain values
+    for dotted in fields_with("keyed", False):
+        *parents, name = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(name, None)
+    return kept
+
+
+def refused_options(cfg: Config, engine: str) -> List[str]:
+    """The options ``cfg`` uses that ``engine`` (one of ``ENGINES``) cannot run, named as a user sets them
+    (``method.gradient_penalty``, ``model.norm=spectral``), in the schema's order."""
+    names = []
+    for dotted, f in schema_fields():
+        if engine not in f.metadata["refused_by"]:
+            continue
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        when = f.metadata["refused_when"]
+        if when is not None and value == when:
+            names.append(f"{dotted}={when}")
+        elif when is None and value != f.default:
+            names.append(dotted)
+    return names
+
+
+# What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change, read from the schema (cli.py's name for it).
+RESUMABLE_FIELDS = fields_with("resumable")
 
 
 def register_configs() -> None:

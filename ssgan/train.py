@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import losses, plots
-from .config import Config, ConfigError, MethodConfig, first_line, resolve_device, validate
+from .config import Config, ConfigError, MethodConfig, first_line, refused_options, resolve_device, validate
 from .data import DataError, ImageData, augment, balanced_labeled_subset, epoch_order, load_data
 from .evaluate import class_report, error_rate, float32_precision, predict_proba, sample_grid_png
 from .layers import data_dependent_init
@@ -41,15 +41,6 @@ from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, 
                      environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
-
-# What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change: the length and schedule of training and how it
-# runs and reports; anything else (networks, data, method, batches) would not fit the checkpoint.
-RESUME_OVERRIDABLE = ("train.epochs", "train.lr", "train.lr_d", "train.lr_g", "train.decay_start", "train.device",
-                      "train.data_placement", "train.precision", "train.deterministic", "train.checkpoint_every",
-                      "train.eval_every", "train.eval_batch_size", "train.progress", "train.tensorboard",
-                      "train.sample_grid", "train.cuda_graph", "dataset.root", "dataset.path", "dataset.download")
-# train.cuda_graph: a captured run's checkpoint holds the optimizers in their plain form, so it continues
-# uncaptured (e.g. on a CPU) and the other way round.
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
 STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
@@ -870,33 +861,6 @@ def _epoch_summary(stats: Tensor, finite_parameters: Tensor) -> Tuple[List[List[
     return summary[:, :-1].tolist(), [bool(v) for v in summary[:, -1]]
 
 
-# Options with which an iteration cannot be captured as a CUDA graph (host work or Python state per step).
-# Options that some ways of running cannot take, each with the test of whether a config uses it; the lists
-# below (and ``concurrent.UNSUPPORTED``) name them, ``options_in_use`` finds those a config uses.
-OPTION_IN_USE = {
-    "train.compile": lambda cfg: cfg.train.compile != "off",
-    "train.data_placement=host": lambda cfg: cfg.train.data_placement == "host",
-    "train.channels_last": lambda cfg: cfg.train.channels_last,
-    "train.optimizer=torch_adam": lambda cfg: cfg.train.optimizer == "torch_adam",
-    "method.historical_averaging": lambda cfg: cfg.method.historical_averaging > 0,
-    "method.gradient_penalty": lambda cfg: cfg.method.gradient_penalty > 0,
-    "model.norm=spectral": lambda cfg: cfg.model.norm == "spectral",
-    "model=custom": lambda cfg: cfg.model.arch == "custom",
-    "dataset.val_size": lambda cfg: cfg.dataset.val_size > 0,
-    "method.vi_weight": lambda cfg: cfg.method.vi_weight > 0,
-    "method.density_weight": lambda cfg: cfg.method.density_weight > 0,
-}
-# torch_adam: its float lr is baked into a capture; model=custom: your modules may wait for the host.
-NOT_CAPTURABLE = ("train.compile", "train.data_placement=host", "method.historical_averaging",
-                  "method.gradient_penalty", "model.norm=spectral", "train.optimizer=torch_adam", "model=custom",
-                  "method.vi_weight", "method.density_weight")
-
-
-def options_in_use(cfg: Config, names: Sequence[str]) -> List[str]:
-    """The options of ``names`` (keys of ``OPTION_IN_USE``) that ``cfg`` uses, in the order given."""
-    return [name for name in names if OPTION_IN_USE[name](cfg)]
-
-
 WARMUP_ITERATIONS = 3  # eager iterations on a side stream before the capture (cuDNN / cuBLAS workspaces, state)
 
 
@@ -915,7 +879,7 @@ def decide_capture(cfg: Config, device: torch.device, x_all: Tensor) -> bool:
 def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
     """Whether ``train.cuda_graph`` captures the iteration here; ``on`` where it cannot is a ConfigError."""
     mode = cfg.train.cuda_graph
-    blockers = options_in_use(cfg, NOT_CAPTURABLE)
+    blockers = refused_options(cfg, "captured")
     if device.type != "cuda":
         blockers.insert(0, f"the device ({device.type})")
     if mode == "on" and blockers:

@@ -490,11 +490,11 @@ def test_a_run_resumes_with_another_cuda_graph_setting(tmp_path):
     """A captured run's checkpoint (the optimizer saved in its plain form) continues without the capture,
     e.g. on a CPU: train.cuda_graph may change on --resume."""
     from ssgan.cli import main
-    from ssgan.train import RESUME_OVERRIDABLE
+    from ssgan.config import fields_with
 
     from .conftest import TINY_OVERRIDES
 
-    assert "train.cuda_graph" in RESUME_OVERRIDABLE
+    assert "train.cuda_graph" in fields_with("resumable")
     run_dir = tmp_path / "r"
     assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "train.cuda_graph=auto"]) == 0
     assert main(["fit", "--resume", str(run_dir), "train.epochs=2", "train.cuda_graph=off"]) == 0
