@@ -1,5 +1,5 @@
 """``python -m ssgan`` works as the ``ssgan`` command."""
 
-from .cli import entry_point
+from .launch import entry_point
 
 entry_point()

@@ -14,10 +14,12 @@ stopped by signal N (``TrainingInterrupted``).
 from __future__ import annotations
 
 import argparse
+import io
 import csv
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -47,10 +49,10 @@ from .evaluate import (class_report, discriminator_classifier, error_rate, incep
 from .export import FORMATS, export_run
 from .reports import (PUBLISHED, STD_KIND, SeedsResult, aggregate, group_rows, probs_on_test_set, run_seeds,
                       write_table)
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, check_new_file, checkpoint_config, clear_outputs,
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, atomic_create, check_free, check_new_file, checkpoint_config, clear_outputs,
                      default_name, default_sweep_name, find_runs, is_used, load_checkpoint, load_run, locked, make_dir,
                      remove_unstarted, write_overrides)
-from .seeds import cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
+from .seeds import NOT_IN_KEY, cell_directory, is_seeds_run, prepare_cell, read_plan, train_together
 from .config import RESUMABLE_FIELDS as RESUME_OVERRIDABLE
 from .train import TrainingDiverged, TrainingInterrupted, fit
 
@@ -260,7 +262,10 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
         print(f"validation error: {result.val_error:.2f} %")
-    print(f"test error: {result.test_error:.2f} %")
+    if math.isfinite(result.test_error):
+        print(f"test error: {result.test_error:.2f} %")
+    else:
+        print("test error: none (the data set has no test images)")
     return result
 
 
@@ -288,30 +293,17 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     if is_seeds_run(path):
-        if overrides:
-            raise UsageError(f"{run_dir} is a run of several seeds; it continues with its saved config, without "
-                             f"KEY=VALUE overrides")
         cfg, seeds, command = read_plan(path)
+        # only what leaves every seed's config key as it is (how the seeds run and report), so that finished
+        # seeds stay valid and unfinished ones continue exactly
+        allowed = tuple(k for k in RESUME_OVERRIDABLE if k in NOT_IN_KEY)
+        cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
         _train_and_print(cfg, seeds, path, command)
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
-    if overrides:
-        fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(RESUME_OVERRIDABLE))
-        if fixed:
-            raise UsageError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with its own "
-                             f"(allowed: {', '.join(RESUME_OVERRIDABLE)})")
-        try:
-            # Hydra's parser, as for ssgan fit: values such as off stay strings (a YAML dotlist reads False)
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
-            merged = OmegaConf.structured(cfg)
-            for override in OverridesParser.create().parse_overrides(list(overrides)):
-                OmegaConf.update(merged, override.key_or_group, override.value(), merge=True)
-            cfg = OmegaConf.to_object(merged)
-        except Exception as error:  # OmegaConf's validation errors
-            raise UsageError(first_line(error)) from None
+    cfg = _resume_overrides(cfg, overrides, RESUME_OVERRIDABLE, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
@@ -321,6 +313,24 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     # (finished without result.json: a kill during the final writes; the resume writes them)
     _fit_and_print(cfg, path, resume=payload)
     return 0
+
+
+def _resume_overrides(cfg: Config, overrides: Sequence[str], allowed: Sequence[str], what: str) -> Config:
+    """``cfg`` with the KEY=VALUE words of ``--resume``, each of ``allowed``; one line otherwise."""
+    if not overrides:
+        return cfg
+    fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(allowed))
+    if fixed:
+        raise UsageError(f"--resume cannot change {', '.join(fixed)}: {what} trained with its own "
+                         f"(allowed: {', '.join(allowed)})")
+    try:
+        # Hydra's parser, as for ssgan fit: values such as off stay strings (a YAML dotlist reads False)
+        merged = OmegaConf.structured(cfg)
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            OmegaConf.update(merged, override.key_or_group, override.value(), merge=True)
+        return OmegaConf.to_object(merged)
+    except Exception as error:  # OmegaConf's validation errors
+        raise UsageError(first_line(error)) from None
 
 
 def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = None,
@@ -519,13 +529,12 @@ def cmd_predict(argv: Sequence[str]) -> int:
     rows = [[name, run.class_names[int(np.argmax(p))]] + ([f"{v:.6f}" for v in p] if args.proba else [])
             for name, p in zip(names, probs)]
     if args.out:
-        out = Path(args.out)
-        with open(out, "x", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows([header] + rows)
+        out, table = Path(args.out), io.StringIO(newline="")
+        csv.writer(table).writerows([header] + rows)
+        atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
-    else:
-        for row in rows:
-            print("\t".join(row))
+    else:  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv), so rows stay rows
+        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(rows)
     return 0
 
 
@@ -575,8 +584,8 @@ def cmd_sample(argv: Sequence[str]) -> int:
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
     if not args.no_grid:
-        with open(out, "xb") as handle:  # never overwritten
-            handle.write(sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise))
+        grid = sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise)
+        atomic_create(out, grid)  # drawn first, then written whole; never over another file
         print(f"wrote {args.n} samples to {out}")
     if not args.score:
         return 0
@@ -707,6 +716,9 @@ def cmd_table(argv: Sequence[str]) -> int:
         except TrainingInterrupted as stop:
             raise stop.resume_with("the same ssgan table command (finished seeds are kept)") from None
         except BaseException:
+            for cell_dir in cell_dirs:  # a cell this command created and no seed started: its plan goes too
+                if cell_dir.absolute() in created:
+                    remove_unstarted(cell_dir)
             for path in created:  # no empty cache folders for cells that could not start
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
@@ -747,8 +759,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
                    "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names,
                    "per_class_error": result.ensemble_report["per_class_error"],
                    "confusion_matrix": result.ensemble_report["confusion_matrix"]}
-        with open(args.out, "x", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
+        atomic_create(args.out, json.dumps(payload, indent=1))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

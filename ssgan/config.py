@@ -12,8 +12,10 @@ Each hyperparameter of the method is one field here; the published recipes set t
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import Field, dataclass, field, fields, replace
+import typing
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -326,8 +328,67 @@ class ConfigError(ValueError):
     """A configuration that parses but cannot run: reported as one line, exit code 2."""
 
 
+# ------------------------------------------------------------------ numbers, checked from the schema
+
+# The range of each numeric key that is narrower than the default: (low, high, low included, high included).
+# Every other number of the schema (its int and float fields, found by ``numeric_keys``) must be finite and
+# >= 0: sizes, counts, weights, std's and noise levels alike. A key added to the schema is covered at once.
+NUMBER_RANGES = {
+    "train.beta1": (0.0, 1.0, True, False), "train.beta2": (0.0, 1.0, True, False),
+    "train.adam_eps": (0.0, math.inf, False, False), "train.lr": (0.0, math.inf, False, False),
+    "train.lr_d": (0.0, math.inf, False, False), "train.lr_g": (0.0, math.inf, False, False),
+    "train.ema_decay": (0.0, 1.0, True, False), "method.te_decay": (0.0, 1.0, True, False),
+    "method.label_smoothing": (0.0, 1.0, True, False), "model.weight_init_std": (0.0, math.inf, False, False),
+    "model.input_dropout": (0.0, 1.0, True, False), "model.hidden_dropout": (0.0, 1.0, True, False),
+    "train.beta1_g": (0.0, 1.0, True, False), "method.vi_lr": (0.0, math.inf, False, False),
+    "method.density_prob": (0.0, 1.0, True, True),
+}
+DEFAULT_RANGE = (0.0, math.inf, True, False)
+
+
+def numeric_keys() -> Dict[str, type]:
+    """``section.key`` -> int or float, for every number of the schema (``Optional`` ones included; lists of
+    numbers, such as the widths, have checks of their own in ``validate``)."""
+
+    def number(kind: Any) -> Optional[type]:
+        if typing.get_origin(kind) is typing.Union:  # Optional[int]: Union[int, None]
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind = args[0] if len(args) == 1 else None
+        return kind if kind in (int, float) else None
+
+    keys = {}
+    for section, section_type in typing.get_type_hints(Config).items():
+        items = typing.get_type_hints(section_type).items() if is_dataclass(section_type) else [(None, section_type)]
+        for item, item_type in items:
+            if number(item_type) is not None:
+                keys[section if item is None else f"{section}.{item}"] = number(item_type)
+    return keys
+
+
+def check_numbers(cfg: Config) -> None:
+    """Every number of the schema: a real number (not a string or a bool), finite, within its range
+    (``NUMBER_RANGES``, else ``DEFAULT_RANGE``); ``None`` where the schema allows it. One line otherwise, so a
+    value that would diverge at the first iteration (nan or inf in a noise level, an init or a rate) never
+    starts a run."""
+    for key, kind in numeric_keys().items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and
+                                                                              not isinstance(value, int)):
+            raise ConfigError(f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
+        low, high, low_in, high_in = NUMBER_RANGES.get(key, DEFAULT_RANGE)
+        if not math.isfinite(value) or not (low <= value if low_in else low < value) or \
+                not (value <= high if high_in else value < high):
+            where = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise ConfigError(f"{key}={value}: must be a finite number in {where}")
+
+
 def validate(cfg: Config) -> None:
     """Check the values that the types alone do not; raise ConfigError with one clear line."""
+    check_numbers(cfg)
     d, m, me, t = cfg.dataset, cfg.model, cfg.method, cfg.train
     checks = [
         (d.name in DATASETS, f"dataset.name={d.name!r}: expected one of {', '.join(DATASETS)}"),
@@ -528,7 +589,10 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -228,10 +230,27 @@ def _read_image(path: Path, channels: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs)
+                return _from_16_bit(np.asarray(image), channels, path)
+            if image.mode == "F":
+                raise DataError(f"cannot read image {path}: floating-point images are not supported; save it "
+                                f"as an 8- or 16-bit image")
             image = image.convert("L" if channels == 1 else "RGB")
             return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"cannot read image {path}: {error.__class__.__name__}: {error}") from None
+
+
+def _from_16_bit(pixels: np.ndarray, channels: int, path: Path) -> np.ndarray:
+    """A 16-bit grey image at its depth: 0..65535 mapped to 0..255 (rounded), as an 8-bit image of the same
+    picture reads (``convert("L")`` would clip at 255 and make every non-zero pixel white)."""
+    pixels = pixels.astype(np.int64)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise DataError(f"cannot read image {path}: integer pixels outside 0..65535 (not a 16-bit image)")
+    grey = np.floor(pixels * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    return grey if channels == 1 else np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _image_files(folder: Path) -> List[Path]:
@@ -291,7 +310,7 @@ def _load_npz(cfg: DataConfig):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: not a readable .npz ({error})") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
@@ -391,7 +410,7 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
                     if key is None:
                         raise DataError(f"{item}: expected an array named x or x_test")
                     x = archive[key]
-            except (OSError, ValueError, EOFError) as error:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
                 if isinstance(error, DataError):
                     raise
                 raise DataError(f"{item}: not a readable .npz ({error})") from None

@@ -32,7 +32,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 
 from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
                      validate)
-from .data import DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images
+from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
+                   source_value_max)
 from .evaluate import predict_proba
 from .rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_networks, load_run, read_payload
 from .train import fit as train_fit
@@ -145,8 +146,9 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes after fit: ``classes_`` (K,), ``n_features_in_`` (values per sample), ``config_`` (the
     Config trained with), ``discriminator_`` (the averaged D, the classifier), ``generator_``,
-    ``value_max_`` (None for a run loaded with ``load``: inferred per call as ``ssgan predict`` does; None
-    for tabular data), ``data_min_`` and ``data_max_`` ((D,) float64 per-feature minimum and maximum of the
+    ``value_max_`` (None for a run loaded with ``load``: 255 for uint8 X, else for each row by itself 1 if
+    its values are at most 1, else the source's raw range (16 for the digits recipe, 255 for the others), so
+    a row's scale never depends on the other rows of the batch; None for tabular data), ``data_min_`` and ``data_max_`` ((D,) float64 per-feature minimum and maximum of the
     training X for the tabular recipe; None for images) and ``history_`` (per-epoch losses).
     """
 
@@ -268,6 +270,16 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"X has shape {x.shape}; expected images (N, H, W), (N, H, W, C), (N, C, H, W) "
                             f"or flat rows (N, D)")
         x = prepare_images(x, data, "X")  # (N, C, H, W)
+        if value_max is None and x.dtype != np.uint8 and len(x):  # a run loaded with ``load``
+            # each row by itself (floats of at most 1: [0, 1], else the run's source range), never by the
+            # other rows of the batch, so that a row's class does not depend on what it is sent with
+            unit = x.reshape(len(x), -1).max(axis=1) <= 1.0
+            out = np.empty(x.shape, np.float32)
+            for rows, row_max in ((unit, 1.0), (~unit, source_value_max(data))):
+                if rows.any():
+                    check_pixels(x[rows], row_max, "X (pixel values)")
+                    out[rows] = scale_images(x[rows], data.scaling, row_max)
+            return out
         if value_max is None:
             value_max = input_value_max(x, data)
         check_pixels(x, value_max, "X (pixel values)")
@@ -348,6 +360,12 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         """p(y = k | x, real) = softmax(l(x))_k over the K classes of ``classes_``, from the averaged
         discriminator in eval mode (no dropout or noise). Returns (N, K) float64 rows that sum to 1."""
         x = self._check_input(X)
+        if getattr(self, "data_min_", None) is not None:
+            # tabular rows: a float64 copy of the (small) classifier, since float32 products round differently
+            # with the batch size (1e-7) and float64 ones at 1e-16, so no row depends on the rows beside it
+            disc64 = copy.deepcopy(self.discriminator_).double()
+            return predict_proba(disc64, x.astype(np.float64), self.config_.train.eval_batch_size,
+                                 dtype=torch.float64, tf32=self.config_.train.tf32)
         return predict_proba(self.discriminator_, x, self.config_.train.eval_batch_size,
                              tf32=self.config_.train.tf32)
 
@@ -455,7 +473,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     For a run, ``classes_`` are the label values its data had (0..K-1 for torchvision, digits and npz data;
     the folder names for a folder), so that ``score(X, y)`` takes the data set's own ``y``, and
     ``class_names_`` the class names beside them; inputs are scaled as ``ssgan predict`` scales them
-    (``value_max_`` None: see ``input_value_max``), and the parameters name the run's recipe, method, epochs
+    (``value_max_`` None: decided row by row, see the class), and the parameters name the run's recipe, method, epochs
     and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
     """
     path, device = Path(path), _device(device)

@@ -64,26 +64,26 @@ def float32_precision(tf32: bool) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000, *,
-                  tf32: bool = False) -> np.ndarray:
+def predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int = 1000,
+                  dtype: torch.dtype = torch.float32, *, tf32: bool = False) -> np.ndarray:
     """p(y = k | x, real) = softmax(l(x))_k over the K real classes, deterministic (no dropout or noise).
 
     x: (N, C, H, W) scaled images. ``tf32``: the run's ``train.tf32`` (``float32_precision``), so that on a GPU
     the probabilities are those the run computed (PyTorch's default uses TF32 convolutions). Returns (N, K)
-    float64 rows that sum to 1.
+    float64 rows that sum to 1. ``dtype``: the input's (float64 for the estimator's tabular recipe).
     """
     with float32_precision(tf32):
-        return _predict_proba(disc, x, batch_size)
+        return _predict_proba(disc, x, batch_size, dtype)
 
 
-def _predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int) -> np.ndarray:
+def _predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int, dtype: torch.dtype) -> np.ndarray:
     was_training = disc.training
     disc.eval()
     device = next(disc.parameters()).device
     x = torch.as_tensor(x)
     out = []
     for start in range(0, len(x), batch_size):
-        logits, _ = disc(x[start:start + batch_size].to(device, torch.float32))
+        logits, _ = disc(x[start:start + batch_size].to(device, dtype))
         out.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: rows sum to 1 to ~1e-16
     disc.train(was_training)
     if not out:

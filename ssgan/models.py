@@ -316,6 +316,9 @@ def check_contract(disc: nn.Module, gen: nn.Module, x: Tensor, n_classes: int, s
     """D(x) -> (logits (B, K), features (B, F)) and G(z) -> images of x's shape in the data's range, on two
     examples in eval mode (no noise or dropout, so no random number is drawn but z's, from a generator of
     its own); ModelError with one line when broken."""
+    for name, module in (("discriminator", disc), ("generator", gen)):  # an optimizer needs something to train
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ModelError(f"the {name} has no parameters to train")
     was_training = disc.training, gen.training
     disc.eval()
     gen.eval()

@@ -26,7 +26,8 @@ from . import plots
 from .config import Config
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
-from .rundir import SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, environment, load_run
+from .rundir import (SUMMARY_MD_NAME, SUMMARY_NAME, RunDirError, RunRecord, atomic_write, environment, load_run,
+                     make_dir)
 from .seeds import SeedOutcome, config_differences, config_key, keyed_fields, train_seeds
 
 STD_KIND = "sample std (ddof=1)"
@@ -312,7 +313,7 @@ def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], comman
     rows = sorted(rows, key=lambda r: r.labels)
     published = PUBLISHED.get(dataset, {})
     meta = provenance(rows, command)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)  # a read-only or full disk: one line
     methods = sorted({r.method for r in rows})
     header = (["labels", "seeds", f"ours ({', '.join(methods)}): mean +- std", "ours: ensemble"]
               + list(PUBLISHED_COLUMNS.values()))

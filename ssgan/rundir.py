@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -42,7 +43,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py); older seeds
 SUMMARY_MD_NAME = "summary.md"
 OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
                 CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
+STAGED_NAME = ".checkpoint.pt.staged"  # a stacked group's next checkpoint, before the group commits
+GROUP_COMMIT_NAME = ".group-commit.json"  # in the group's first run directory: the staged checkpoints are the new
 NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 
@@ -111,6 +114,33 @@ def atomic_write(path: Path, content: bytes | str) -> None:
         if isinstance(error, OSError):  # a full or read-only disk: the previous file is left as it was
             raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+
+
+def atomic_create(path: Path | str, content: bytes | str) -> None:
+    """Write a new file that must not replace another (a command's ``--out``): the content goes to a temporary
+    file of its own, flushed, then is linked to ``path`` (which fails if ``path`` exists) and the temporary
+    name removed. A full or read-only disk or a file that appeared meanwhile is one line (RunDirError) and
+    leaves neither ``path`` nor a temporary file: never a truncated or empty output."""
+    path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), FILE_MODE)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RunDirError(f"{path} already exists; it is left as it was") from None
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def make_dir(path: Path) -> None:
@@ -155,9 +185,10 @@ def check_free(run_dir: Path | str, overwrite: bool) -> None:
 
 def clear_outputs(run_dir: Path | str) -> None:
     """What ``--overwrite`` removes before a run starts again: every file of the run-directory format
-    (``OUTPUT_NAMES``, leftover temporary files) and the ``seed<N>/`` runs of a seeds run, so that no old
-    result stands beside a new checkpoint. Other files in the folder are left alone. A run (or seed) that
-    another process trains is not touched: one line instead."""
+    (``OUTPUT_NAMES``, leftover temporary and staged files), also inside the ``seed<N>/`` runs of a seeds
+    run, so that no old result stands beside a new checkpoint; a seed folder left empty goes too. Other files
+    (in the folder or a seed folder) are left alone. A run (or seed) that another process trains is not
+    touched: one line instead."""
     path = Path(run_dir)
     if not path.is_dir():
         return
@@ -165,13 +196,21 @@ def clear_outputs(run_dir: Path | str) -> None:
     with contextlib.ExitStack() as held:
         for folder in [path, *seed_runs]:
             held.enter_context(locked(folder))
-        for item in path.iterdir():
-            if item.name in OUTPUT_NAMES or item in seed_runs or (item.name.startswith(".") and
-                                                                   item.name.endswith(".tmp")):
-                try:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-                except OSError as error:
-                    raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
+        for folder in [*seed_runs, path]:
+            _remove_run_files(folder)
+        for folder in seed_runs:  # empty but its lock file: it was a seed's run directory and nothing else
+            if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_run_files(folder: Path) -> None:
+    for item in folder.iterdir():
+        if item.name in OUTPUT_NAMES + (STAGED_NAME, GROUP_COMMIT_NAME) or (item.name.startswith(".") and
+                                                                            item.name.endswith(".tmp")):
+            try:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            except OSError as error:
+                raise RunDirError(f"--overwrite: cannot remove {item}: {error.strerror or error}") from None
 
 
 def remove_unstarted(run_dir: Path | str) -> None:
@@ -204,7 +243,10 @@ class RunLock:
             self._held[key][1] += 1
             self.key = key
             return True
-        fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as error:  # a read-only mount: one line
+            raise RunDirError(f"cannot lock {self.run_dir}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -215,6 +257,10 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # Held now: a checkpoint's temporary file here is a killed writer's (SIGKILL runs no clean-up).
+        for stale in [*self.run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *self.run_dir.glob(f".{STAGED_NAME}.*.tmp")]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
         self._held[key] = [fd, 1]
         self.key = key
         return True
@@ -320,7 +366,18 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
 
 def write_result(run_dir: Path, result: Dict[str, Any]) -> None:
     """``result.json``: the outcome of a finished run (see ``read_run``)."""
-    atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(result, indent=1))
+    atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(_finite_or_null(result), indent=1, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN: a number that is not finite (the test error of a run with no test images) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -347,14 +404,61 @@ def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: 
                          numpy_state["has_gauss"], numpy_state["cached"]))
 
 
-def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any]) -> None:
+def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any], name: str = CHECKPOINT_NAME) -> None:
     """``checkpoint.pt``: the format tag, the resolved config and a training state (``train.Member``'s and
     the networks' ``state_dict``), written atomically."""
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state}
     payload["sha256"] = content_digest(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write(Path(run_dir) / CHECKPOINT_NAME, buffer.getvalue())
+    atomic_write(Path(run_dir) / name, buffer.getvalue())
+
+
+def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]) -> None:
+    """The checkpoints of models trained together (stacked), committed as one unit: a resumed group must
+    start all its members at one position, since the in-network noise that vmap draws for a stack depends
+    on its size. Each member's checkpoint is staged (``STAGED_NAME``), then the commit record is written in
+    the first member's folder (the commit point), then every staged file replaces its ``checkpoint.pt``.
+    ``recover_group_checkpoints`` finishes or undoes a group cut anywhere in this sequence. One member: a
+    plain ``write_checkpoint``."""
+    if len(items) == 1:
+        write_checkpoint(*items[0])
+        return
+    dirs = [Path(run_dir) for run_dir, _, _ in items]
+    for run_dir, cfg, state in items:
+        write_checkpoint(run_dir, cfg, state, name=STAGED_NAME)
+    record = dirs[0] / GROUP_COMMIT_NAME
+    atomic_write(record, json.dumps({"members": [str(d.resolve()) for d in dirs]}))
+    _switch_staged(dirs)
+    record.unlink()
+
+
+def _switch_staged(dirs: Sequence[Path]) -> None:
+    for run_dir in dirs:
+        staged = run_dir / STAGED_NAME
+        if staged.exists():
+            try:
+                os.replace(staged, run_dir / CHECKPOINT_NAME)
+            except OSError as error:
+                raise RunDirError(f"cannot write {run_dir / CHECKPOINT_NAME}: {error.strerror or error}") from None
+
+
+def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
+    """Before a group of stacked models resumes (their locks held): a group commit that was cut after its
+    commit record is finished (every staged checkpoint switched in), one cut before it is undone (the staged
+    checkpoints removed), so every member is at the group's last committed position."""
+    for run_dir in run_dirs:
+        record = Path(run_dir) / GROUP_COMMIT_NAME
+        if record.is_file():
+            try:
+                members = [Path(m) for m in json.loads(record.read_text())["members"]]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
+            _switch_staged(members)
+            record.unlink()
+    for run_dir in run_dirs:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(run_dir) / STAGED_NAME).unlink()
 
 
 def content_digest(value: Any) -> str:
@@ -421,7 +525,9 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     payload = read_payload(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path}: not an ssgan checkpoint (expected format {CHECKPOINT_FORMAT})")
-    if "sha256" in payload and payload["sha256"] != content_digest(payload):
+    if "sha256" not in payload:
+        raise RunDirError(f"{path}: refused, the checkpoint has no checksum (sha256)")
+    if payload["sha256"] != content_digest(payload):
         raise RunDirError(f"{path}: corrupt checkpoint (its content does not match its checksum)")
     missing = [k for k in CHECKPOINT_FIELDS if k not in payload]
     if missing:
@@ -432,7 +538,36 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
             raise RunDirError(f"{path}: malformed checkpoint entry {key!r} ({type(value).__name__} {value!r:.40})")
     if not all(isinstance(name, str) for name in payload["class_names"]):
         raise RunDirError(f"{path}: malformed checkpoint entry 'class_names' (expected a list of strings)")
+    _check_content(payload, path)
     return payload
+
+
+def _check_content(payload: Dict[str, Any], path: Path) -> None:
+    """What a checksum recomputed by a forger does not vouch for: finite weights, labeled indices that are
+    indices, one class name per output class."""
+    for part in ("discriminator", "discriminator_avg", "generator"):
+        for name, tensor in payload[part].items():
+            if not torch.is_tensor(tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
+                raise RunDirError(f"{path}: refused, {part} weight {name} is not a finite tensor")
+    indices = payload["labeled_indices"]
+    if indices.dim() != 1 or indices.is_floating_point() or (indices.numel() and int(indices.min()) < 0):
+        raise RunDirError(f"{path}: malformed checkpoint entry 'labeled_indices' (expected indices >= 0)")
+    n_classes = payload["config"].get("dataset", {}).get("n_classes") if isinstance(
+        payload["config"].get("dataset"), dict) else None
+    if n_classes is not None and len(payload["class_names"]) != n_classes:
+        raise RunDirError(f"{path}: malformed checkpoint: {len(payload['class_names'])} class names for "
+                          f"{n_classes} classes")
+
+
+def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train: int, iters: int) -> None:
+    """A checkpoint's position and labeled indices fit the data and the schedule it resumes with."""
+    indices = payload["labeled_indices"]
+    if indices.numel() and int(indices.max()) >= n_train:
+        raise RunDirError(f"{run_dir}: the checkpoint's labeled indices reach {int(indices.max())}, but the data "
+                          f"has {n_train} training images")
+    if int(payload["iteration"]) >= iters:
+        raise RunDirError(f"{run_dir}: the checkpoint's iteration {int(payload['iteration'])} is past an epoch "
+                          f"of {iters} iterations")
 
 
 def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:
@@ -591,7 +726,9 @@ def read_run(run_dir: Path) -> RunRecord:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         return RunRecord(Path(run_dir), int(result["seed"]), result["dataset"], int(result["labels"]),
-                         result["method"], float(result["test_error"]), int(result["epochs"]),
+                         result["method"],
+                         float("nan") if result["test_error"] is None else float(result["test_error"]),
+                         int(result["epochs"]),
                          int(result["iters_per_epoch"]), str(result.get("device", "?")),
                          str(result.get("torch", "?")), result["config"])
     except (ValueError, KeyError, TypeError) as error:

@@ -29,6 +29,7 @@ from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, SUMMARY_NAME, RunDirError, RunLock, RunRecord,
                      atomic_write, clear_outputs, is_used, load_checkpoint, load_run, make_dir, read_run,
+                     recover_group_checkpoints,
                      remove_unstarted)
 from .train import TrainingInterrupted, fit
 
@@ -250,6 +251,7 @@ def train_together(cells: Sequence[Cell], data: ImageData, how_to_continue: str)
             lock.acquire(wait=True)
             held.callback(lock.release)
         pending = [(c, s) for c, s in pending if not (c.out_dir / f"seed{s}" / RESULT_NAME).is_file()]
+        recover_group_checkpoints([c.out_dir / f"seed{s}" for c, s in pending])  # one position per cut group
         groups: Dict[Tuple[int, int], List[Tuple[Cell, int]]] = {}
         for cell, seed in pending:  # only the positions are kept: a chunk's checkpoints are read when it trains
             payload = _resume_payload(cell.out_dir / f"seed{seed}", cell.key)

@@ -38,7 +38,7 @@ from .layers import data_dependent_init
 from .models import as_generator, build_encoder, build_models, check_contract, sample_z
 from .optim import make_optimizer, set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
-                     environment, locked, restore_rng, rng_state, write_checkpoint, write_config, write_result)
+                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config, write_group_checkpoints, write_result)
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -608,6 +608,7 @@ def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.devi
     z_rng = torch.Generator(device).manual_seed(cfg.seed)  # z: one stream per model
     if resume is not None:
         lab_idx = resume["labeled_indices"].numpy()
+        check_resume_fits(resume, run_dir, len(data.y_train), iterations_per_epoch(cfg.train, len(x_all)))
     elif labeled_indices is None:
         lab_idx = balanced_labeled_subset(data.y_train, cfg.dataset.labels, data.n_classes, cfg.seed)
     else:
@@ -749,7 +750,7 @@ def train_members(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
         with _StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
             _train_epochs(members, engine, data, x_all, device, signals, capture)
-            results = [_finish(member, engine.networks(s), data, device) for s, member in enumerate(members)]
+            results = _finish(members, engine, data, device)
             if signals.signum is not None:  # it came during the final writes, which are complete
                 raise TrainingInterrupted(None, signals.signum, None)
     return results
@@ -787,9 +788,9 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
             done = train_one_epoch(runner, start=iteration, stop=lambda: signals.signum is not None,
                                    progress=progress)
             if done < iters:  # stopped by a signal: every member's exact position is checkpointed
-                for s, member in enumerate(members):
+                for member in members:
                     member.iteration = done
-                    _checkpoint(member, engine.networks(s), stats[s, :done], label=_label(members, s))
+                _checkpoint(members, engine, stats[:, :done])
                 raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signals.signum,
                                           f"ssgan fit --resume {_resume_dir(members)}")
             means, finite = _epoch_summary(stats, engine.finite_parameters())  # one wait for the device
@@ -812,8 +813,8 @@ def _train_epochs(members: Sequence[Member], engine, data: ImageData, x_all: Ten
                 member.log_epoch(record)
                 logger.debug("%s: epoch %d of %d: %s", member.run_dir or f"seed {member.cfg.seed}", epoch, t.epochs,
                              ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-                if member.run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
-                    _checkpoint(member, engine.networks(s), stats[s, :0], checked=True)
+            if members[0].run_dir is not None and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
+                _checkpoint(members, engine, stats[:, :0], checked=True)
             progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
                                   if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
                                  refresh=False)  # redrawn at most once a second (mininterval)
@@ -1071,34 +1072,56 @@ def _check_finite(stats: Tensor, networks: Networks, epoch: int, iteration: int,
                                        f"non-finite {name} parameter {key}", run_dir)
 
 
-def _checkpoint(member: Member, networks: Networks, stats: Tensor, *, label: str = "", checked: bool = False) -> None:
-    """Write the member's checkpoint at its position, after checking that nothing diverged (a diverged state
-    never replaces the last good one; ``checked``: the epoch's summary has just checked it).
-    stats: (iteration, len(STAT_NAMES)), the epoch's so far."""
-    if not checked:
-        _check_finite(stats, networks, member.epoch, member.iteration, member.run_dir, label=label)
-    write_checkpoint(member.run_dir, member.cfg, {**member.state_dict(stats), **networks.state_dict()})
+def _checkpoint(members: Sequence[Member], engine, stats: Tensor, *, checked: bool = False) -> None:
+    """Write the members' checkpoints at their (common) position, after checking that nothing diverged (a
+    diverged state never replaces the last good one; ``checked``: the epoch's summary has just checked it).
+    Models trained together commit their checkpoints as one unit (``rundir.write_group_checkpoints``), so a
+    kill between two members' writes never leaves the group at two positions.
+    stats: (S, iteration, len(STAT_NAMES)), the epoch's so far."""
+    items = []
+    for s, member in enumerate(members):
+        if member.run_dir is None:
+            continue
+        networks = engine.networks(s)
+        if not checked:
+            _check_finite(stats[s], networks, member.epoch, member.iteration, member.run_dir,
+                          label=_label(members, s))
+        items.append((member.run_dir, member.cfg, {**member.state_dict(stats[s]), **networks.state_dict()}))
+    if items:
+        write_group_checkpoints(items)
 
 
-def _finish(member: Member, networks: Networks, data: ImageData, device: torch.device) -> FitResult:
-    """The end of a member's training: its final test (and validation) error and, with a run directory, the
-    final checkpoint, samples.png and result.json."""
-    t = member.cfg.train
-    test_probs = None  # (N, K): the final classifier's, computed once for result.json and the seeds' ensembles
-    if len(data.y_test):
-        test_probs = predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size, tf32=t.tf32)
-        if not member.log.history:  # no epoch was trained (train.epochs=0): no test error was recorded
-            member.test_error = error_rate(test_probs, data.y_test)
-    val_error = None
-    if data.x_val is not None:
-        val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size, tf32=t.tf32), data.y_val)
-    result = FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
-                       member.class_names, member.log.history, member.run_dir, val_error, member.class_values,
-                       test_probs)
-    if member.run_dir is not None:
-        _checkpoint(member, networks, torch.zeros(0, len(STAT_NAMES)))
-        write_outputs(result, member.cfg, data, iterations_per_epoch(t, len(data.x_unlabeled)), device)
-    return result
+def _finish(members: Sequence[Member], engine, data: ImageData, device: torch.device) -> List[FitResult]:
+    """The end of the members' training: each one's final test (and validation) error and, with a run
+    directory, the final checkpoints (one commit for the group), then each one's samples.png and result.json.
+    Each member's outputs draw from the random state its checkpoint holds, so a member whose outputs are
+    written again on resume draws the same samples."""
+    results = []
+    for s, member in enumerate(members):
+        networks = engine.networks(s)
+        t = member.cfg.train
+        test_probs = None  # (N, K): the final classifier's, computed once for result.json and the seeds' ensembles
+        if len(data.y_test):
+            test_probs = predict_proba(networks.disc_avg, data.x_test, t.eval_batch_size, tf32=t.tf32)
+            if not member.log.history:  # no epoch was trained (train.epochs=0): no test error was recorded
+                member.test_error = error_rate(test_probs, data.y_test)
+        val_error = None
+        if data.x_val is not None:
+            val_error = error_rate(predict_proba(networks.disc_avg, data.x_val, t.eval_batch_size, tf32=t.tf32), data.y_val)
+        results.append(FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
+                                 member.class_names, member.log.history, member.run_dir, val_error,
+                                 member.class_values, test_probs))
+    _checkpoint(members, engine, torch.zeros(len(members), 0, len(STAT_NAMES)))
+    random_state = torch.get_rng_state()  # as the checkpoints hold it
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    for member, result in zip(members, results):
+        if member.run_dir is not None:
+            torch.set_rng_state(random_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            write_outputs(result, member.cfg, data, iterations_per_epoch(member.cfg.train, len(data.x_unlabeled)),
+                          device)
+    return results
 
 
 def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, device: torch.device) -> None:

@@ -104,7 +104,7 @@ def test_multirun_runs_every_job(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "-m", "seed=0,1", *TINY_OVERRIDES]) == 0
     jobs = sorted(p.name for p in next((tmp_path / "runs").glob("multirun-*")).iterdir() if p.is_dir())
-    assert jobs == ["digits-20-improved_gan-seed0", "digits-20-improved_gan-seed1"]
+    assert jobs == ["digits-20-improved_gan-seed0-job0", "digits-20-improved_gan-seed1-job1"]
 
 
 def test_python_dash_m_works():
@@ -311,3 +311,113 @@ def test_a_run_reports_per_class_errors_and_its_confusion_matrix(trained_run, ca
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("per-class test error (%)") and lines[1].startswith("confusion matrix")
     assert [int(v) for v in lines[3].split()[1:]] == result["confusion_matrix"][0]
+
+
+def test_a_sweep_over_any_key_gives_each_job_its_own_folder(tmp_path, capsys):
+    """Not only dataset, labels, method and seed: two learning rates are two jobs in two folders."""
+    sweep = tmp_path / "sw"
+    assert main(["fit", "-m", "train.lr=0.001,0.003", *TINY_OVERRIDES, f"hydra.sweep.dir={sweep}"]) == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
+    assert sorted(json.loads((job / "result.json").read_text())["config"]["train"]["lr"] for job in jobs) == \
+        [0.001, 0.003]
+
+
+# ------------------------------------------------------------ full and read-only disks: one line, no trace
+
+def _disk_fails(monkeypatch, errno_name: str, on: str):
+    """Make the disk fail as a full (ENOSPC, on fsync) or read-only (EROFS, on creating a file) one would."""
+    import errno
+    import os
+
+    error = OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+    if on == "fsync":
+        def failing(*args, **kwargs):
+            raise error
+        monkeypatch.setattr(os, "fsync", failing)
+    else:
+        original = os.open
+
+        def failing_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                raise error
+            return original(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, "open", failing_open)
+
+
+OUT_COMMANDS = [
+    ("predict", lambda run, out: ["predict", str(run), str(out.parent / "x.npz"), "--out", str(out / "p.csv")]),
+    ("ensemble", lambda run, out: ["ensemble", str(run), "--out", str(out / "e.json")]),
+    ("sample", lambda run, out: ["sample", str(run), "--out", str(out / "g.png"), "--device", "cpu"]),
+]
+
+
+@pytest.mark.parametrize("errno_name, on", [("ENOSPC", "fsync"), ("EROFS", "open")])
+@pytest.mark.parametrize("name, argv", OUT_COMMANDS, ids=[c[0] for c in OUT_COMMANDS])
+def test_an_output_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(trained_run, tmp_path, monkeypatch,
+                                                                             capsys, name, argv, errno_name, on):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 8, 8), np.uint8))
+    _disk_fails(monkeypatch, errno_name, on)
+    assert main(argv(trained_run, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "cannot write" in err, err
+    assert list(out.iterdir()) == []  # no truncated, empty or temporary file
+    monkeypatch.undo()
+    assert main(argv(trained_run, out)) == 0  # nothing blocks the next try
+
+
+def test_sample_interrupted_while_drawing_leaves_no_empty_png(trained_run, tmp_path, monkeypatch):
+    from ssgan import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "sample_grid_png", interrupted)
+    assert main(["sample", str(trained_run), "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_and_table_on_a_read_only_disk_are_one_line(trained_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / ".lock").unlink(missing_ok=True)
+    _disk_fails(monkeypatch, "EROFS", "open")
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "Read-only" in err, err
+    assert main(["table", "--from", str(run_dir), "--out-dir", str(tmp_path / "tab"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "Read-only" in err, err
+
+
+def test_predict_to_stdout_keeps_one_row_per_image_whatever_the_names(trained_run, tmp_path, capsys):
+    import csv
+    import io
+
+    from PIL import Image
+
+    names = [tmp_path / "tab\there.png", tmp_path / "new\nline.png", tmp_path / 'plain "q".png']
+    for path in names:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format="PNG")
+    assert main(["predict", str(trained_run), *map(str, names), "--device", "cpu"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
+    assert sorted(row[0] for row in rows) == sorted(map(str, names)) and all(len(row) == 2 for row in rows)
+
+
+def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
+    """KeyboardInterrupt raised by the import of torch stands for Ctrl-C during start-up."""
+    code = ("import builtins\n"
+            "original = builtins.__import__\n"
+            "def interrupted(name, *args, **kwargs):\n"
+            "    if name == 'torch':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return original(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupted\n"
+            "import runpy\n"
+            "runpy.run_module('ssgan', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -268,3 +268,65 @@ def test_the_table_trains_its_label_counts_and_seeds_together_in_bounded_steps(t
     assert out.count("trained concurrently") == 3
     rows = json.loads((tmp_path / "r" / "digits.json").read_text())["rows"]
     assert [(r["labels"], r["seeds"]) for r in rows] == [(20, [0, 1]), (30, [0, 1])]
+
+
+# ------------------------------------------------- a kill between the checkpoint writes of a stacked group
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing of the process runs after it but the unwinding."""
+
+
+_WRITES = ("checkpoint.pt", ".checkpoint.pt.staged", ".group-commit.json", "result.json")
+
+
+def _killed_at(k: int, monkeypatch):
+    """Make the k-th rename into a run's checkpoint, staged checkpoint, commit record or result fail as a
+    kill would, before it happens (the run's files are left as a SIGKILL at that instant leaves them)."""
+    import os
+
+    original, count = os.replace, {"n": 0}
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) in _WRITES:
+            count["n"] += 1
+            if count["n"] == k:
+                raise _Killed(dst)
+        return original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return count
+
+
+KILL_ARGS = ["--seeds", "3", *_seeds_overrides(2, 2)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_three(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("three") / "ref"
+    assert main(["fit", "--run-dir", str(run_dir), *KILL_ARGS]) == 0
+    return run_dir
+
+
+# The renames of 3 seeds x 2 epochs, checkpoint_every=1: at epoch 1, the group's staged checkpoints (1-3), its
+# commit record (4) and the switches (5-7); the same at the end (8-14); the results (15-17).
+@pytest.mark.parametrize("k", [2, 4, 6, 9, 11, 13, 16])
+def test_a_kill_between_the_seeds_checkpoint_writes_resumes_exactly(uninterrupted_three, tmp_path, monkeypatch, k):
+    """Models trained together commit their checkpoints as one unit: wherever a kill cuts the writes (a
+    staged file of seed 1, after the commit record, between two switches, between two results), the resume
+    continues every seed from one position and ends with the uninterrupted run's weights."""
+    run_dir = tmp_path / "cut"
+    count = _killed_at(k, monkeypatch)
+    with pytest.raises(_Killed):
+        main(["fit", "--run-dir", str(run_dir), *KILL_ARGS])
+    monkeypatch.undo()
+    assert count["n"] == k
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    for s in range(3):
+        a = load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")
+        b = load_checkpoint(uninterrupted_three / f"seed{s}" / "checkpoint.pt")
+        for part in ("discriminator", "discriminator_avg", "generator"):
+            for name in a[part]:
+                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+        assert json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] == \
+            json.loads((uninterrupted_three / f"seed{s}" / "result.json").read_text())["test_error"]
+        assert not list((run_dir / f"seed{s}").glob(".checkpoint.pt.staged")), s

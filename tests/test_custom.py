@@ -39,6 +39,7 @@ def test_a_user_defined_cnn_trains_on_digits_through_the_cli(tmp_path, capsys):
     (["model.discriminator._target_=tests.custom_nets.LogitsOnly"], "must return (logits (B, K), features (B, F))"),
     (["model.discriminator._target_=tests.custom_nets.Nowhere"], "cannot build tests.custom_nets.Nowhere"),
     (["+model.discriminator.depth=3"], "unexpected keyword argument 'depth'"),
+    (["model.discriminator._target_=tests.custom_nets.NoParameters"], "the discriminator has no parameters to train"),
 ])
 def test_a_broken_contract_is_one_line_and_exit_2(change, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

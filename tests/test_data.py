@@ -540,3 +540,25 @@ def test_val_size_that_cannot_be_held_out_is_a_data_error(tmp_path, val_size):
     _write_indexed_npz(tmp_path / "d.npz")
     with pytest.raises(DataError, match="dataset.val_size"):
         load_data(DataConfig(source="npz", path=str(tmp_path / "d.npz"), val_size=val_size))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_16_bit_pngs_read_at_their_depth(tmp_path, channels):
+    """A 16-bit PNG is the same picture as its 8-bit copy (0..65535 scaled, not clipped at 255 to white)."""
+    written = _write_folder(tmp_path, np.random.RandomState(2))
+    eight_bit = load_data(_folder_config(tmp_path, channels))
+    for path in tmp_path.rglob("*.png"):
+        pixels = np.asarray(Image.open(path), dtype=np.uint16) * 257  # 255 -> 65535
+        Image.fromarray(pixels).save(path)
+        assert Image.open(path).mode.startswith("I")
+    sixteen_bit = load_data(_folder_config(tmp_path, channels))
+    np.testing.assert_array_equal(sixteen_bit.x_train, eight_bit.x_train)
+    np.testing.assert_array_equal(sixteen_bit.x_unlabeled, eight_bit.x_unlabeled)
+    assert written
+
+
+def test_folder_float_image_is_refused_with_one_line(tmp_path):
+    _write_folder(tmp_path, np.random.RandomState(0))
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "ant" / "float.tiff")
+    with pytest.raises(DataError, match="float.tiff: floating-point images are not supported"):
+        load_data(_folder_config(tmp_path))

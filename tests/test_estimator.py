@@ -403,3 +403,30 @@ def test_sparse_x_and_continuous_y_are_one_clear_error():
         SSGANClassifier(device="cpu", epochs=1).fit(X, np.arange(30) % 2)
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
         SSGANClassifier(device="cpu", epochs=1).fit(np.random.rand(30, 5), np.random.rand(30))
+
+
+def test_a_loaded_run_scales_each_row_alike_whatever_the_batch(tmp_path):
+    """ssgan.load(run).predict: each row's pixel range is decided by the row alone, so a faint row (all values
+    <= 1) gets the same class alone as beside a bright one (it used to follow the batch's maximum)."""
+    from ssgan.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES]) == 0
+    run = ssgan.load(run_dir)
+    x, _ = load_digits(return_X_y=True)
+    faint = x[:20] / 16.0  # the same digits, values in [0, 1]
+    alone = run.predict_proba(faint)
+    beside = run.predict_proba(np.concatenate([faint, x[20:21]]))[:20]
+    np.testing.assert_array_equal(alone.argmax(1), beside.argmax(1))
+    np.testing.assert_allclose(alone, beside, rtol=1e-5, atol=1e-7)
+
+
+def test_tabular_probabilities_do_not_depend_on_the_batch():
+    """scikit-learn's check_methods_subset_invariance allows 1e-7; float32 products rounded by batch size
+    came to 1.6e-7 on some machines. In float64 a row's probabilities are those it gets alone, to 1e-12."""
+    x, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    y = np.where(np.arange(120) < 30, y, -1)
+    est = SSGANClassifier(epochs=2, device="cpu").fit(x, y)
+    whole = est.predict_proba(x)
+    alone = np.concatenate([est.predict_proba(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(alone, whole, rtol=0, atol=1e-12)

@@ -298,7 +298,7 @@ def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, m
     """A full disk at epoch 2 (a RunDirError, exit code 2) must not remove the run directory it started."""
     from ssgan import train
 
-    original, calls = train.write_checkpoint, {"n": 0}
+    original, calls = train.write_group_checkpoints, {"n": 0}
 
     def failing_second_write(*args, **kwargs):
         calls["n"] += 1
@@ -306,7 +306,7 @@ def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, m
             raise RunDirError("cannot write checkpoint.pt: No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "write_checkpoint", failing_second_write)
+    monkeypatch.setattr(train, "write_group_checkpoints", failing_second_write)
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + [
         "train.epochs=3", "train.checkpoint_every=1"]
@@ -344,3 +344,50 @@ def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
     (tmp_path / METRICS_NAME).write_text('{"epoch": 1}\ngarbage\n{"epoch": 2}\n')
     with pytest.raises(RunDirError, match="line 2 is not a metrics record"):
         MetricsLog(tmp_path, resume_epoch=2)
+
+
+def test_overwrite_removes_only_files_a_run_wrote(tmp_path):
+    """A seed<N>/ folder is not a run because of its name: --overwrite removes the run files in it (and the
+    folder once empty), never a user's file."""
+    run_dir = tmp_path / "u"
+    (run_dir / "seed3").mkdir(parents=True)
+    (run_dir / "seed3" / "important.csv").write_text("x\n")
+    (run_dir / "seed4").mkdir()
+    (run_dir / "seed4" / "result.json").write_text("{}")
+    (run_dir / "seed4" / "checkpoint.pt").write_bytes(b"old")
+    assert main(["fit", "--run-dir", str(run_dir), "--overwrite", *TINY_OVERRIDES]) == 0
+    assert (run_dir / "seed3" / "important.csv").read_text() == "x\n"
+    assert not (run_dir / "seed4").exists()  # only run files: they go, and the folder with them
+    assert (run_dir / "result.json").is_file()
+
+
+def test_a_run_without_test_images_writes_valid_json_and_says_so(tmp_path, capsys):
+    """No NaN in result.json (not JSON) and no "nan %" printed: the test error is null, in words."""
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "no_test.npz", x_train=rng.randint(0, 255, (20, 8, 8), dtype=np.uint8),
+             y_train=np.arange(20) % 2, x_test=np.zeros((0, 8, 8), np.uint8), y_test=np.zeros(0, np.int64))
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "dataset.source=npz",
+                 f"dataset.path={tmp_path / 'no_test.npz'}", "dataset.labels=2"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "test error: none (the data set has no test images)"
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    assert json.loads((run_dir / "result.json").read_text(), parse_constant=refuse)["test_error"] is None
+
+
+def test_resume_removes_the_checkpoint_temporaries_a_sigkill_left(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + ["train.epochs=2",
+                                                                                   "train.checkpoint_every=1"]
+    _kill_after_first_checkpoint(monkeypatch)
+    with pytest.raises(_Killed):
+        main(["fit", "--run-dir", str(run_dir), *overrides])
+    monkeypatch.undo()
+    stale = [run_dir / ".checkpoint.pt.k1ll3d.tmp", run_dir / "..checkpoint.pt.staged.k1ll3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    assert not any(path.exists() for path in stale)

@@ -138,3 +138,16 @@ def test_overwrite_of_a_seeds_run_keeps_its_overrides_record(tmp_path):
     assert main(argv) == 0
     assert main([*argv, "--overwrite"]) == 0
     assert (run_dir / "overrides.yaml").is_file() and (run_dir / "seed1" / "result.json").is_file()
+
+
+def test_a_seeds_run_resumes_with_overrides_that_keep_its_key(seeds_run, tmp_path, capsys):
+    """As a single run does: how the seeds run and report may change on --resume, what they train may not."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(seeds_run[0], run_dir)
+    shutil.rmtree(run_dir / "seed1")  # an unfinished seed, trained by the resume
+    assert main(["fit", "--resume", str(run_dir), "train.progress=false", "train.eval_every=2"]) == 0
+    assert (run_dir / "seed1" / "result.json").is_file()
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run_dir), "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot change train.lr" in err

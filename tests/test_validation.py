@@ -15,6 +15,19 @@ from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 
 
+def _bomb_png(path: Path) -> None:
+    """A PNG header claiming 100000 x 100000 pixels (over Pillow's decompression-bomb limit), tiny on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A trained run and the malformed files the table refers to, under one folder."""
@@ -66,13 +79,27 @@ def inputs(tmp_path_factory) -> Path:
     payload["sha256"] = content_digest(payload)  # a well-formed checkpoint whose config names other widths
     torch.save(payload, root / "other_arch" / "checkpoint.pt")
     (root / "no_checkpoint").mkdir()
+    def nan_average(c):
+        c["discriminator_avg"][next(iter(c["discriminator_avg"]))].fill_(float("nan"))
+
     for name, change in (("no_class_names", lambda c: c.pop("class_names")),
-                         ("bad_epoch", lambda c: c.update(epoch="one"))):
+                         ("bad_epoch", lambda c: c.update(epoch="one")),
+                         # forged, with a recomputed checksum: the content is checked, not only the bytes
+                         ("nan_average", nan_average),
+                         ("far_indices", lambda c: c.update(labeled_indices=c["labeled_indices"] + 10 ** 6)),
+                         ("late_iteration", lambda c: c.update(iteration=10 ** 6)),
+                         ("three_names", lambda c: c.update(class_names=["a", "b", "c"]))):
         broken = load_checkpoint(root / "run" / "checkpoint.pt")
         change(broken)
         broken["sha256"] = content_digest(broken)
         (root / name).mkdir()
         torch.save(broken, root / name / "checkpoint.pt")
+    unsigned = load_checkpoint(root / "run" / "checkpoint.pt")
+    del unsigned["sha256"]  # a forged checkpoint that drops its checksum
+    (root / "no_checksum").mkdir()
+    torch.save(unsigned, root / "no_checksum" / "checkpoint.pt")
+    (root / "zip_magic.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a zip's magic, then junk
+    _bomb_png(root / "bomb.png")
     (root / "notes.txt").write_text("not an image")
     (root / "taken.csv").write_text("keep me")
     return root
@@ -157,7 +184,40 @@ CASES = [
     (["fit", "model.d_widths=[0,0,0]"], "widths must be positive"),
     (["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--cache-dir", "/proc/ssgan-no-cache"],
      "cannot create"),
+    # Never lose a run, part three: tracebacks that became one line
+    (["predict", "{root}/run", "{root}/nan_x.npz", "--device", "banana"], "device 'banana'"),
+    (["evaluate", "{root}/run", "--device", "banana"], "device 'banana'"),
+    (["sample", "{root}/run", "--out", "{root}/g.png", "--device", "banana"], "device 'banana'"),
+    (["ensemble", "{root}/run", "--device", "banana"], "device 'banana'"),
+    (["table", "--from", "{root}/run", "--out-dir", "{root}/tab", "--device", "banana"], "device 'banana'"),
+    (["predict", "{root}/run", "{root}/bomb.png"], "DecompressionBombError"),
+    (["predict", "{root}/run", "{root}/zip_magic.npz"], "zip_magic.npz"),
+    (["fit", "dataset.source=npz", "dataset.path={root}/zip_magic.npz"], "zip_magic.npz"),
+    (["fit", "dataset.val_size=inf"], "dataset.val_size=inf"),
+    (["fit", "model.weight_init_std=-1"], "model.weight_init_std=-1"),
+    (["fit", "model.weight_init_std=nan"], "model.weight_init_std=nan"),
+    (["evaluate", "{root}/no_checksum"], "no checksum"),
+    (["predict", "{root}/nan_average", "{root}/nan_x.npz"], "not a finite tensor"),
+    (["evaluate", "{root}/three_names"], "3 class names for 10 classes"),
+    (["fit", "--resume", "{root}/far_indices"], "labeled indices reach"),
+    (["fit", "--resume", "{root}/late_iteration"], "past an epoch"),
+    (["table", "--dataset", "digits", "--labels", "55", "--seeds", "1", "--cache-dir", "cache"], "not a multiple"),
 ]
+
+
+def _numeric_cases() -> list:
+    """Every number of the schema (``config.numeric_keys``), out of its range: -1 (all are >= 0), and for
+    floats nan and inf (none may be infinite)."""
+    from ssgan.config import numeric_keys
+
+    cases = []
+    for key, kind in numeric_keys().items():
+        for value in ("-1", "nan", "inf") if kind is float else ("-1",):
+            cases.append((["fit", f"{key}={value}"], f"{key}={value}"))
+    return cases
+
+
+CASES += _numeric_cases()
 
 
 def _snapshot(root: Path) -> dict:
@@ -177,7 +237,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, fragment, inputs
     assert fragment in err, err
     assert _snapshot(inputs) == before
     assert not (tmp_path / "runs").exists()  # no run directory left behind
+    assert not (tmp_path / "cache").exists()  # nor a table's cache
 
 
 def test_the_table_is_large():
-    assert len(CASES) >= 70
+    assert len(CASES) >= 160
