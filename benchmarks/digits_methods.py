@@ -53,13 +53,12 @@ def _seeds(text: str):
 
 def _fit_seeds(overrides, seeds, extra=()):
     """One model per seed: concurrently where the options allow it, else one after another."""
-    from ssgan.concurrent import fit_concurrent
     from ssgan.config import compose, refused_options
-    from ssgan.train import fit
+    from ssgan.train import fit, fit_grid
 
     cfg = compose([*overrides, *extra, "train.progress=false", "train.sample_grid=false"])
     if not refused_options(cfg, "stacked"):
-        return fit_concurrent(cfg, seeds)
+        return fit_grid([replace(cfg, seed=seed) for seed in seeds])
     return [fit(replace(cfg, seed=seed)) for seed in seeds]
 
 

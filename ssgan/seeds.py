@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .concurrent import check_supported, fit_grid
+from .concurrent import check_supported
 from .config import Config, ConfigError, config_from_dict, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
@@ -31,7 +31,7 @@ from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, SUMMARY_NAME, RunD
                      atomic_write, clear_outputs, is_used, load_checkpoint, load_run, make_dir, read_run,
                      recover_group_checkpoints,
                      remove_unstarted)
-from .train import TrainingInterrupted, fit
+from .train import TrainingInterrupted, fit, fit_grid
 
 logger = logging.getLogger(__name__)
 
