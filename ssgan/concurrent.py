@@ -107,11 +107,11 @@ class StackedEngine:
 
         def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z, targets):
             return discriminator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_lab, y_lab,
-                                      x_unl, z, method, targets)
+                                           x_unl, z, method=method, targets=targets)
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
-            return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z, method.fm_norm,
-                                  pull_away_weight=method.pull_away_weight)
+            return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
+                                       method.fm_norm, pull_away_weight=method.pull_away_weight)
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
         self.d_loss = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")

@@ -11,6 +11,7 @@ Each hyperparameter of the method is one field here; the published recipes set t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -53,44 +54,31 @@ ROLES = {
 ENGINES = ("stacked", "captured")  # concurrent.StackedEngine; engines.Captured (an iteration as a CUDA graph)
 
 
+# The range of a number (low, high, low included, high included), where narrower than NON_NEGATIVE, the default
+# of every int and float field (``check_numbers``).
+NON_NEGATIVE = (0.0, math.inf, True, False)
+POSITIVE = (0.0, math.inf, False, False)
+UNIT = (0.0, 1.0, True, False)  # [0, 1): decays, betas, dropout
+PROBABILITY = (0.0, 1.0, True, True)
+
+
 def _field(role: str, default: Any, *, test_set: bool = True, refused_by: Sequence[str] = (),
-           refused_when: Any = None) -> Any:
+           refused_when: Any = None, bounds: Tuple[float, float, bool, bool] = NON_NEGATIVE) -> Any:
     """A schema field with its role. ``test_set`` (dataset fields): whether it fixes the test images;
     ``refused_by``: the engines (``ENGINES``) that cannot run the option when it is in use, i.e. when it equals
-    ``refused_when`` or, where that is None, differs from the default. A list default is copied per instance."""
+    ``refused_when`` or, where that is None, differs from the default; ``bounds``: a number's range
+    (``check_numbers``). A list default is copied per instance."""
     metadata = {"role": role, **ROLES[role], "test_set": test_set, "refused_by": tuple(refused_by),
-                "refused_when": refused_when}
+                "refused_when": refused_when, "bounds": bounds}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def recipe(default: Any, **options: Any) -> Any:
-    return _field("recipe", default, **options)
-
-
-def schedule(default: Any, **options: Any) -> Any:
-    return _field("schedule", default, **options)
-
-
-def numerics(default: Any, **options: Any) -> Any:
-    return _field("numerics", default, **options)
-
-
-def data_path(default: Any, **options: Any) -> Any:
-    return _field("data_path", default, **options)
-
-
-def execution(default: Any, **options: Any) -> Any:
-    return _field("execution", default, **options)
-
-
-def reporting(default: Any, **options: Any) -> Any:
-    return _field("reporting", default, **options)
-
-
-def identity(default: Any, **options: Any) -> Any:
-    return _field("identity", default, **options)
+# The roles as field constructors: ``lr: float = schedule(0.003, bounds=POSITIVE)``.
+recipe, schedule, numerics = (functools.partial(_field, role) for role in ("recipe", "schedule", "numerics"))
+data_path, execution = (functools.partial(_field, role) for role in ("data_path", "execution"))
+reporting, identity = (functools.partial(_field, role) for role in ("reporting", "identity"))
 
 
 @dataclass
@@ -127,14 +115,14 @@ class ModelConfig:
     # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
     g_widths: List[int] = recipe([256, 256])
     z_dim: int = recipe(100)
-    weight_init_std: float = recipe(0.1)  # std of the direction parameters v before normalisation
+    weight_init_std: float = recipe(0.1, bounds=POSITIVE)  # std of the direction parameters v before normalisation
     # The generator's weights: normal (N(0, weight_init_std)) or glorot (Lasagne's default GlorotUniform, gain 1,
     # as in the official MNIST generator)
     g_init: str = recipe("normal")
     input_noise: float = recipe(0.3)  # mlp: Gaussian noise std on the input
     hidden_noise: float = recipe(0.5)  # mlp: Gaussian noise std after each hidden layer
-    input_dropout: float = recipe(0.2)  # cnn: dropout on the input
-    hidden_dropout: float = recipe(0.5)  # cnn: dropout after each stride-2 block
+    input_dropout: float = recipe(0.2, bounds=UNIT)  # cnn: dropout on the input
+    hidden_dropout: float = recipe(0.5, bounds=UNIT)  # cnn: dropout after each stride-2 block
     out_init_std: float = recipe(1.0)  # data-dependent init target std of D's and G's output layers
     # Stabilisers that change the networks (off by default; Salimans et al. 2016, Miyato et al. 2018)
     norm: str = recipe("weight", refused_by=("stacked", "captured"), refused_when="spectral")  # weight | spectral
@@ -163,10 +151,10 @@ class MethodConfig:
     # pass and per-example targets, a bias-corrected moving average over epochs of each example's earlier
     # logits and features (CT_CIFAR-10_TE.py)
     ct_mode: str = recipe("two_pass")
-    te_decay: float = recipe(0.6)  # decay of the temporal ensemble (ct_mode=temporal)
+    te_decay: float = recipe(0.6, bounds=UNIT)  # decay of the temporal ensemble (ct_mode=temporal)
     fm_norm: int = recipe(1)  # feature matching: 1 = mean absolute, 2 = mean squared difference
     # Options from the same family, off by default
-    label_smoothing: float = recipe(0.0)  # one-sided: real target 1 - label_smoothing
+    label_smoothing: float = recipe(0.0, bounds=UNIT)  # one-sided: real target 1 - label_smoothing
     # weight of ||theta - mean of past theta||^2
     historical_averaging: float = recipe(0.0, refused_by=("stacked", "captured"))
     # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
@@ -176,13 +164,14 @@ class MethodConfig:
     pull_away_weight: float = recipe(0.0)  # G: + weight * pull-away term of the generated batch's features
     # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
     vi_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
-    vi_lr: Optional[float] = recipe(None)  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    vi_lr: Optional[float] = recipe(None, bounds=POSITIVE)
     # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
     # written by `ssgan density`), at iterations > density_start, each with probability density_prob
     density_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
     density_model: Optional[str] = recipe(None)
     density_start: int = recipe(9000)
-    density_prob: float = recipe(0.1)
+    density_prob: float = recipe(0.1, bounds=PROBABILITY)
     density_batch: int = recipe(30)
 
 
@@ -193,19 +182,20 @@ class TrainConfig:
     epochs: int = schedule(300)
     iters_per_epoch: Optional[int] = recipe(None)  # None: len(unlabeled pool) // batch_size
     batch_size: int = recipe(100)
-    lr: float = schedule(0.003)
-    lr_d: Optional[float] = schedule(None)  # separate D / G rates (TTUR); None: lr
-    lr_g: Optional[float] = schedule(None)
+    lr: float = schedule(0.003, bounds=POSITIVE)
+    lr_d: Optional[float] = schedule(None, bounds=POSITIVE)  # separate D / G rates (TTUR); None: lr
+    lr_g: Optional[float] = schedule(None, bounds=POSITIVE)
     # Epoch where the linear decay to 0 (at train.epochs) starts; None, or >= train.epochs: constant lr.
     decay_start: Optional[int] = schedule(None)
-    beta1: float = recipe(0.5)
-    beta2: float = recipe(0.999)
-    beta1_g: Optional[float] = recipe(None)  # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
+    beta1: float = recipe(0.5, bounds=UNIT)
+    beta2: float = recipe(0.999, bounds=UNIT)
+    # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
+    beta1_g: Optional[float] = recipe(None, bounds=UNIT)
     min_lr: float = schedule(0.0)  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
     # official_adam (epsilon inside the sqrt) | torch_adam (its float lr would be baked into a CUDA graph)
     optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
-    adam_eps: float = recipe(1e-8)
-    ema_decay: float = recipe(0.9999)  # Polyak averaging of D for evaluation
+    adam_eps: float = recipe(1e-8, bounds=POSITIVE)
+    ema_decay: float = recipe(0.9999, bounds=UNIT)  # Polyak averaging of D for evaluation
     init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
     # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
     # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
@@ -330,20 +320,6 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------ numbers, checked from the schema
 
-# The range of each numeric key that is narrower than the default: (low, high, low included, high included).
-# Every other number of the schema (its int and float fields, found by ``numeric_keys``) must be finite and
-# >= 0: sizes, counts, weights, std's and noise levels alike. A key added to the schema is covered at once.
-NUMBER_RANGES = {
-    "train.beta1": (0.0, 1.0, True, False), "train.beta2": (0.0, 1.0, True, False),
-    "train.adam_eps": (0.0, math.inf, False, False), "train.lr": (0.0, math.inf, False, False),
-    "train.lr_d": (0.0, math.inf, False, False), "train.lr_g": (0.0, math.inf, False, False),
-    "train.ema_decay": (0.0, 1.0, True, False), "method.te_decay": (0.0, 1.0, True, False),
-    "method.label_smoothing": (0.0, 1.0, True, False), "model.weight_init_std": (0.0, math.inf, False, False),
-    "model.input_dropout": (0.0, 1.0, True, False), "model.hidden_dropout": (0.0, 1.0, True, False),
-    "train.beta1_g": (0.0, 1.0, True, False), "method.vi_lr": (0.0, math.inf, False, False),
-    "method.density_prob": (0.0, 1.0, True, True),
-}
-DEFAULT_RANGE = (0.0, math.inf, True, False)
 
 
 def numeric_keys() -> Dict[str, type]:
@@ -367,9 +343,10 @@ def numeric_keys() -> Dict[str, type]:
 
 def check_numbers(cfg: Config) -> None:
     """Every number of the schema: a real number (not a string or a bool), finite, within its range
-    (``NUMBER_RANGES``, else ``DEFAULT_RANGE``); ``None`` where the schema allows it. One line otherwise, so a
+    (the field's ``bounds``, else ``NON_NEGATIVE``); ``None`` where the schema allows it. One line otherwise, so a
     value that would diverge at the first iteration (nan or inf in a noise level, an init or a rate) never
     starts a run."""
+    bounds = {name: f.metadata["bounds"] for name, f in schema_fields()}
     for key, kind in numeric_keys().items():
         value = cfg
         for part in key.split("."):
@@ -379,18 +356,16 @@ def check_numbers(cfg: Config) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and
                                                                               not isinstance(value, int)):
             raise ConfigError(f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
-        low, high, low_in, high_in = NUMBER_RANGES.get(key, DEFAULT_RANGE)
+        low, high, low_in, high_in = bounds[key]
         if not math.isfinite(value) or not (low <= value if low_in else low < value) or \
                 not (value <= high if high_in else value < high):
             where = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
             raise ConfigError(f"{key}={value}: must be a finite number in {where}")
 
 
-def validate(cfg: Config) -> None:
-    """Check the values that the types alone do not; raise ConfigError with one clear line."""
-    check_numbers(cfg)
-    d, m, me, t = cfg.dataset, cfg.model, cfg.method, cfg.train
-    checks = [
+def _data_checks(d: DataConfig) -> List[Tuple[bool, str]]:
+    """The data set's values: (ok, message) pairs."""
+    return [
         (d.name in DATASETS, f"dataset.name={d.name!r}: expected one of {', '.join(DATASETS)}"),
         (d.source in SOURCES, f"dataset.source={d.source!r}: expected one of {', '.join(SOURCES)}"),
         (d.scaling in SCALINGS, f"dataset.scaling={d.scaling!r}: expected one of {', '.join(SCALINGS)}"),
@@ -400,23 +375,12 @@ def validate(cfg: Config) -> None:
          f"dataset.image_shape={list(d.image_shape)}: expected [C, H, W] with positive sizes"),
         (d.val_size >= 0, f"dataset.val_size={d.val_size}: must be >= 0"),
         (d.source not in ("folder", "npz") or d.path, f"dataset.source={d.source} needs dataset.path=..."),
-        (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
-        (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
-        (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
-        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
-        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
-        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
-        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
-         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
-        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
-        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
-        (me.density_weight == 0 or me.density_model,
-         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
-         "(or method.density_weight=0 to run without the low-density penalty)"),
-        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
-         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
-        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
-        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
+    ]
+
+
+def _model_checks(m: ModelConfig) -> List[Tuple[bool, str]]:
+    """The networks' values: (ok, message) pairs."""
+    return [
         (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),
         (m.norm in ("weight", "spectral"), f"model.norm={m.norm!r}: expected weight or spectral"),
         (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),
@@ -434,6 +398,35 @@ def validate(cfg: Config) -> None:
         (min(m.input_noise, m.hidden_noise) >= 0, "model.input_noise and model.hidden_noise must be >= 0"),
         (0 <= m.input_dropout < 1 and 0 <= m.hidden_dropout < 1, "model.input_dropout and model.hidden_dropout "
                                                                  "must be in [0, 1)"),
+    ]
+
+
+def _method_checks(me: MethodConfig) -> List[Tuple[bool, str]]:
+    """The method's values: (ok, message) pairs."""
+    return [
+        (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
+        (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
+        (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
+        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
+        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
+        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
+        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
+         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
+        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
+        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
+        (me.density_weight == 0 or me.density_model,
+         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
+         "(or method.density_weight=0 to run without the low-density penalty)"),
+        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
+         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
+    ]
+
+
+def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
+    """The optimisation's and the run's values: (ok, message) pairs."""
+    return [
+        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
+        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
         (t.epochs >= 0, f"train.epochs={t.epochs}: must be >= 0"),
         (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
@@ -470,8 +463,15 @@ def validate(cfg: Config) -> None:
         (t.init_z is None or t.init_z > 0, f"train.init_z={t.init_z}: must be positive"),
         (not t.augment or 0 <= t.translate < min(d.image_shape[1:]),
          f"train.translate={t.translate}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
-        (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)"),
     ]
+
+
+def validate(cfg: Config) -> None:
+    """Check the values that the types alone do not; raise ConfigError with one clear line."""
+    check_numbers(cfg)
+    d = cfg.dataset
+    checks = [*_data_checks(d), *_model_checks(cfg.model), *_method_checks(cfg.method), *_train_checks(cfg.train, d),
+              (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)")]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

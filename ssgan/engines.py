@@ -102,7 +102,7 @@ def _gradient_penalty(disc: nn.Module, x_unl: Tensor, x_gen: Tensor) -> Tensor:
 
 
 def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
-                            z: Tensor, method: MethodConfig, targets: Optional[Tensor] = None,
+                            z: Tensor, *, method: MethodConfig, targets: Optional[Tensor] = None,
                             history: Optional[HistoricalAverage] = None,
                             ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
     """L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms) and its parts, from one pass of D
@@ -174,8 +174,9 @@ def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.O
     tensors) and the unlabeled pass's logits and features, (B, K + F), detached.
     """
     with autocast(x_lab.device, amp_dtype):
-        loss, stats, outputs = (objective or discriminator_objective)(disc, gen, x_lab, y_lab, x_unl, z, method,
-                                                                      targets, history)
+        loss, stats, outputs = (objective or discriminator_objective)(disc, gen, x_lab, y_lab, x_unl, z,
+                                                                      method=method, targets=targets,
+                                                                      history=history)
     update(loss, optimizer)
     if history is not None:
         history.update()

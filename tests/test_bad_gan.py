@@ -29,7 +29,7 @@ def test_d_loss_with_conditional_entropy_is_the_official_svhn_d_loss():
     """svhn_trainer.py:80-93: lab_loss + (true_loss + fake_loss) + ent_weight * entropy(unl_logits)."""
     disc, gen, x = _quiet()
     y, z = torch.arange(20) % 10, gen.sample_z(20)
-    loss, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, MethodConfig(cond_entropy_weight=0.1))
+    loss, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=MethodConfig(cond_entropy_weight=0.1))
     with torch.no_grad():
         lab, _ = disc(x[:20])
         unl, _ = disc(x[20:])
@@ -41,7 +41,7 @@ def test_d_loss_with_conditional_entropy_is_the_official_svhn_d_loss():
         entropy = ((-probs * unl).sum(1) + unl_lse).mean()  # utils.py:31-34
         expected = F.cross_entropy(lab, y) + true_loss + fake_loss + 0.1 * entropy
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
-    plain, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, MethodConfig())
+    plain, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=MethodConfig())
     assert plain.item() != pytest.approx(loss.item())  # the term is in use
 
 

@@ -317,7 +317,7 @@ def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
     disc.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     torch.manual_seed(3)
     loss, stats, outputs = discriminator_objective(disc, gen, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
-                                              method, targets)
+                                                   method=method, targets=targets)
     assert calls == [60]  # labeled, unlabeled and generated in one pass; no second unlabeled pass
     logits_unl, feats_unl = outputs.split([10, 16], dim=1)
     expected = losses.consistency_loss(logits_unl.softmax(1), targets[:, :10].softmax(1), feats_unl, targets[:, 10:],
