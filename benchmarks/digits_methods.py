@@ -113,7 +113,8 @@ def main() -> None:
     lines = ["# Digits, 50 labels: Improved GAN, CT-GAN, Bad GAN and the best combination, same seeds and subsets",
              "",
              f"Command: `{command}` (commit {commit}, {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
-             f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, scikit-learn "
+             f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+             f"scikit-learn "
              f"{sklearn.__version__}; {time.time() - start:.0f} s). Epochs: {args.epochs or 300}; seeds {args.seeds}.",
              "Test error (%) of each run's final Polyak-averaged discriminator; mean +- sample std (ddof=1). Every "
              "row uses the same balanced labeled subsets (seed N draws the subset of `ssgan fit --seed N`).",
