@@ -2,15 +2,15 @@
 the Polyak update of every model, with the batch gathers, augmentation and z draws of the loop), and the
 operators (CPU) or kernels (CUDA) one iteration launches.
 
-A script, not a test. Each row runs ``train.fit`` (one model) or ``concurrent.fit_grid`` (stacked models) on
+A script, not a test. Each row runs ``train.fit`` (one model) or ``train.fit_grid`` (stacked models) on
 random data of the recipe's shape:
 
 1. one untimed warm-up run of the row's exact config (lazy CUDA modules, cuDNN / cuBLAS plans, the first
    vmap, the CUDA-graph capture: every one-time cost lands here);
-2. one run of ``--warmup`` + ``--iters`` iterations in one epoch, timed *inside the loop*: a hook on
-   ``IterationRunner.run`` marks the start of iteration ``--warmup`` and the end of the last one (CUDA events
-   on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the capture) and
-   the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
+2. one run of ``--warmup`` + ``--iters`` iterations in one epoch, timed *inside the loop*: hooks on
+   ``engines.Batches.get`` / ``record`` mark the start of iteration ``--warmup`` and the end of the last one
+   (CUDA events on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the
+   capture) and the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
    spread;
 3. one short eager run of the same precision under ``torch.profiler`` over ``--profile-iters`` iterations
    (after ``--warmup``): ``ops_per_iteration``, the innermost aten operators that compute (views, allocations
@@ -50,11 +50,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ssgan import train as train_module
-from ssgan.concurrent import fit_grid
+from ssgan import engines
+from ssgan.accelerate import WARMUP_ITERATIONS
 from ssgan.config import compose, resolve_device
 from ssgan.data import ImageData
-from ssgan.train import fit
+from ssgan.train import fit, fit_grid
 
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
            "cifar10_ct_gan": ["dataset=cifar10", "method=ct_gan"], "svhn": ["dataset=svhn"]}
@@ -77,7 +77,7 @@ def random_data(cfg, n_models: int) -> ImageData:
 
 
 class LoopClock:
-    """Marks two points inside the real loop through ``IterationRunner.run``: before iteration ``start`` runs
+    """Marks two points inside the real loop through ``engines.Batches``: before iteration ``start`` runs
     and after iteration ``stop - 1`` has run (CUDA events on a GPU; on a CPU the wall clock, the work being
     synchronous there). ``profiler``: a torch.profiler started and stopped at the same two points."""
 
@@ -88,22 +88,27 @@ class LoopClock:
 
     @contextlib.contextmanager
     def installed(self):
-        original = train_module.IterationRunner.run
+        """Hooks on the loop's per-iteration calls: ``Batches.get`` (before an iteration's step) and
+        ``Batches.record`` (after it)."""
+        get, record = engines.Batches.get, engines.Batches.record
         clock = self
 
-        def run(runner, it):
+        def timed_get(batches, *args):
             if clock.count == clock.start:
                 clock._mark_start()
-            original(runner, it)
+            return get(batches, *args)
+
+        def timed_record(batches, outputs):
+            record(batches, outputs)
             clock.count += 1
             if clock.count == clock.stop:
                 clock._mark_stop()
 
-        train_module.IterationRunner.run = run
+        engines.Batches.get, engines.Batches.record = timed_get, timed_record
         try:
             yield self
         finally:
-            train_module.IterationRunner.run = original
+            engines.Batches.get, engines.Batches.record = get, record
 
     def _mark_start(self) -> None:
         if self.cuda:
@@ -233,8 +238,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", default="results/benchmarks.json")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides (e.g. smaller batches)")
     args = parser.parse_args(argv)
-    if args.warmup <= train_module.WARMUP_ITERATIONS:
-        parser.error(f"--warmup must exceed the {train_module.WARMUP_ITERATIONS} iterations before the capture")
+    if args.warmup <= WARMUP_ITERATIONS:
+        parser.error(f"--warmup must exceed the {WARMUP_ITERATIONS} iterations before the capture")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

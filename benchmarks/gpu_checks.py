@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -29,10 +30,9 @@ from typing import Dict, List, Optional
 import torch
 
 from ssgan import train as train_module
-from ssgan.concurrent import fit_grid
 from ssgan.config import compose
 from ssgan.rundir import CHECKPOINT_NAME, load_checkpoint
-from ssgan.train import fit
+from ssgan.train import fit, fit_grid
 
 TINY = ["dataset.labels=50", "train.batch_size=32", "train.init_batch=64", "train.progress=false",
         "train.sample_grid=false", "train.eval_every=1000"]
@@ -65,19 +65,14 @@ def tiny_npz(path: Path) -> None:
 
 @contextlib.contextmanager
 def eager_iterations():
-    """The captured configuration (capturable optimizers, static buffers, device counter) with every iteration
-    run eagerly: the reference for the replayed graph."""
-    original = train_module.IterationRunner.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.capture = False
-
-    train_module.IterationRunner.__init__ = init
+    """The captured configuration (capturable optimizers, static input buffers) with every step run eagerly:
+    the reference for the replayed graph."""
+    original = train_module.Captured
+    train_module.Captured = functools.partial(original, eager=True)
     try:
         yield
     finally:
-        train_module.IterationRunner.__init__ = original
+        train_module.Captured = original
 
 
 def train(cfg, models: int, run_dir: Path) -> List[Path]:

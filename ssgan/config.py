@@ -11,11 +11,13 @@ Each hyperparameter of the method is one field here; the published recipes set t
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import typing
-from dataclasses import dataclass, field, is_dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -29,151 +31,211 @@ METHODS = ("improved_gan", "ct_gan", "ct_gan_te", "bad_gan")
 ARCHS = ("mlp", "cnn", "custom")
 
 
+# ------------------------------------------------------------------------------------------ field roles
+
+# Every field of the schema declares its role once, here, in its dataclass metadata (``recipe(300)`` etc.):
+# whether it is part of a table cell's cache key (``keyed``: it changes what a run computes) and whether
+# ``ssgan fit --resume DIR KEY=VALUE`` may change it (``resumable``: it does not change the state a checkpoint
+# holds). ``fields_with``, ``keyed_values`` and ``refused_options`` read the roles; tests/test_config.py checks
+# that every field has one.
+ROLES = {
+    "recipe": {"keyed": True, "resumable": False},  # what is trained: networks, data, method, batches
+    "schedule": {"keyed": True, "resumable": True},  # how long and at which rates: a resume may extend it
+    # How the numbers are computed (precision, TF32, compile, CUDA graph, determinism, memory layout): they change
+    # a run's last bits, so they are keyed; the checkpoint is float32 with plain optimizers, so they are resumable.
+    "numerics": {"keyed": True, "resumable": True},
+    "data_path": {"keyed": True, "resumable": True},  # the user data's file: names the data, and may move
+    # Where and how runs execute (device, data placement, seeds stacked or one after another, how many at once):
+    # not keyed, so that a table can be continued on another machine or another way; result.json records each.
+    "execution": {"keyed": False, "resumable": True},
+    "reporting": {"keyed": False, "resumable": True},  # what a run shows and writes along the way
+    "identity": {"keyed": False, "resumable": False},  # which run: the seed, its directory
+}
+ENGINES = ("stacked", "captured")  # concurrent.StackedEngine; engines.Captured (an iteration as a CUDA graph)
+
+
+# The range of a number (low, high, low included, high included), where narrower than NON_NEGATIVE, the default
+# of every int and float field (``check_numbers``).
+NON_NEGATIVE = (0.0, math.inf, True, False)
+POSITIVE = (0.0, math.inf, False, False)
+UNIT = (0.0, 1.0, True, False)  # [0, 1): decays, betas, dropout
+PROBABILITY = (0.0, 1.0, True, True)
+
+
+def _field(role: str, default: Any, *, test_set: bool = True, refused_by: Sequence[str] = (),
+           refused_when: Any = None, bounds: Tuple[float, float, bool, bool] = NON_NEGATIVE) -> Any:
+    """A schema field with its role. ``test_set`` (dataset fields): whether it fixes the test images;
+    ``refused_by``: the engines (``ENGINES``) that cannot run the option when it is in use, i.e. when it equals
+    ``refused_when`` or, where that is None, differs from the default; ``bounds``: a number's range
+    (``check_numbers``). A list default is copied per instance."""
+    metadata = {"role": role, **ROLES[role], "test_set": test_set, "refused_by": tuple(refused_by),
+                "refused_when": refused_when, "bounds": bounds}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# The roles as field constructors: ``lr: float = schedule(0.003, bounds=POSITIVE)``.
+recipe, schedule, numerics = (functools.partial(_field, role) for role in ("recipe", "schedule", "numerics"))
+data_path, execution = (functools.partial(_field, role) for role in ("data_path", "execution"))
+reporting, identity = (functools.partial(_field, role) for role in ("reporting", "identity"))
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared (docs/method.md sec. 3)."""
 
-    name: str = "digits"
+    name: str = recipe("digits")
     # builtin: scikit-learn's digits; torchvision: the torchvision data set class; folder / npz: user data.
-    source: str = "builtin"
-    root: str = "data"
-    path: Optional[str] = None  # the folder or .npz for source=folder|npz
-    download: bool = False
-    labels: int = 50  # total labeled examples, balanced over the classes
-    n_classes: int = 10
+    source: str = recipe("builtin")
+    root: str = execution("data", test_set=False)
+    path: Optional[str] = data_path(None)  # the folder or .npz for source=folder|npz
+    download: bool = execution(False, test_set=False)
+    labels: int = recipe(50, test_set=False)  # total labeled examples, balanced over the classes
+    n_classes: int = recipe(10)
     # (C, H, W) the recipe's network expects; user data of another size needs resize=true.
-    image_shape: List[int] = field(default_factory=lambda: [1, 8, 8])
-    resize: bool = False
+    image_shape: List[int] = recipe([1, 8, 8])
+    resize: bool = recipe(False)
     # unit: x / max -> [0, 1]; cifar: (x - 127.5) / 128; symmetric: (x - 127.5) / 127.5;
     # half: (x - 127.5) / 255 -> [-0.5, 0.5] (CT-GAN's CIFAR-10 loader)
-    scaling: str = "unit"
+    scaling: str = recipe("unit")
     # Held out of the train split for model selection: a fraction if < 1, else a count. 0 as in the papers.
-    val_size: float = 0.0
+    val_size: float = recipe(0.0, test_set=False, refused_by=("stacked",))
 
 
 @dataclass
 class ModelConfig:
     """Which discriminator / generator pair to build (models.py) and its sizes."""
 
-    arch: str = "mlp"  # mlp | cnn | custom (your own networks: model.discriminator, model.generator)
+    # mlp | cnn | custom (your own networks: model.discriminator, model.generator; they may wait for the host,
+    # so a CUDA graph does not capture them)
+    arch: str = recipe("mlp", refused_by=("captured",), refused_when="custom")
     # mlp: hidden widths of D; cnn: [width of block 1, width of block 2, last conv, NiN 1, NiN 2]
-    d_widths: List[int] = field(default_factory=lambda: [256, 128, 128])
+    d_widths: List[int] = recipe([256, 128, 128])
     # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
-    g_widths: List[int] = field(default_factory=lambda: [256, 256])
-    z_dim: int = 100
-    weight_init_std: float = 0.1  # std of the direction parameters v before normalisation
+    g_widths: List[int] = recipe([256, 256])
+    z_dim: int = recipe(100)
+    weight_init_std: float = recipe(0.1, bounds=POSITIVE)  # std of the direction parameters v before normalisation
     # The generator's weights: normal (N(0, weight_init_std)) or glorot (Lasagne's default GlorotUniform, gain 1,
     # as in the official MNIST generator)
-    g_init: str = "normal"
-    input_noise: float = 0.3  # mlp: Gaussian noise std on the input
-    hidden_noise: float = 0.5  # mlp: Gaussian noise std after each hidden layer
-    input_dropout: float = 0.2  # cnn: dropout on the input
-    hidden_dropout: float = 0.5  # cnn: dropout after each stride-2 block
-    out_init_std: float = 1.0  # data-dependent init target std of D's and G's output layers
+    g_init: str = recipe("normal")
+    input_noise: float = recipe(0.3)  # mlp: Gaussian noise std on the input
+    hidden_noise: float = recipe(0.5)  # mlp: Gaussian noise std after each hidden layer
+    input_dropout: float = recipe(0.2, bounds=UNIT)  # cnn: dropout on the input
+    hidden_dropout: float = recipe(0.5, bounds=UNIT)  # cnn: dropout after each stride-2 block
+    out_init_std: float = recipe(1.0)  # data-dependent init target std of D's and G's output layers
     # Stabilisers that change the networks (off by default; Salimans et al. 2016, Miyato et al. 2018)
-    norm: str = "weight"  # weight | spectral
-    minibatch_discrimination: bool = False
-    mbd_kernels: int = 100
-    mbd_kernel_dim: int = 5
-    virtual_batch_norm: bool = False
+    norm: str = recipe("weight", refused_by=("stacked", "captured"), refused_when="spectral")  # weight | spectral
+    minibatch_discrimination: bool = recipe(False)
+    mbd_kernels: int = recipe(100)
+    mbd_kernel_dim: int = recipe(5)
+    virtual_batch_norm: bool = recipe(False)
     # model.arch=custom: your networks, as Hydra instantiation specs {_target_: import.path, **kwargs}. ssgan
     # also passes the keyword arguments the constructors accept of: image_shape (C, H, W) and n_classes (D),
     # image_shape and z_dim (G). Contract (checked at start-up): D(x) -> (logits (B, K), features (B, F));
     # G(z) -> images (B, C, H, W) in the data's range.
-    discriminator: Optional[Any] = None
-    generator: Optional[Any] = None
+    discriminator: Optional[Any] = recipe(None)
+    generator: Optional[Any] = recipe(None)
 
 
 @dataclass
 class MethodConfig:
     """What the method switches on (docs/method.md sec. 1, 2)."""
 
-    name: str = "improved_gan"
-    unl_weight: float = 1.0  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
-    ct_weight: float = 0.0  # lambda of the consistency term; 0 disables it
-    ct_feat_weight: float = 0.1  # weight of the second-to-last-layer term inside CT
-    ct_margin: float = 0.0  # M'
+    name: str = recipe("improved_gan")
+    unl_weight: float = recipe(1.0)  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
+    ct_weight: float = recipe(0.0)  # lambda of the consistency term; 0 disables it
+    ct_feat_weight: float = recipe(0.1)  # weight of the second-to-last-layer term inside CT
+    ct_margin: float = recipe(0.0)  # M'
     # two_pass: CT between two dropout / noise passes of the unlabeled batch (CT_CIFAR.py); temporal: between one
     # pass and per-example targets, a bias-corrected moving average over epochs of each example's earlier
     # logits and features (CT_CIFAR-10_TE.py)
-    ct_mode: str = "two_pass"
-    te_decay: float = 0.6  # decay of the temporal ensemble (ct_mode=temporal)
-    fm_norm: int = 1  # feature matching: 1 = mean absolute, 2 = mean squared difference
+    ct_mode: str = recipe("two_pass")
+    te_decay: float = recipe(0.6, bounds=UNIT)  # decay of the temporal ensemble (ct_mode=temporal)
+    fm_norm: int = recipe(1)  # feature matching: 1 = mean absolute, 2 = mean squared difference
     # Options from the same family, off by default
-    label_smoothing: float = 0.0  # one-sided: real target 1 - label_smoothing
-    historical_averaging: float = 0.0  # weight of ||theta - mean of past theta||^2
-    gradient_penalty: float = 0.0  # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    label_smoothing: float = recipe(0.0, bounds=UNIT)  # one-sided: real target 1 - label_smoothing
+    # weight of ||theta - mean of past theta||^2
+    historical_averaging: float = recipe(0.0, refused_by=("stacked", "captured"))
+    # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    gradient_penalty: float = recipe(0.0, refused_by=("stacked", "captured"))
     # Bad GAN's terms (Dai et al. 2017; docs/method.md sec. 2.5), usable with any method; 0 disables each
-    cond_entropy_weight: float = 0.0  # D: + weight * conditional entropy of the unlabeled predictions
-    pull_away_weight: float = 0.0  # G: + weight * pull-away term of the generated batch's features
-    vi_weight: float = 0.0  # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
-    vi_lr: Optional[float] = None  # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    cond_entropy_weight: float = recipe(0.0)  # D: + weight * conditional entropy of the unlabeled predictions
+    pull_away_weight: float = recipe(0.0)  # G: + weight * pull-away term of the generated batch's features
+    # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
+    vi_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    # the encoder's Adam lr; None: G's lr (it follows the same schedule)
+    vi_lr: Optional[float] = recipe(None, bounds=POSITIVE)
     # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
     # written by `ssgan density`), at iterations > density_start, each with probability density_prob
-    density_weight: float = 0.0
-    density_model: Optional[str] = None
-    density_start: int = 9000
-    density_prob: float = 0.1
-    density_batch: int = 30
+    density_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    density_model: Optional[str] = recipe(None)
+    density_start: int = recipe(9000)
+    density_prob: float = recipe(0.1, bounds=PROBABILITY)
+    density_batch: int = recipe(30)
 
 
 @dataclass
 class TrainConfig:
     """The optimisation recipe (docs/method.md sec. 3, 6)."""
 
-    epochs: int = 300
-    iters_per_epoch: Optional[int] = None  # None: len(unlabeled pool) // batch_size
-    batch_size: int = 100
-    lr: float = 0.003
-    lr_d: Optional[float] = None  # separate D / G rates (TTUR); None: lr
-    lr_g: Optional[float] = None
+    epochs: int = schedule(300)
+    iters_per_epoch: Optional[int] = recipe(None)  # None: len(unlabeled pool) // batch_size
+    batch_size: int = recipe(100)
+    lr: float = schedule(0.003, bounds=POSITIVE)
+    lr_d: Optional[float] = schedule(None, bounds=POSITIVE)  # separate D / G rates (TTUR); None: lr
+    lr_g: Optional[float] = schedule(None, bounds=POSITIVE)
     # Epoch where the linear decay to 0 (at train.epochs) starts; None, or >= train.epochs: constant lr.
-    decay_start: Optional[int] = None
-    beta1: float = 0.5
-    beta2: float = 0.999
-    beta1_g: Optional[float] = None  # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
-    min_lr: float = 0.0  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
-    optimizer: str = "official_adam"  # official_adam (epsilon inside the sqrt) | torch_adam
-    adam_eps: float = 1e-8
-    ema_decay: float = 0.9999  # Polyak averaging of D for evaluation
-    init_batch: int = 500  # images for the data-dependent initialisation of D
+    decay_start: Optional[int] = schedule(None)
+    beta1: float = recipe(0.5, bounds=UNIT)
+    beta2: float = recipe(0.999, bounds=UNIT)
+    # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
+    beta1_g: Optional[float] = recipe(None, bounds=UNIT)
+    min_lr: float = schedule(0.0)  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
+    # official_adam (epsilon inside the sqrt) | torch_adam (its float lr would be baked into a CUDA graph)
+    optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
+    adam_eps: float = recipe(1e-8, bounds=POSITIVE)
+    ema_decay: float = recipe(0.9999, bounds=UNIT)  # Polyak averaging of D for evaluation
+    init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
     # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
     # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
     # first of epoch 0's labeled stream; official CIFAR-10 / SVHN)
-    init_source: str = "pool"
-    init_pad: int = 0  # reflect padding of the init images (CT-GAN's CIFAR-10: 2, i.e. 36x36)
-    init_z: Optional[int] = None  # z for the generator's init (official: 100); None: init_batch
-    augment: bool = False  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
-    translate: int = 2
-    flip: bool = True
-    device: str = "auto"  # auto | cpu | cuda
+    init_source: str = recipe("pool")
+    init_pad: int = recipe(0)  # reflect padding of the init images (CT-GAN's CIFAR-10: 2, i.e. 36x36)
+    init_z: Optional[int] = recipe(None)  # z for the generator's init (official: 100); None: init_batch
+    augment: bool = recipe(False)  # 2-pixel reflect translation + horizontal flip (CT-GAN CIFAR-10)
+    translate: int = recipe(2)
+    flip: bool = recipe(True)
+    device: str = execution("auto")  # auto | cpu | cuda
     # Where the training images live: device (one tensor, index gathers), host (pinned memory, batches copied
     # one ahead), or auto (device while they take at most half of the GPU's free memory).
-    data_placement: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16: autocast of the forward passes (losses stay float32); fp16 is refused
+    data_placement: str = execution("auto", refused_by=("captured",), refused_when="host")
+    # fp32 | bf16: autocast of the forward passes (losses stay float32); fp16 is refused
+    precision: str = numerics("fp32")
     # TensorFloat-32 for float32 convolutions and matrix products on GPUs: false is true float32, as Theano ran
     # the official code; true is a speed option (10-bit mantissa inside the products).
-    tf32: bool = False
-    channels_last: bool = False  # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    tf32: bool = numerics(False)
+    # NHWC memory layout for the CNNs (faster convolutions on GPUs)
+    channels_last: bool = numerics(False, refused_by=("stacked",))
     # torch.compile of the D and G loss computations: off | inductor | aot_eager | eager (the backend), and its
     # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
-    compile: str = "off"
-    compile_mode: Optional[str] = None
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exactly reproducible resume)
+    compile: str = numerics("off", refused_by=("stacked", "captured"))
+    compile_mode: Optional[str] = numerics(None)
+    deterministic: bool = numerics(False)  # torch.use_deterministic_algorithms (exactly reproducible resume)
     # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
     # (ssgan/concurrent.py); false: one after another.
-    concurrent_seeds: bool = False
+    concurrent_seeds: bool = execution(False)
     # At most this many models in one stacked step (--seeds, and ssgan table's label counts x seeds); 0: no bound
-    max_concurrent: int = 0
+    max_concurrent: int = execution(0)
     # CUDA graphs: capture a whole training iteration once and replay it (on: required, off: never, auto: on
     # CUDA when every option allows it). Built without a GPU: unverified there so far, hence off by default.
-    cuda_graph: str = "off"
-    checkpoint_every: int = 10  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
-    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
-    eval_batch_size: int = 1000
-    progress: bool = True
-    tensorboard: bool = False
-    sample_grid: bool = True  # write samples.png at the end
+    cuda_graph: str = numerics("off")
+    checkpoint_every: int = reporting(10)  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
+    eval_every: int = reporting(1)  # epochs between test evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = reporting(1000)
+    progress: bool = reporting(True)
+    tensorboard: bool = reporting(False)
+    sample_grid: bool = reporting(True)  # write samples.png at the end
 
 
 @dataclass
@@ -182,9 +244,65 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    run_dir: str = "runs/default"
-    overwrite: bool = False
+    seed: int = identity(0)
+    run_dir: str = identity("runs/default")
+    overwrite: bool = identity(False)
+
+
+_SECTIONS = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "MethodConfig": MethodConfig,
+             "TrainConfig": TrainConfig}
+
+
+def schema_fields(schema: type = None, prefix: str = "") -> Iterator[Tuple[str, Field]]:
+    """Every leaf field of the schema as (dotted name, dataclass field), in the schema's order."""
+    for f in fields(schema or Config):
+        section = _SECTIONS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if section is not None:  # dataset, model, method, train
+            yield from schema_fields(section, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def fields_with(role: str, value: Any = True) -> Tuple[str, ...]:
+    """The dotted names of the fields whose metadata ``role`` (a key of a ``ROLES`` entry, ``role`` itself or
+    ``test_set``) equals ``value``: ``fields_with("keyed", False)`` are those a cache key leaves out,
+    ``fields_with("resumable")`` those a resume may change."""
+    return tuple(name for name, f in schema_fields() if f.metadata[role] == value)
+
+
+def keyed_values(values: Dict[str, Any]) -> Dict[str, Any]:
+    """A config's plain values (as ``dataclasses.asdict`` gives them) without the fields that are not keyed:
+    what a table cell's cache key hashes. Returns a new dict; ``values`` is left as it is."""
+    kept = json.loads(json.dumps(values))  # a deep copy of plain values
+    for dotted in fields_with("keyed", False):
+        *parents, name = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(name, None)
+    return kept
+
+
+def refused_options(cfg: Config, engine: str) -> List[str]:
+    """The options ``cfg`` uses that ``engine`` (one of ``ENGINES``) cannot run, named as a user sets them
+    (``method.gradient_penalty``, ``model.norm=spectral``), in the schema's order."""
+    names = []
+    for dotted, f in schema_fields():
+        if engine not in f.metadata["refused_by"]:
+            continue
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        when = f.metadata["refused_when"]
+        if when is not None and value == when:
+            names.append(f"{dotted}={when}")
+        elif when is None and value != f.default:
+            names.append(dotted)
+    return names
+
+
+# What ``ssgan fit --resume RUN_DIR KEY=VALUE`` may change, read from the schema (cli.py's name for it).
+RESUMABLE_FIELDS = fields_with("resumable")
 
 
 def register_configs() -> None:
@@ -202,20 +320,6 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------ numbers, checked from the schema
 
-# The range of each numeric key that is narrower than the default: (low, high, low included, high included).
-# Every other number of the schema (its int and float fields, found by ``numeric_keys``) must be finite and
-# >= 0: sizes, counts, weights, std's and noise levels alike. A key added to the schema is covered at once.
-NUMBER_RANGES = {
-    "train.beta1": (0.0, 1.0, True, False), "train.beta2": (0.0, 1.0, True, False),
-    "train.adam_eps": (0.0, math.inf, False, False), "train.lr": (0.0, math.inf, False, False),
-    "train.lr_d": (0.0, math.inf, False, False), "train.lr_g": (0.0, math.inf, False, False),
-    "train.ema_decay": (0.0, 1.0, True, False), "method.te_decay": (0.0, 1.0, True, False),
-    "method.label_smoothing": (0.0, 1.0, True, False), "model.weight_init_std": (0.0, math.inf, False, False),
-    "model.input_dropout": (0.0, 1.0, True, False), "model.hidden_dropout": (0.0, 1.0, True, False),
-    "train.beta1_g": (0.0, 1.0, True, False), "method.vi_lr": (0.0, math.inf, False, False),
-    "method.density_prob": (0.0, 1.0, True, True),
-}
-DEFAULT_RANGE = (0.0, math.inf, True, False)
 
 
 def numeric_keys() -> Dict[str, type]:
@@ -239,9 +343,10 @@ def numeric_keys() -> Dict[str, type]:
 
 def check_numbers(cfg: Config) -> None:
     """Every number of the schema: a real number (not a string or a bool), finite, within its range
-    (``NUMBER_RANGES``, else ``DEFAULT_RANGE``); ``None`` where the schema allows it. One line otherwise, so a
+    (the field's ``bounds``, else ``NON_NEGATIVE``); ``None`` where the schema allows it. One line otherwise, so a
     value that would diverge at the first iteration (nan or inf in a noise level, an init or a rate) never
     starts a run."""
+    bounds = {name: f.metadata["bounds"] for name, f in schema_fields()}
     for key, kind in numeric_keys().items():
         value = cfg
         for part in key.split("."):
@@ -251,18 +356,16 @@ def check_numbers(cfg: Config) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and
                                                                               not isinstance(value, int)):
             raise ConfigError(f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
-        low, high, low_in, high_in = NUMBER_RANGES.get(key, DEFAULT_RANGE)
+        low, high, low_in, high_in = bounds[key]
         if not math.isfinite(value) or not (low <= value if low_in else low < value) or \
                 not (value <= high if high_in else value < high):
             where = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
             raise ConfigError(f"{key}={value}: must be a finite number in {where}")
 
 
-def validate(cfg: Config) -> None:
-    """Check the values that the types alone do not; raise ConfigError with one clear line."""
-    check_numbers(cfg)
-    d, m, me, t = cfg.dataset, cfg.model, cfg.method, cfg.train
-    checks = [
+def _data_checks(d: DataConfig) -> List[Tuple[bool, str]]:
+    """The data set's values: (ok, message) pairs."""
+    return [
         (d.name in DATASETS, f"dataset.name={d.name!r}: expected one of {', '.join(DATASETS)}"),
         (d.source in SOURCES, f"dataset.source={d.source!r}: expected one of {', '.join(SOURCES)}"),
         (d.scaling in SCALINGS, f"dataset.scaling={d.scaling!r}: expected one of {', '.join(SCALINGS)}"),
@@ -272,23 +375,12 @@ def validate(cfg: Config) -> None:
          f"dataset.image_shape={list(d.image_shape)}: expected [C, H, W] with positive sizes"),
         (d.val_size >= 0, f"dataset.val_size={d.val_size}: must be >= 0"),
         (d.source not in ("folder", "npz") or d.path, f"dataset.source={d.source} needs dataset.path=..."),
-        (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
-        (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
-        (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
-        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
-        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
-        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
-        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
-         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
-        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
-        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
-        (me.density_weight == 0 or me.density_model,
-         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
-         "(or method.density_weight=0 to run without the low-density penalty)"),
-        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
-         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
-        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
-        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
+    ]
+
+
+def _model_checks(m: ModelConfig) -> List[Tuple[bool, str]]:
+    """The networks' values: (ok, message) pairs."""
+    return [
         (m.arch in ARCHS, f"model.arch={m.arch!r}: expected one of {', '.join(ARCHS)}"),
         (m.norm in ("weight", "spectral"), f"model.norm={m.norm!r}: expected weight or spectral"),
         (m.g_init in ("normal", "glorot"), f"model.g_init={m.g_init!r}: expected normal or glorot"),
@@ -306,6 +398,35 @@ def validate(cfg: Config) -> None:
         (min(m.input_noise, m.hidden_noise) >= 0, "model.input_noise and model.hidden_noise must be >= 0"),
         (0 <= m.input_dropout < 1 and 0 <= m.hidden_dropout < 1, "model.input_dropout and model.hidden_dropout "
                                                                  "must be in [0, 1)"),
+    ]
+
+
+def _method_checks(me: MethodConfig) -> List[Tuple[bool, str]]:
+    """The method's values: (ok, message) pairs."""
+    return [
+        (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
+        (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
+        (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
+        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
+        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
+        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
+        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
+         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
+        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
+        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
+        (me.density_weight == 0 or me.density_model,
+         "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
+         "(or method.density_weight=0 to run without the low-density penalty)"),
+        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
+         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
+    ]
+
+
+def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
+    """The optimisation's and the run's values: (ok, message) pairs."""
+    return [
+        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
+        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
         (t.epochs >= 0, f"train.epochs={t.epochs}: must be >= 0"),
         (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
@@ -342,8 +463,15 @@ def validate(cfg: Config) -> None:
         (t.init_z is None or t.init_z > 0, f"train.init_z={t.init_z}: must be positive"),
         (not t.augment or 0 <= t.translate < min(d.image_shape[1:]),
          f"train.translate={t.translate}: must be in 0..{min(d.image_shape[1:]) - 1} pixels"),
-        (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)"),
     ]
+
+
+def validate(cfg: Config) -> None:
+    """Check the values that the types alone do not; raise ConfigError with one clear line."""
+    check_numbers(cfg)
+    d = cfg.dataset
+    checks = [*_data_checks(d), *_model_checks(cfg.model), *_method_checks(cfg.method), *_train_checks(cfg.train, d),
+              (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)")]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -15,7 +15,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -91,9 +91,33 @@ def _predict_proba(disc: nn.Module, x: np.ndarray | Tensor, batch_size: int, dty
     return torch.cat(out).numpy()
 
 
+def percent_wrong(n_wrong: int, n: int) -> float:
+    """An error rate in percent: the one formula behind ``error_rate`` and ``error_rates``."""
+    return 100.0 * (n_wrong / n) if n else float("nan")
+
+
 def error_rate(probs: np.ndarray, y: np.ndarray) -> float:
     """Test error in percent of the argmax prediction."""
-    return float(100.0 * np.mean(np.argmax(probs, axis=1) != np.asarray(y)))
+    return percent_wrong(int(np.sum(np.argmax(probs, axis=1) != np.asarray(y))), len(y))
+
+
+@torch.no_grad()
+def error_rates(models: Sequence[nn.Module], x: Tensor, y: Tensor, batch_size: int) -> List[float]:
+    """The test error (%) of each model, in eval mode (no dropout or noise), with one wait for the device:
+    each model's count of wrong argmax predictions stays on the device until all are counted (the training
+    loop's evaluation; softmax keeps the order of the logits, so the argmax is ``predict_proba``'s).
+    x: (N, C, H, W) on the models' device or in host memory, y: (N,) on the models' device."""
+    wrong = []
+    for model in models:
+        was_training = model.training
+        model.eval()
+        count = torch.zeros((), dtype=torch.long, device=y.device)
+        for start in range(0, len(y), batch_size):
+            logits, _ = model(x[start:start + batch_size].to(y.device, torch.float32))
+            count += (logits.argmax(dim=1) != y[start:start + batch_size]).sum()
+        model.train(was_training)
+        wrong.append(count)
+    return [percent_wrong(int(w), len(y)) for w in torch.stack(wrong).cpu()]
 
 
 def class_report(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> Dict[str, Any]:

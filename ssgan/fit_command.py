@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, Config, ConfigError, compose, first_line, register_configs,
+from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
+                     register_configs,
                      resolve_paths, to_config, validate)
 from .data import DataError
 from .hydra_state import hydra_globals
@@ -39,7 +40,7 @@ from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, chec
                      removed_on_failure, write_overrides)
 from .seeds import check_seeds, in_key, is_seeds_run, read_plan
 from .table import Progress, fit_seeds
-from .train import RESUME_OVERRIDABLE, TrainingDiverged, TrainingInterrupted, fit
+from .train import TrainingDiverged, TrainingInterrupted, fit
 
 PROG = "ssgan"
 class UsageError(Exception):
@@ -240,14 +241,14 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
         cfg, seeds, command = read_plan(path)
         # only what leaves every seed's config key as it is (how the seeds run and report), so that finished
         # seeds stay valid and unfinished ones continue exactly
-        allowed = tuple(k for k in RESUME_OVERRIDABLE if not in_key(k))
+        allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
         fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
-    cfg = _resume_overrides(cfg, overrides, RESUME_OVERRIDABLE, "the checkpoint")
+    cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]

@@ -8,16 +8,21 @@ compute losses. ``build_models`` picks the pair from ``MODELS``, keyed by ``mode
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ConfigError, DataConfig, ModelConfig, first_line
+from .config import Config, ConfigError, DataConfig, ModelConfig, first_line
 from .layers import (GaussianNoise, GeneratorNorm, MinibatchDiscrimination, WNConv2d, WNConvTranspose2d,
-                     WNLinear, spectral_conv, spectral_linear)
+                     WNLinear, data_dependent_init, spectral_conv, spectral_linear)
+from .optim import HistoricalAverage, make_optimizer
 
 # Number of reference samples of virtual batch norm (Salimans et al. 2016, sec. 3.4).
 VBN_REFERENCE = 64
@@ -351,3 +356,112 @@ def check_contract(disc: nn.Module, gen: nn.Module, x: Tensor, n_classes: int, s
     finally:
         disc.train(was_training[0])
         gen.train(was_training[1])
+
+
+# ------------------------------------------------------------------------- a model's networks, built
+
+@dataclass
+class Networks:
+    """One model's networks and optimizers: D, its Polyak average (the classifier), G, and their Adams."""
+
+    disc: nn.Module
+    disc_avg: nn.Module
+    gen: nn.Module
+    opt_d: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer
+    hist_d: Optional[HistoricalAverage] = None
+    hist_g: Optional[HistoricalAverage] = None
+    enc: Optional[nn.Module] = None  # Bad GAN's VI encoder q(z | x) and its Adam (method.vi_weight > 0)
+    opt_e: Optional[torch.optim.Optimizer] = None
+
+    def state_dict(self) -> Dict:
+        return {"discriminator": self.disc.state_dict(), "discriminator_avg": self.disc_avg.state_dict(),
+                "generator": self.gen.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_g": self.opt_g.state_dict(),
+                "historical_average": None if self.hist_d is None else
+                {"d": self.hist_d.state_dict(), "g": self.hist_g.state_dict()},
+                **({"encoder": self.enc.state_dict(), "opt_e": self.opt_e.state_dict()} if self.enc is not None
+                   else {})}
+
+    def load_state_dict(self, payload: Dict) -> None:
+        self.disc.load_state_dict(payload["discriminator"])
+        self.disc_avg.load_state_dict(payload["discriminator_avg"])
+        self.gen.load_state_dict(payload["generator"])
+        self.opt_d.load_state_dict(payload["opt_d"])
+        self.opt_g.load_state_dict(payload["opt_g"])
+        if self.hist_d is not None and payload.get("historical_average"):
+            self.hist_d.load_state_dict(payload["historical_average"]["d"])
+            self.hist_g.load_state_dict(payload["historical_average"]["g"])
+        if self.enc is not None:
+            self.enc.load_state_dict(payload["encoder"])
+            self.opt_e.load_state_dict(payload["opt_e"])
+
+
+def init_images(cfg: Config, x_all: Tensor, n_train: int, labeled_indices: np.ndarray,
+                batches: Optional[Tuple[np.ndarray, ...]]) -> Tensor:
+    """The images of D's data-dependent initialisation (``train.init_source``; docs/method.md sec. 6.4):
+    ``pool``: ``init_batch`` images of the unlabeled pool drawn with ``RandomState([seed, 2])`` (ours);
+    ``permuted``: the first of the permutation of the train split that picks the labeled subset (official
+    MNIST); ``labeled``: the first of epoch 0's labeled stream, ``batches`` (official CIFAR-10 / SVHN);
+    reflect-padded by ``train.init_pad`` pixels (CT-GAN's 36x36). (B, C, H + 2 pad, W + 2 pad)."""
+    t = cfg.train
+    if t.init_source == "pool":
+        rows = np.random.RandomState([cfg.seed, 2]).permutation(len(x_all))[:t.init_batch]
+    elif t.init_source == "permuted":  # balanced_labeled_subset's permutation (RandomState(seed))
+        rows = np.random.RandomState(cfg.seed).permutation(n_train)[:t.init_batch]
+    else:
+        rows = labeled_indices[batches[0].reshape(-1)[:t.init_batch]]
+    x = x_all[torch.from_numpy(rows).to(x_all.device)]
+    if t.init_pad:
+        x = torch.nn.functional.pad(x, (t.init_pad,) * 4, mode="reflect")
+    return x
+
+
+def init_networks(cfg: Config, x_init: Tensor, device: torch.device, *, probe: Optional[Tensor] = None,
+                  modules: Optional[Tuple[nn.Module, nn.Module]] = None) -> Tuple[nn.Module, nn.Module]:
+    """Build D and G (copies of ``modules`` when given) and initialise their weight-normalised layers
+    (docs/method.md sec. 3, 6.3): D on the images ``x_init``, G on ``train.init_z`` z (``init_batch`` when
+    unset). Noise and dropout are active, as in the official code. Networks of one's own are first checked
+    against the contract on ``probe``, two images of the data's size. Draws from torch's global generator,
+    which the caller has seeded."""
+    if modules is not None:
+        disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
+    else:
+        disc, gen = build_models(cfg.dataset, cfg.model)
+    disc, gen = disc.to(device), gen.to(device)
+    if cfg.model.arch == "custom" or modules is not None:
+        check_contract(disc, gen, (x_init if probe is None else probe).to(device), cfg.dataset.n_classes,
+                       cfg.dataset.scaling)
+    data_dependent_init(disc, x_init.to(device))
+    data_dependent_init(gen, gen.sample_z(cfg.train.init_z or cfg.train.init_batch, device))
+    return disc, gen
+
+
+def build_networks(cfg: Config, x_init: Tensor, device: torch.device, *, probe: Optional[Tensor] = None,
+                   modules: Optional[Tuple[nn.Module, nn.Module]] = None, capturable: bool = False) -> Networks:
+    """``init_networks``, the Polyak average (started from the initial weights) and the optimizers (in their
+    capturable form when the iteration is captured as a CUDA graph)."""
+    t = cfg.train
+    disc, gen = init_networks(cfg, x_init, device, probe=probe, modules=modules)
+    if t.channels_last:
+        disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
+    disc_avg = copy.deepcopy(disc).eval()
+    for p in disc_avg.parameters():
+        p.requires_grad_(False)
+    history = cfg.method.historical_averaging > 0
+    enc = opt_e = None
+    if cfg.method.vi_weight > 0:  # drawn after D and G, so the networks of the other configs stay the same
+        enc = build_encoder(cfg.dataset.image_shape, cfg.model.z_dim).to(device).train()
+        opt_e = make_optimizer(enc.parameters(), t.optimizer, cfg.method.vi_lr or t.lr_g or t.lr, g_betas(t),
+                               t.adam_eps, capturable)
+    return Networks(disc, disc_avg, gen,
+                    make_optimizer(disc.parameters(), t.optimizer, t.lr_d or t.lr, (t.beta1, t.beta2), t.adam_eps,
+                                   capturable),
+                    make_optimizer(gen.parameters(), t.optimizer, t.lr_g or t.lr, g_betas(t), t.adam_eps, capturable),
+                    HistoricalAverage(disc.parameters()) if history else None,
+                    HistoricalAverage(gen.parameters()) if history else None, enc, opt_e)
+
+
+def g_betas(t) -> Tuple[float, float]:
+    """G's (and the VI encoder's) Adam betas: ``train.beta1_g`` where set (Bad GAN: 0), else D's."""
+    return (t.beta1 if t.beta1_g is None else t.beta1_g, t.beta2)

@@ -8,7 +8,7 @@ every faithful recipe; ``train.optimizer=torch_adam`` selects torch's Adam inste
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -151,3 +151,36 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"].fill_(lr)
         else:
             group["lr"] = lr
+
+
+# ------------------------------------------------------------------------------------ averages of weights
+
+@torch.no_grad()
+def polyak_update(avg: Sequence[Tensor], current: Sequence[Tensor], decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * current for every tensor at once (one foreach kernel): Polyak
+    averaging of D, the classifier (Salimans et al. 2016, sec. 5), for one model or stacked models alike."""
+    torch._foreach_lerp_(list(avg), [p.detach() for p in current], 1.0 - decay)
+
+
+class HistoricalAverage:
+    """Running mean of parameters over the steps so far (Salimans et al. 2016, sec. 3.3); the penalty that
+    reads it is ``losses.historical_averaging_loss(average.params, average.means)``."""
+
+    def __init__(self, params: Iterable[Tensor]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.means = [p.detach().clone() for p in self.params]
+        self.count = 1
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.count += 1
+        torch._foreach_lerp_(self.means, [p.detach() for p in self.params], 1.0 / self.count)
+
+    def state_dict(self) -> Dict:
+        return {"means": [m.clone() for m in self.means], "count": self.count}
+
+    def load_state_dict(self, state: Dict) -> None:
+        with torch.no_grad():
+            for mean, saved in zip(self.means, state["means"]):
+                mean.copy_(saved)
+        self.count = int(state["count"])

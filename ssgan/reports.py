@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import plots
+from .config import fields_with
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
 from .rundir import RunDirError, RunRecord, SeedsSummary, atomic_write, environment, load_run, make_dir
@@ -130,7 +131,8 @@ def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: 
 
 # -------------------------------------------------------------------------------------- finished runs
 
-NOT_TEST_SET = ("labels", "val_size", "root", "download")  # data fields that leave the test images as they are
+# data fields that leave the test images as they are, from their role in the schema (labels, val_size, root, ...)
+NOT_TEST_SET = frozenset(name.split(".", 1)[1] for name in fields_with("test_set", False) if name.startswith("dataset."))
 
 
 def fixes_test_set(name: str) -> bool:

@@ -3,7 +3,7 @@
 A seeds run is a folder ``DIR/`` holding ``seeds.json`` (the plan: config, seeds, command; written before the
 first seed starts, so that a run stopped at any point can be continued) and one run directory per seed,
 ``DIR/seed<N>/``, each written by ``train.fit`` (or, with ``train.concurrent_seeds``, by
-``concurrent.fit_concurrent`` for the seeds that train together). ``train_seeds`` yields each seed's
+``train.fit_grid`` for the seeds that train together). ``train_seeds`` yields each seed's
 outcome; the summary over the seeds (mean +- std, ensemble) is ``reports``' business.
 
 The *cache key* of a config is a hash of it without the seed and the bookkeeping fields (``NOT_IN_KEY``):
@@ -23,30 +23,26 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .concurrent import check_supported, fit_grid
-from .config import MAX_SEED, Config, ConfigError, config_from_dict, resolve_device
+from .concurrent import check_supported
+from .config import MAX_SEED, Config, ConfigError, config_from_dict, fields_with, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, RunRecord, SeedsPlan,
                      clear_outputs, is_used, load_checkpoint, load_run, recover_group_checkpoints, remove_unstarted)
-from .train import TrainingInterrupted, fit
+from .train import TrainingInterrupted, fit, fit_grid
 
 logger = logging.getLogger(__name__)
 
-
-# Config fields that say where a run lives or how it reports, not what it trains: left out of a cell's key,
-# so that e.g. moving the data or switching the progress bar off does not retrain anything. How the runs
-# are executed (device, seeds one after another or concurrent) is left out too, so that a table can be
-# continued on another machine; each run's result.json records its device.
-NOT_IN_KEY = ("seed", "run_dir", "overwrite", "dataset.root", "dataset.download", "train.device",
-              "train.concurrent_seeds", "train.data_placement", "train.progress", "train.tensorboard",
-              "train.sample_grid", "train.checkpoint_every", "train.eval_every", "train.eval_batch_size")
+NOT_IN_KEY = frozenset(fields_with("keyed", False))  # the schema's execution, reporting and identity fields
 
 
 # ------------------------------------------------------------------------------------------------ keys
 
 def in_key(name: str) -> bool:
-    """Whether a config field (dotted name, e.g. ``train.device``) is part of a cell's key."""
+    """Whether a config field (dotted name, e.g. ``train.device``) is part of a cell's key: its role in the
+    schema (``config.fields_with``). Where a run lives, how it executes (device, seeds one after another or
+    stacked, how many at once) and how it reports are left out, so that moving the data or switching the
+    progress bar off retrains nothing, and a table can be continued on another machine or another way."""
     return name not in NOT_IN_KEY
 
 
@@ -62,14 +58,14 @@ def check_seeds(first: int, n_seeds: int) -> List[int]:
 
 def config_key(config: Dict[str, Any]) -> str:
     """12 hex digits of the SHA-256 of a resolved config (nested dicts as ``dataclasses.asdict`` gives)
-    without the fields of ``NOT_IN_KEY``, serialised as JSON with sorted keys."""
+    without the fields that are not keyed (``in_key``), serialised as JSON with sorted keys."""
     text = json.dumps(keyed_fields(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def keyed_fields(config: Dict[str, Any]) -> Dict[str, Any]:
     """The config as the current schema reads it (a field added since a run was trained gets its default),
-    without the fields of ``NOT_IN_KEY``: what ``config_key`` hashes."""
+    without the fields that are not keyed (``in_key``): what ``config_key`` hashes."""
     try:
         config = asdict(config_from_dict(config))
     except ConfigError:  # a field this version no longer knows: keep the config as it is

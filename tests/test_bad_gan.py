@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ssgan import losses
 from ssgan.config import ConfigError, MethodConfig, compose
 from ssgan.models import build_encoder
-from ssgan.train import discriminator_loss, fit, generator_loss, generator_step, lr_at
+from ssgan.engines import discriminator_objective, generator_objective, generator_step
+from ssgan.train import fit, fit_grid, lr_at
 from tests.test_train import _tiny_models
 
 
@@ -28,7 +29,7 @@ def test_d_loss_with_conditional_entropy_is_the_official_svhn_d_loss():
     """svhn_trainer.py:80-93: lab_loss + (true_loss + fake_loss) + ent_weight * entropy(unl_logits)."""
     disc, gen, x = _quiet()
     y, z = torch.arange(20) % 10, gen.sample_z(20)
-    loss, _, _ = discriminator_loss(disc, gen, x[:20], y, x[20:], z, MethodConfig(cond_entropy_weight=0.1))
+    loss, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=MethodConfig(cond_entropy_weight=0.1))
     with torch.no_grad():
         lab, _ = disc(x[:20])
         unl, _ = disc(x[20:])
@@ -40,7 +41,7 @@ def test_d_loss_with_conditional_entropy_is_the_official_svhn_d_loss():
         entropy = ((-probs * unl).sum(1) + unl_lse).mean()  # utils.py:31-34
         expected = F.cross_entropy(lab, y) + true_loss + fake_loss + 0.1 * entropy
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
-    plain, _, _ = discriminator_loss(disc, gen, x[:20], y, x[20:], z, MethodConfig())
+    plain, _, _ = discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=MethodConfig())
     assert plain.item() != pytest.approx(loss.item())  # the term is in use
 
 
@@ -51,7 +52,7 @@ def test_g_loss_with_pull_away_and_vi_is_the_official_g_loss():
     torch.manual_seed(1)
     enc = build_encoder([1, 8, 8], 8)
     z = gen.sample_z(20)
-    loss = generator_loss(disc, gen, x[20:], z, 1, pull_away_weight=0.8, encoder=enc, vi_weight=0.01)
+    loss = generator_objective(disc, gen, x[20:], z, 1, pull_away_weight=0.8, encoder=enc, vi_weight=0.01)
     with torch.no_grad():
         x_gen = gen(z)
         _, real_feat = disc(x[20:])
@@ -130,12 +131,11 @@ def test_negative_weights_are_one_line_errors(tmp_path, capsys):
 
 
 def test_concurrent_seeds_with_entropy_and_pull_away_match_single_runs(tiny_config):
-    from ssgan.concurrent import fit_concurrent
 
     cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
                   method=replace(tiny_config.method, cond_entropy_weight=0.1, pull_away_weight=0.8),
                   train=replace(tiny_config.train, epochs=2, iters_per_epoch=3, beta1_g=0.0))
-    for seed, result in zip([0, 1], fit_concurrent(cfg, [0, 1])):
+    for seed, result in zip([0, 1], fit_grid([replace(cfg, seed=s) for s in (0, 1)])):
         single = fit(replace(cfg, seed=seed))
         for a, b in zip(result.generator.state_dict().values(), single.generator.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -144,12 +144,11 @@ def test_concurrent_seeds_with_entropy_and_pull_away_match_single_runs(tiny_conf
 
 
 def test_vi_is_refused_by_concurrent_seeds_and_the_cuda_graph(tiny_config):
-    from ssgan.concurrent import fit_concurrent
-    from ssgan.train import use_cuda_graph
+    from ssgan.accelerate import use_cuda_graph
 
     cfg = replace(tiny_config, method=replace(tiny_config.method, vi_weight=0.01))
     with pytest.raises(ConfigError, match="concurrent seeds do not support method.vi_weight"):
-        fit_concurrent(cfg, [0, 1])
+        fit_grid([replace(cfg, seed=s) for s in (0, 1)])
     on = replace(cfg, train=replace(cfg.train, cuda_graph="on"))
     with pytest.raises(ConfigError, match="method.vi_weight"):
         use_cuda_graph(on, torch.device("cuda"))
@@ -229,7 +228,7 @@ def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_de
     z_p = penalty.z_at(1)
     assert z_p.shape == (30, 8) and torch.equal(z_p, penalty.z_at(1))  # the draws are a function of the iteration
     z = gen.sample_z(20)
-    fm = generator_loss(disc, gen, x[20:], z, 1)
+    fm = generator_objective(disc, gen, x[20:], z, 1)
     with torch.no_grad():
         loaded = load_density(tiny_density)
         images = gen(z_p) * 2 - 1  # (x - 0.5) / 0.5, mnist_trainer.py:125
@@ -323,7 +322,7 @@ def test_the_estimator_and_export_take_bad_gan(tmp_path):
 def test_the_optimizers_take_the_recipes_betas_and_rates(tiny_config):
     """svhn_trainer.py:43-44 / cifar_trainer.py:44-46: D Adam betas (0.5, 0.999), G and the encoder (0, 0.999)."""
     from ssgan.data import load_data
-    from ssgan.train import build_networks
+    from ssgan.models import build_networks
 
     cfg = replace(tiny_config, method=replace(tiny_config.method, vi_weight=0.01, vi_lr=3e-4),
                   train=replace(tiny_config.train, beta1_g=0.0, lr_d=6e-4, lr_g=3e-4))

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from ssgan.cli import main
-from ssgan.concurrent import fit_concurrent
 from ssgan.config import ConfigError, MethodConfig, ModelConfig
 from ssgan.rundir import load_checkpoint
-from ssgan.train import fit
+from ssgan.train import fit, fit_grid
 
 
 def test_two_concurrent_seeds_match_two_single_seed_runs(tiny_config):
@@ -22,7 +21,7 @@ def test_two_concurrent_seeds_match_two_single_seed_runs(tiny_config):
     as in the single runs, so the weights agree up to float32 rounding."""
     cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
                   train=replace(tiny_config.train, epochs=2, iters_per_epoch=3))
-    concurrent = fit_concurrent(cfg, [0, 1])
+    concurrent = fit_grid([replace(cfg, seed=s) for s in (0, 1)])
     for seed, result in zip([0, 1], concurrent):
         single = fit(replace(cfg, seed=seed))
         assert (result.labeled_indices == single.labeled_indices).all()
@@ -41,7 +40,7 @@ def test_concurrent_seeds_with_noise_ct_and_options_write_resumable_run_dirs(tin
                                 mbd_kernels=4, mbd_kernel_dim=3),
                   train=replace(tiny_config.train, sample_grid=True))
     run_dirs = [tmp_path / "s0", tmp_path / "s1"]
-    results = fit_concurrent(cfg, [0, 1], run_dirs=run_dirs)
+    results = fit_grid([replace(cfg, seed=s) for s in (0, 1)], run_dirs=run_dirs)
     assert all(0 <= r.test_error <= 100 for r in results)
     for run_dir in run_dirs:
         assert {"checkpoint.pt", "metrics.jsonl", "result.json", "samples.png"} <= {p.name for p in run_dir.iterdir()}
@@ -57,7 +56,7 @@ def test_concurrent_seeds_with_noise_ct_and_options_write_resumable_run_dirs(tin
 ])
 def test_unsupported_options_are_config_errors(tiny_config, change):
     with pytest.raises(ConfigError, match="concurrent seeds do not support"):
-        fit_concurrent(replace(tiny_config, **change), [0, 1])
+        fit_grid([replace(replace(tiny_config, **change), seed=s) for s in (0, 1)])
 
 
 def test_fit_seeds_trains_them_concurrently_when_asked(tmp_path, capsys):
@@ -97,7 +96,7 @@ def test_deterministic_and_tensorboard_behave_as_in_a_single_run(tiny_config, tm
     monkeypatch.setattr(concurrent.StackedEngine, "step", recording_step)
     pytest.importorskip("tensorboard")
     cfg = replace(tiny_config, train=replace(tiny_config.train, deterministic=True, tensorboard=True))
-    fit_concurrent(cfg, [0, 1], run_dirs=[tmp_path / "s0", tmp_path / "s1"])
+    fit_grid([replace(cfg, seed=s) for s in (0, 1)], run_dirs=[tmp_path / "s0", tmp_path / "s1"])
     assert seen and all(seen)
     assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
     for run_dir in (tmp_path / "s0", tmp_path / "s1"):
@@ -212,7 +211,7 @@ def test_concurrent_temporal_ensembles_match_single_runs(tiny_config):
     cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
                   method=MethodConfig(fm_norm=2, ct_weight=1.0, ct_mode="temporal"),
                   train=replace(tiny_config.train, epochs=3, iters_per_epoch=3))
-    concurrent = fit_concurrent(cfg, [0, 1])
+    concurrent = fit_grid([replace(cfg, seed=s) for s in (0, 1)])
     for seed, result in zip([0, 1], concurrent):
         single = fit(replace(cfg, seed=seed))
         for a, b in zip(result.discriminator.state_dict().values(), single.discriminator.state_dict().values()):
@@ -224,7 +223,6 @@ def test_concurrent_temporal_ensembles_match_single_runs(tiny_config):
 # ------------------------------------------------------------------- a whole table's grid in stacked steps
 
 def test_a_stacked_grid_of_two_label_counts_and_two_seeds_equals_four_single_runs(tiny_config):
-    from ssgan.concurrent import fit_grid
 
     base = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
                    train=replace(tiny_config.train, epochs=2, iters_per_epoch=3))
@@ -241,7 +239,6 @@ def test_a_stacked_grid_of_two_label_counts_and_two_seeds_equals_four_single_run
 
 
 def test_a_grid_of_other_networks_is_refused(tiny_config):
-    from ssgan.concurrent import fit_grid
 
     other = replace(tiny_config, model=replace(tiny_config.model, d_widths=[16, 16]))
     with pytest.raises(ConfigError, match="share their config"):
@@ -249,16 +246,16 @@ def test_a_grid_of_other_networks_is_refused(tiny_config):
 
 
 def test_the_table_trains_its_label_counts_and_seeds_together_in_bounded_steps(tmp_path, capsys, monkeypatch):
-    from ssgan import concurrent
+    from ssgan import train
     from tests.conftest import TINY_SEEDS
 
-    sizes, original = [], concurrent.fit_grid
+    sizes, original = [], train.fit_grid
 
     def recording_grid(cfgs, *args, **kwargs):
         sizes.append(sorted((c.dataset.labels, c.seed) for c in cfgs))
         return original(cfgs, *args, **kwargs)
 
-    monkeypatch.setattr(concurrent, "fit_grid", recording_grid)
+    monkeypatch.setattr(train, "fit_grid", recording_grid)
     monkeypatch.setattr("ssgan.seeds.fit_grid", recording_grid)
     table = ["table", "--dataset", "digits", "--labels", "20,30", "--seeds", "2", "--cache-dir", str(tmp_path / "c"),
              "--out-dir", str(tmp_path / "r"), *TINY_SEEDS, "train.concurrent_seeds=true", "train.max_concurrent=3"]

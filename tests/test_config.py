@@ -127,3 +127,53 @@ def test_a_cuda_device_carries_its_index_as_placed_tensors_do(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_every_field_declares_its_role_once_in_the_schema():
+    from ssgan.config import ENGINES, ROLES, schema_fields
+
+    names = [name for name, _ in schema_fields()]
+    assert len(names) == len(set(names)) > 80 and "train.lr" in names and "seed" in names
+    for name, f in schema_fields():
+        assert f.metadata.get("role") in ROLES, f"{name} has no role"
+        assert set(f.metadata["refused_by"]) <= set(ENGINES), name
+
+
+def test_the_roles_answer_what_the_lists_used_to():
+    from ssgan.config import fields_with
+
+    unkeyed, resumable = fields_with("keyed", False), fields_with("resumable")
+    # where and how runs execute is out of the cache key, both ways of stacking seeds alike (README, resume)
+    assert {"seed", "run_dir", "train.device", "train.concurrent_seeds", "train.max_concurrent"} <= set(unkeyed)
+    assert not {"train.lr", "train.precision", "train.tf32", "train.compile", "dataset.path"} & set(unkeyed)
+    # the numerics are keyed and resumable alike; networks, data and method are fixed by the checkpoint
+    assert {"train.precision", "train.tf32", "train.compile", "train.cuda_graph", "train.epochs"} <= set(resumable)
+    assert not {"model.d_widths", "method.ct_weight", "train.batch_size", "seed"} & set(resumable)
+    assert set(fields_with("test_set", False)) == {"dataset.labels", "dataset.val_size", "dataset.root",
+                                                   "dataset.download"}
+
+
+def test_keyed_values_drop_the_unkeyed_fields_only():
+    from dataclasses import asdict
+
+    from ssgan.config import Config, keyed_values
+
+    values = asdict(Config())
+    kept = keyed_values(values)
+    assert "seed" not in kept and "device" not in kept["train"] and "max_concurrent" not in kept["train"]
+    assert kept["train"]["lr"] == values["train"]["lr"] and "device" in values["train"]  # a copy
+
+
+@pytest.mark.parametrize("engine, overrides, expected", [
+    ("stacked", [], []),
+    ("stacked", ["method.gradient_penalty=1", "model.norm=spectral"], ["model.norm=spectral",
+                                                                       "method.gradient_penalty"]),
+    ("captured", ["train.optimizer=torch_adam", "train.data_placement=host"],
+     ["train.optimizer=torch_adam", "train.data_placement=host"]),
+    ("captured", ["train.channels_last=true", "train.data_placement=device"], []),
+    ("stacked", ["train.channels_last=true"], ["train.channels_last"]),
+])
+def test_refused_options_follow_the_schema(engine, overrides, expected):
+    from ssgan.config import refused_options
+
+    assert refused_options(compose(overrides), engine) == expected

@@ -16,7 +16,9 @@ from ssgan.config import DataConfig, MethodConfig, ModelConfig
 from ssgan.layers import data_dependent_init
 from ssgan.models import build_models
 from ssgan.optim import OfficialAdam
-from ssgan.train import discriminator_step, fit, generator_step, lr_at, polyak_update
+from ssgan.engines import discriminator_step, generator_step, polyak_average
+from ssgan.optim import polyak_update
+from ssgan.train import fit, lr_at
 
 
 def test_lr_schedule_constant_then_linear_to_zero():
@@ -30,7 +32,7 @@ def test_lr_schedule_constant_then_linear_to_zero():
 def test_polyak_update_moves_towards_the_model():
     avg, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = avg.weight.detach().clone()
-    polyak_update(avg, model, decay=0.9)
+    polyak_update(avg.parameters(), model.parameters(), decay=0.9)
     assert torch.allclose(avg.weight, 0.9 * before + 0.1 * model.weight.detach())
 
 
@@ -173,40 +175,29 @@ def test_host_placement_gives_the_same_run_as_device_placement(tiny_config):
 
 
 @pytest.mark.parametrize("placement", ["device", "host"])
-def test_the_iteration_runner_gathers_from_a_mid_epoch_start(tiny_config, placement):
-    """The epoch's rows go to the device once; a device counter (started at the resumed iteration) picks
-    each iteration's batches; from host memory they come through pinned buffers, one iteration ahead."""
-    from ssgan.train import STAT_NAMES, IterationRunner, Member
-
-    class Recorder:
-        def __init__(self):
-            self.seen = []
-
-        def step(self, x_lab, y_lab, x_unl, x_unl_fm, z_d, z_g, targets=None):
-            self.seen.append((x_lab.flatten().tolist(), y_lab.flatten().tolist(), x_unl.flatten().tolist(),
-                              x_unl_fm.flatten().tolist()))
-            return torch.full((1, len(STAT_NAMES)), float(len(self.seen))), None
+def test_the_batches_of_a_mid_epoch_start(tiny_config, placement):
+    """A resumed epoch starts at its iteration; each batch holds the rows of the epoch's order (labeled
+    positions mapped to the subset's rows); from host memory they come through pinned buffers."""
+    from ssgan.accelerate import PinnedGather
+    from ssgan.engines import STAT_NAMES, Batches
+    from ssgan.train import Member
 
     x = torch.arange(10.0)[:, None, None, None]  # (10, 1, 1, 1): image k has value k
-    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2))
+    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2, iters_per_epoch=3))
     member = Member(cfg, None, np.array([4, 5, 6]), ["a"], np.random.RandomState(0), torch.Generator())
     # positions in the labeled subset, rows of the pool, rows for feature matching: (iterations 3, B 2)
     member.batches = (np.array([[0, 1], [2, 0], [1, 2]]), np.array([[6, 7], [8, 9], [0, 1]]),
                       np.array([[1, 2], [3, 4], [5, 6]]))
-    stats = torch.zeros(1, 3, len(STAT_NAMES))
-    recorder = Recorder()
-    runner = IterationRunner(recorder, [member], x if placement == "device" else x.clone(),
-                             torch.arange(10) + 100, stats, torch.device("cpu"), capture=False)
-    runner.on_device = placement == "device"
+    member.iteration, member.stats = 1, torch.ones(1, len(STAT_NAMES))
+    batches = Batches([member], x, np.arange(10) + 100, torch.device("cpu"), stacked=False, gather=x.__getitem__)
     if placement == "host":
-        runner.buffers = [[torch.empty(1, 2, 1, 1, 1) for _ in range(3)] for _ in range(2)]
-        runner.copied = [None, None]
-    runner.load_epoch(1)
-    runner.run(1)
-    runner.run(2)
-    assert recorder.seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
-                             ([5.0, 6.0], [105, 106], [0.0, 1.0], [5.0, 6.0])]
-    assert stats[0, :, 0].tolist() == [0.0, 1.0, 2.0] and int(runner.counter) == 3
+        batches.gather, batches.on_device = PinnedGather(x, torch.device("cpu")), False
+    stats = torch.zeros(3, len(STAT_NAMES))
+    assert batches.begin_epoch(3, stats) == 1 and stats[:, 0].tolist() == [1.0, 0.0, 0.0]
+    seen = [(b.x_lab.flatten().tolist(), b.y_lab.tolist(), b.x_unl.flatten().tolist(), b.x_fm.flatten().tolist())
+            for b in (batches.get(1, 4), batches.get(2, 5))]
+    assert seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
+                    ([5.0, 6.0], [105, 106], [0.0, 1.0], [5.0, 6.0])]
 
 
 def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
@@ -241,7 +232,8 @@ def _digits_data():
 @pytest.mark.parametrize("source", ["pool", "permuted", "labeled"])
 def test_the_init_batch_of_each_source(tiny_config, source):
     from ssgan.data import balanced_labeled_subset
-    from ssgan.train import init_images, start_member
+    from ssgan.models import init_images
+    from ssgan.train import start_member
 
     data = _digits_data()
     cfg = replace(tiny_config, train=replace(tiny_config.train, init_source=source, init_batch=30))
@@ -263,7 +255,7 @@ def test_the_init_batch_of_each_source(tiny_config, source):
 
 
 def test_the_init_batch_is_reflect_padded_for_ct_gan(tiny_config):
-    from ssgan.train import init_images
+    from ssgan.models import init_images
 
     x_all = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
     cfg = replace(tiny_config, train=replace(tiny_config.train, init_source="pool", init_batch=2, init_pad=2))
@@ -294,7 +286,7 @@ def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypa
 
 
 def test_temporal_ensemble_targets_against_a_direct_computation():
-    from ssgan.train import TemporalEnsemble
+    from ssgan.engines import TemporalEnsemble
 
     te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
     rows = torch.tensor([2, 0, 1])
@@ -316,7 +308,7 @@ def test_temporal_ensemble_targets_against_a_direct_computation():
 
 
 def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
-    from ssgan.train import discriminator_loss
+    from ssgan.engines import discriminator_objective
 
     disc, gen, x = _tiny_models()
     method = MethodConfig(ct_weight=1.0, ct_feat_weight=0.1, ct_mode="temporal")
@@ -324,8 +316,8 @@ def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
     calls = []
     disc.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     torch.manual_seed(3)
-    loss, stats, outputs = discriminator_loss(disc, gen, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
-                                              method, targets)
+    loss, stats, outputs = discriminator_objective(disc, gen, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
+                                                   method=method, targets=targets)
     assert calls == [60]  # labeled, unlabeled and generated in one pass; no second unlabeled pass
     logits_unl, feats_unl = outputs.split([10, 16], dim=1)
     expected = losses.consistency_loss(logits_unl.softmax(1), targets[:, :10].softmax(1), feats_unl, targets[:, 10:],
@@ -378,8 +370,8 @@ def test_each_epoch_is_a_debug_record_of_the_ssgan_train_logger(tiny_config, cap
 
 
 def test_the_restructured_iteration_equals_a_plain_loop_of_the_steps(tiny_config):
-    """train.cuda_graph's restructured iteration (static buffers, a device counter), run eagerly on the CPU,
-    against a plain loop: index, z, discriminator_step, generator_step, polyak_update (noise off)."""
+    """fit's loop against the steps written out by hand: index, z, discriminator_step, generator_step,
+    polyak_average (noise off)."""
     from ssgan.data import epoch_order
     from ssgan.models import sample_z
     from ssgan.train import start_member
@@ -402,14 +394,14 @@ def test_the_restructured_iteration_equals_a_plain_loop_of_the_steps(tiny_config
         discriminator_step(net.disc, net.gen, net.opt_d, x_all[lab_rows], y_all[lab_rows],
                            x_all[torch.from_numpy(unl[it])], z_d, method=cfg.method)
         generator_step(net.disc, net.gen, net.opt_g, x_all[torch.from_numpy(fm[it])], z_g, fm_norm=cfg.method.fm_norm)
-        polyak_update(net.disc_avg, net.disc, t.ema_decay)
+        polyak_average(net.disc_avg, net.disc, t.ema_decay)
     for a, b in zip(result.discriminator.state_dict().values(), net.disc_avg.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_cuda_graph_where_it_cannot_capture(tiny_config):
     from ssgan.config import ConfigError
-    from ssgan.train import use_cuda_graph
+    from ssgan.accelerate import use_cuda_graph
 
     on = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="on"))
     with pytest.raises(ConfigError, match=r"cannot capture with the device \(cpu\)"):
@@ -426,7 +418,7 @@ def test_cuda_graph_where_it_cannot_capture(tiny_config):
 def test_the_capture_decision_follows_where_the_images_are(tiny_config):
     """auto placement may keep the images in host memory: then nothing is captured (auto) or one line (on)."""
     from ssgan.config import ConfigError
-    from ssgan.train import decide_capture
+    from ssgan.accelerate import decide_capture
 
     gpu = torch.device("cuda", 0)  # a decision only: nothing runs on CUDA here
     auto = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="auto"))
@@ -437,7 +429,7 @@ def test_the_capture_decision_follows_where_the_images_are(tiny_config):
     for blocker in (dict(train=replace(auto.train, optimizer="torch_adam")),
                     dict(model=replace(auto.model, arch="custom"))):
         assert not decide_capture(replace(auto, **blocker), torch.device("cpu"), on_host)
-        from ssgan.train import use_cuda_graph
+        from ssgan.accelerate import use_cuda_graph
 
         assert not use_cuda_graph(replace(auto, **blocker), gpu)
 
@@ -477,7 +469,7 @@ def test_deterministic_on_cuda_sets_the_cublas_workspace_before_enabling(tiny_co
 def test_inside_numerics_the_legacy_tf32_getters_answer(tiny_config, tf32):
     """Inductor and older code read torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     and torch.get_float32_matmul_precision(); with only the per-operation flags set they raise."""
-    from ssgan.train import numerics
+    from ssgan.accelerate import numerics
 
     with numerics(replace(tiny_config.train, tf32=tf32), torch.device("cpu")):
         assert torch.backends.cudnn.allow_tf32 is tf32
@@ -490,48 +482,13 @@ def test_a_run_resumes_with_another_cuda_graph_setting(tmp_path):
     """A captured run's checkpoint (the optimizer saved in its plain form) continues without the capture,
     e.g. on a CPU: train.cuda_graph may change on --resume."""
     from ssgan.cli import main
-    from ssgan.train import RESUME_OVERRIDABLE
+    from ssgan.config import fields_with
 
     from .conftest import TINY_OVERRIDES
 
-    assert "train.cuda_graph" in RESUME_OVERRIDABLE
+    assert "train.cuda_graph" in fields_with("resumable")
     run_dir = tmp_path / "r"
     assert main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "train.cuda_graph=auto"]) == 0
     assert main(["fit", "--resume", str(run_dir), "train.epochs=2", "train.cuda_graph=off"]) == 0
 
 
-def test_load_epoch_waits_for_the_last_copy_before_rewriting_the_pinned_rows(tiny_config, monkeypatch):
-    """On CUDA the epoch's rows go through a pinned buffer copied without blocking: the next epoch must not
-    rewrite it before that copy has finished. A recorded event orders it (the CUDA event is faked here)."""
-    from ssgan.train import STAT_NAMES, IterationRunner, Member
-
-    events = []
-
-    class FakeEvent:
-        def __init__(self):
-            self.host_rows_when_recorded = None
-
-        def record(self, stream=None):
-            self.host_rows_when_recorded = runner.host_rows.clone()
-            events.append(("record", self))
-
-        def synchronize(self):
-            # the buffer still holds what the recorded copy read: nothing was rewritten before the wait
-            assert torch.equal(runner.host_rows, self.host_rows_when_recorded)
-            events.append(("synchronize", self))
-
-    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2))
-    member = Member(cfg, None, np.array([0, 1, 2]), ["a"], np.random.RandomState(0), torch.Generator())
-    member.batches = (np.zeros((2, 2), dtype=np.int64), np.ones((2, 2), dtype=np.int64),
-                      np.full((2, 2), 2, dtype=np.int64))
-    runner = IterationRunner(None, [member], torch.zeros(5, 1, 1, 1), torch.zeros(5, dtype=torch.long),
-                             torch.zeros(1, 2, len(STAT_NAMES)), torch.device("cpu"), capture=False)
-    runner.host_rows = torch.zeros_like(runner.rows)  # as on CUDA: the pinned copy of the rows
-    runner.load_epoch(0)
-    member.batches = (np.ones((2, 2), dtype=np.int64), np.zeros((2, 2), dtype=np.int64),
-                      np.zeros((2, 2), dtype=np.int64))
-    runner.load_epoch(0)
-    assert [kind for kind, _ in events] == ["record", "synchronize", "record"]
-    assert events[1][1] is events[0][1]
-    assert runner.rows[0].eq(1).all()  # the second epoch's labeled rows (subset position 1 -> row 1)
