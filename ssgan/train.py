@@ -83,17 +83,20 @@ class TrainingInterrupted(RuntimeError):
     nothing is left); a seeds run or a table replaces it with its own (``resume_with``).
     """
 
-    def __init__(self, where: Optional[str], signum: int, how_to_continue: Optional[str]) -> None:
-        self.where, self.signum, self.how_to_continue = where, signum, how_to_continue
+    def __init__(self, where: Optional[str], signum: int, how_to_continue: Optional[str], *,
+                 after: Optional[str] = None) -> None:
+        self.where, self.signum, self.how_to_continue, self.after = where, signum, how_to_continue, after
         name = signal.Signals(signum).name
-        if where is None:
+        if after is not None:  # outside the loop (a seeds run, a table): what was completed before stopping
+            message = f"interrupted by {name} after {after}"
+        elif where is None:
             message = f"interrupted by {name} while writing the outputs of the finished run, which were completed"
         else:
             message = f"interrupted by {name} at {where}; checkpoint written"
         super().__init__(message + (f", continue with: {how_to_continue}" if how_to_continue else ""))
 
     def resume_with(self, how_to_continue: str) -> "TrainingInterrupted":
-        return TrainingInterrupted(self.where, self.signum, how_to_continue)
+        return TrainingInterrupted(self.where, self.signum, how_to_continue, after=self.after)
 
 
 @dataclass
@@ -239,7 +242,7 @@ def iterations_per_epoch(t, n_unlabeled: int) -> int:
 # --------------------------------------------------------------------------------------------- the loop
 
 def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Tensor, device: torch.device,
-               signals: "_StopSignals") -> None:
+               signals: "StopSignals") -> None:
     """Train ``members`` (one, or several stacked in ``engine``) from their position to ``train.epochs``."""
     cfg = members[0].cfg
     t, iters = cfg.train, iterations_per_epoch(cfg.train, len(x_all))
@@ -440,24 +443,38 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
 
 # -------------------------------------------------------------------------------------- fit, fit_grid
 
-class _StopSignals:
-    """Turn SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
+class StopSignals:
+    """Turn SIGINT / SIGTERM into a flag checked at safe points (main thread only): between iterations in the
+    loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
 
-    def __init__(self, enabled: bool) -> None:
+    Guards nest: one entered inside another (a seed's training inside a seeds run) takes over a signal the
+    outer one has already received (the seed then stops at its first iteration, checkpointed), and hands its
+    own to the outer one on exit."""
+
+    def __init__(self, enabled: bool = True) -> None:
         self.signum: Optional[int] = None
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.previous: Dict[int, object] = {}
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> "StopSignals":
         if self.enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
+            if self._outer() is not None:
+                self.signum = self._outer().signum
         return self
+
+    def _outer(self) -> Optional["StopSignals"]:
+        outer = getattr(self.previous.get(signal.SIGTERM), "__self__", None)
+        return outer if isinstance(outer, StopSignals) else None
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
+        outer = self._outer()
+        if outer is not None and outer.signum is None:
+            outer.signum = self.signum
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -565,9 +582,10 @@ def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Te
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
             member.open_log()
             held.callback(member.log.close)
-        with _StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
+        with StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
             train_loop(members, engine, data, x_all, device, signals)
             results = _finish(members, engine, data, device)
             if signals.signum is not None:  # it came during the final writes, which are complete
                 raise TrainingInterrupted(None, signals.signum, None)
     return results
+
