@@ -36,7 +36,7 @@ from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
 from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
-from .models import Networks, build_networks, init_images
+from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      check_resume_fits, environment, locked, restore_rng, rng_state, write_config,
@@ -69,10 +69,16 @@ class TrainingDiverged(RuntimeError):
     message names (``run_dir``: the run directory, if any)."""
 
     def __init__(self, message: str, run_dir: Optional[Path] = None) -> None:
-        if run_dir is not None:
-            kept = Path(run_dir) / CHECKPOINT_NAME
-            message += f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
-        super().__init__(message)
+        super().__init__(message + kept_checkpoint(run_dir))
+
+
+def kept_checkpoint(run_dir: Optional[Path]) -> str:
+    """What a run that stops on an error keeps: "; the last good checkpoint is ..." (nothing without a run
+    directory)."""
+    if run_dir is None:
+        return ""
+    kept = Path(run_dir) / CHECKPOINT_NAME
+    return f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -527,7 +533,8 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices=labeled_indices,
                                         resume=resume, modules=modules, capturable=capture)
         engine = SingleEngine(networks, cfg)
-        (result,) = _train([member], Captured(engine, device) if capture else engine, data, x_all, device)
+        (result,) = _train([member], Captured(engine, device) if capture else engine, data, x_all, device,
+                           own_networks=cfg.model.arch == "custom" or modules is not None)
     return result
 
 
@@ -567,14 +574,16 @@ def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs:
             members.append(member)
             networks.append(net)
         engine = StackedEngine(networks, base, capturable=capture)
-        return _train(members, Captured(engine, device) if capture else engine, data, x_all, device)
+        return _train(members, Captured(engine, device) if capture else engine, data, x_all, device,
+                      own_networks=base.model.arch == "custom")
 
 
 def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Tensor,
-           device: torch.device) -> List[FitResult]:
+           device: torch.device, *, own_networks: bool = False) -> List[FitResult]:
     """``train_loop`` inside what a training holds: each run directory's lock (one process trains a run
     directory at a time) with the config it trains with, the metrics logs, and SIGINT / SIGTERM turned into a
-    checkpoint until the last output is written."""
+    checkpoint until the last output is written. ``own_networks``: the networks are the user's (``model=custom``
+    or the estimator's modules), whose errors while they train are the user's (``_own_network_errors``)."""
     with contextlib.ExitStack() as held:
         for member in members:
             if member.run_dir is not None:
@@ -582,10 +591,28 @@ def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Te
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
             member.open_log()
             held.callback(member.log.close)
-        with StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
+        with StopSignals(any(m.run_dir is not None for m in members)) as signals, \
+                _own_network_errors(members, own_networks):  # until the last write
             train_loop(members, engine, data, x_all, device, signals)
             results = _finish(members, engine, data, device)
             if signals.signum is not None:  # it came during the final writes, which are complete
                 raise TrainingInterrupted(None, signals.signum, None)
     return results
 
+
+@contextlib.contextmanager
+def _own_network_errors(members: Sequence[Member], own_networks: bool) -> Iterator[None]:
+    """A network of one's own that raises while it trains (it passed the contract check at start-up, then a
+    later call failed): ModelError, one line naming the error and the last good checkpoint, which is kept (as
+    is every seed's). ssgan's own exceptions, and any with its networks (a bug: a traceback), pass as they are."""
+    try:
+        yield
+    except (TrainingDiverged, TrainingInterrupted, ConfigError, DataError, RunDirError):
+        raise
+    except Exception as error:
+        if not own_networks:
+            raise
+        where = members[0].run_dir if len(members) == 1 else None
+        raise ModelError(f"the network of one's own failed in epoch {members[0].epoch + 1}: "
+                         f"{type(error).__name__}: {first_line(error)[:200]}" + kept_checkpoint(where)
+                         + ("; each seed keeps its last good checkpoint" if len(members) > 1 else "")) from None
