@@ -331,10 +331,11 @@ def write_table(out_dir: Path, dataset: str, rows: Sequence[SeedsResult], comman
     lines += ["", "## How these numbers were made", ""] + _provenance_lines(meta)
     lines += [f"- each row's resolved config, key, runs and per-seed errors: {dataset}.json"]
     md_path, json_path = out_dir / f"{dataset}.md", out_dir / f"{dataset}.json"
-    atomic_write(md_path, _linked("\n".join(lines) + "\n", out_dir))
+    # the .json first: a kill between the two never leaves an .md whose numbers have no record behind them
     atomic_write(json_path, json.dumps({"dataset": dataset, **meta, "unit": "test error in %",
                                          "published_source": PUBLISHED_SOURCE,
                                          "published_columns": PUBLISHED_COLUMNS, "rows": json_rows}, indent=1))
+    atomic_write(md_path, _linked("\n".join(lines) + "\n", out_dir))
     written = [md_path, json_path]
     png_path = out_dir / f"{dataset}.png"
     if plot_table(png_path, dataset, rows):

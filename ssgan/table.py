@@ -12,6 +12,7 @@ trains only the seeds that have not finished. What the calls say while they trai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .data import load_data
 from .reports import PUBLISHED, SeedsResult, aggregate, group_rows, write_summary, write_table
 from .rundir import RunDirError, find_runs, removed_on_failure
 from .seeds import SeedOutcome, cell_directory, check_seeds, prepare_cell, train_seeds, train_together
-from .train import TrainingInterrupted
+from .train import StopSignals, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,22 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str,
     trained its seeds together."""
     progress = progress or Progress()
     outcomes: List[SeedOutcome] = []
-    for outcome in train_seeds(cfg, seeds, out_dir, command=command, fresh=fresh, data=data, trained=trained):
-        outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
-        summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
-                            outcome.class_names)
-        write_summary(out_dir, summary, list(seeds), command)
-        progress.seed(outcome)
-    progress.done(summary, out_dir)
+    # SIGINT / SIGTERM between seeds (or while the summary is written) stops after the summary, never inside it
+    with StopSignals() as signals, \
+            contextlib.closing(train_seeds(cfg, seeds, out_dir, command=command, fresh=fresh, data=data,
+                                           trained=trained)) as trainings:
+        for outcome in trainings:
+            outcomes = sorted([*outcomes, outcome], key=lambda o: o.seed)  # seed order, however they finished
+            summary = aggregate([o.record for o in outcomes], [o.probs for o in outcomes], outcome.y_test,
+                                outcome.class_names)
+            write_summary(out_dir, summary, list(seeds), command)
+            progress.seed(outcome)
+            if signals.signum is not None and len(outcomes) < len(seeds):
+                raise TrainingInterrupted(None, signals.signum, f"ssgan fit --resume {out_dir}",
+                                          after=f"seed {outcome.seed} and {out_dir / 'summary.json'} were written")
+        progress.done(summary, out_dir)
+    if signals.signum is not None:  # after the last seed: the run is complete
+        raise TrainingInterrupted(None, signals.signum, None, after=f"the last seed and {out_dir} were written")
     return summary
 
 
@@ -113,6 +123,14 @@ def make_table(dataset: str, *, labels: Optional[Sequence[int]] = None, seeds: i
     cell_dirs = [cell_directory(Path(cache_dir), cfg) for cfg in cells]
     progress = progress or Progress()
     how_to_continue = "the same ssgan table command (finished seeds are kept)"
+    with StopSignals():  # a signal between the cells or seeds: what is under way finishes first
+        rows = _train_cells(cells, cell_dirs, seeds, command, progress, how_to_continue)
+        return Table(dataset, rows, _write_table(out_dir, dataset, rows, command))
+
+
+def _train_cells(cells: List[Config], cell_dirs: List[Path], seeds: int, command: str, progress: Progress,
+                 how_to_continue: str) -> List[SeedsResult]:
+    """make_table's seeds runs, one per cell (every cell's seeds stacked with ``train.concurrent_seeds``)."""
     try:
         with removed_on_failure(runs=cell_dirs):  # (a cell's plan goes with it if no seed started)
             data, trained = None, None
@@ -129,7 +147,19 @@ def make_table(dataset: str, *, labels: Optional[Sequence[int]] = None, seeds: i
                                       trained=trained))
     except TrainingInterrupted as stop:
         raise stop.resume_with(how_to_continue) from None
-    return Table(dataset, rows, [] if out_dir is None else write_table(Path(out_dir), dataset, rows, command))
+    return rows
+
+
+def _write_table(out_dir: Optional[Path | str], dataset: str, rows: List[SeedsResult], command: str) -> List[Path]:
+    """``reports.write_table`` (nothing with ``out_dir=None``), SIGINT / SIGTERM held until every file of the
+    table is written (also one received before, by an enclosing guard); then TrainingInterrupted."""
+    with StopSignals() as signals:
+        files = [] if out_dir is None else write_table(Path(out_dir), dataset, rows, command)
+    if signals.signum is not None:
+        raise TrainingInterrupted(None, signals.signum, None,
+                                  after=f"the table {files[0].with_suffix('')}.* was written" if files
+                                  else "the table's seeds were trained")
+    return files
 
 
 def collect_table(paths: Sequence[Path | str], *, dataset: Optional[str] = None,
@@ -149,7 +179,7 @@ def collect_table(paths: Sequence[Path | str], *, dataset: Optional[str] = None,
             raise RunDirError(f"no runs of {','.join(map(str, labels))} labels in --from")
     rows = group_rows(records, resolve_device(device), data_root)
     command = command or f"ssgan.collect_table({[str(p) for p in paths]})"
-    return Table(found, rows, [] if out_dir is None else write_table(Path(out_dir), found, rows, command))
+    return Table(found, rows, _write_table(out_dir, found, rows, command))
 
 
 def _check_out_dir(out_dir: Optional[Path | str]) -> None:

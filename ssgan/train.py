@@ -36,7 +36,7 @@ from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
 from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
-from .models import Networks, build_networks, init_images
+from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
 from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
                      check_resume_fits, environment, locked, restore_rng, rng_state, write_config,
@@ -69,10 +69,16 @@ class TrainingDiverged(RuntimeError):
     message names (``run_dir``: the run directory, if any)."""
 
     def __init__(self, message: str, run_dir: Optional[Path] = None) -> None:
-        if run_dir is not None:
-            kept = Path(run_dir) / CHECKPOINT_NAME
-            message += f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
-        super().__init__(message)
+        super().__init__(message + kept_checkpoint(run_dir))
+
+
+def kept_checkpoint(run_dir: Optional[Path]) -> str:
+    """What a run that stops on an error keeps: "; the last good checkpoint is ..." (nothing without a run
+    directory)."""
+    if run_dir is None:
+        return ""
+    kept = Path(run_dir) / CHECKPOINT_NAME
+    return f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -83,17 +89,20 @@ class TrainingInterrupted(RuntimeError):
     nothing is left); a seeds run or a table replaces it with its own (``resume_with``).
     """
 
-    def __init__(self, where: Optional[str], signum: int, how_to_continue: Optional[str]) -> None:
-        self.where, self.signum, self.how_to_continue = where, signum, how_to_continue
+    def __init__(self, where: Optional[str], signum: int, how_to_continue: Optional[str], *,
+                 after: Optional[str] = None) -> None:
+        self.where, self.signum, self.how_to_continue, self.after = where, signum, how_to_continue, after
         name = signal.Signals(signum).name
-        if where is None:
+        if after is not None:  # outside the loop (a seeds run, a table): what was completed before stopping
+            message = f"interrupted by {name} after {after}"
+        elif where is None:
             message = f"interrupted by {name} while writing the outputs of the finished run, which were completed"
         else:
             message = f"interrupted by {name} at {where}; checkpoint written"
         super().__init__(message + (f", continue with: {how_to_continue}" if how_to_continue else ""))
 
     def resume_with(self, how_to_continue: str) -> "TrainingInterrupted":
-        return TrainingInterrupted(self.where, self.signum, how_to_continue)
+        return TrainingInterrupted(self.where, self.signum, how_to_continue, after=self.after)
 
 
 @dataclass
@@ -239,7 +248,7 @@ def iterations_per_epoch(t, n_unlabeled: int) -> int:
 # --------------------------------------------------------------------------------------------- the loop
 
 def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Tensor, device: torch.device,
-               signals: "_StopSignals") -> None:
+               signals: "StopSignals") -> None:
     """Train ``members`` (one, or several stacked in ``engine``) from their position to ``train.epochs``."""
     cfg = members[0].cfg
     t, iters = cfg.train, iterations_per_epoch(cfg.train, len(x_all))
@@ -440,24 +449,38 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
 
 # -------------------------------------------------------------------------------------- fit, fit_grid
 
-class _StopSignals:
-    """Turn SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
+class StopSignals:
+    """Turn SIGINT / SIGTERM into a flag checked at safe points (main thread only): between iterations in the
+    loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
 
-    def __init__(self, enabled: bool) -> None:
+    Guards nest: one entered inside another (a seed's training inside a seeds run) takes over a signal the
+    outer one has already received (the seed then stops at its first iteration, checkpointed), and hands its
+    own to the outer one on exit."""
+
+    def __init__(self, enabled: bool = True) -> None:
         self.signum: Optional[int] = None
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.previous: Dict[int, object] = {}
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> "StopSignals":
         if self.enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
+            if self._outer() is not None:
+                self.signum = self._outer().signum
         return self
+
+    def _outer(self) -> Optional["StopSignals"]:
+        outer = getattr(self.previous.get(signal.SIGTERM), "__self__", None)
+        return outer if isinstance(outer, StopSignals) else None
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
+        outer = self._outer()
+        if outer is not None and outer.signum is None:
+            outer.signum = self.signum
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -510,7 +533,8 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices=labeled_indices,
                                         resume=resume, modules=modules, capturable=capture)
         engine = SingleEngine(networks, cfg)
-        (result,) = _train([member], Captured(engine, device) if capture else engine, data, x_all, device)
+        (result,) = _train([member], Captured(engine, device) if capture else engine, data, x_all, device,
+                           own_networks=cfg.model.arch == "custom" or modules is not None)
     return result
 
 
@@ -550,14 +574,16 @@ def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs:
             members.append(member)
             networks.append(net)
         engine = StackedEngine(networks, base, capturable=capture)
-        return _train(members, Captured(engine, device) if capture else engine, data, x_all, device)
+        return _train(members, Captured(engine, device) if capture else engine, data, x_all, device,
+                      own_networks=base.model.arch == "custom")
 
 
 def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Tensor,
-           device: torch.device) -> List[FitResult]:
+           device: torch.device, *, own_networks: bool = False) -> List[FitResult]:
     """``train_loop`` inside what a training holds: each run directory's lock (one process trains a run
     directory at a time) with the config it trains with, the metrics logs, and SIGINT / SIGTERM turned into a
-    checkpoint until the last output is written."""
+    checkpoint until the last output is written. ``own_networks``: the networks are the user's (``model=custom``
+    or the estimator's modules), whose errors while they train are the user's (``_own_network_errors``)."""
     with contextlib.ExitStack() as held:
         for member in members:
             if member.run_dir is not None:
@@ -565,9 +591,28 @@ def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Te
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
             member.open_log()
             held.callback(member.log.close)
-        with _StopSignals(any(m.run_dir is not None for m in members)) as signals:  # until the last write
+        with StopSignals(any(m.run_dir is not None for m in members)) as signals, \
+                _own_network_errors(members, own_networks):  # until the last write
             train_loop(members, engine, data, x_all, device, signals)
             results = _finish(members, engine, data, device)
             if signals.signum is not None:  # it came during the final writes, which are complete
                 raise TrainingInterrupted(None, signals.signum, None)
     return results
+
+
+@contextlib.contextmanager
+def _own_network_errors(members: Sequence[Member], own_networks: bool) -> Iterator[None]:
+    """A network of one's own that raises while it trains (it passed the contract check at start-up, then a
+    later call failed): ModelError, one line naming the error and the last good checkpoint, which is kept (as
+    is every seed's). ssgan's own exceptions, and any with its networks (a bug: a traceback), pass as they are."""
+    try:
+        yield
+    except (TrainingDiverged, TrainingInterrupted, ConfigError, DataError, RunDirError):
+        raise
+    except Exception as error:
+        if not own_networks:
+            raise
+        where = members[0].run_dir if len(members) == 1 else None
+        raise ModelError(f"the network of one's own failed in epoch {members[0].epoch + 1}: "
+                         f"{type(error).__name__}: {first_line(error)[:200]}" + kept_checkpoint(where)
+                         + ("; each seed keeps its last good checkpoint" if len(members) > 1 else "")) from None

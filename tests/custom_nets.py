@@ -55,3 +55,19 @@ class NoParameters(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         feats = x.flatten(1)
         return feats[:, :1].expand(-1, self.n_classes) * 0.0, feats
+
+
+class FailsLater(SmallCNN):
+    """Breaks mid-training: passes the contract check and the init, then raises from its ``fail_after``-th
+    forward call on (a bug of one's own that only some batches reach)."""
+
+    def __init__(self, image_shape: Tuple[int, int, int], n_classes: int, width: int = 16,
+                 fail_after: int = 10) -> None:
+        super().__init__(image_shape, n_classes, width)
+        self.fail_after, self.calls = fail_after, 0
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        self.calls += 1
+        if self.calls >= self.fail_after:
+            raise ValueError(f"boom at call {self.calls}")
+        return super().forward(x)

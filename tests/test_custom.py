@@ -12,9 +12,10 @@ from sklearn.datasets import load_digits
 
 import ssgan
 from ssgan.cli import main
-from ssgan.rundir import RunDirError
+from ssgan.config import ConfigError
+from ssgan.rundir import RunDirError, load_checkpoint
 from tests.conftest import TINY_OVERRIDES
-from tests.custom_nets import SmallCNN, SmallGenerator
+from tests.custom_nets import FailsLater, SmallCNN, SmallGenerator
 
 CUSTOM = ["model=custom", "model.discriminator._target_=tests.custom_nets.SmallCNN",
           "+model.discriminator.width=8", "model.generator._target_=tests.custom_nets.SmallGenerator"]
@@ -47,6 +48,26 @@ def test_a_broken_contract_is_one_line_and_exit_2(change, message, tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_network_that_fails_mid_training_is_one_line_exit_2_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    """A discriminator of one's own that raises in epoch 2 (after the checkpoint of epoch 1): no traceback but
+    one line naming the failure and the checkpoint kept, exit 2; the estimator raises the same ConfigError."""
+    run_dir = tmp_path / "run"
+    failing = ["model.discriminator._target_=tests.custom_nets.FailsLater", "+model.discriminator.fail_after=11"]
+    assert main(["fit", "--run-dir", str(run_dir), *TINY, *CUSTOM, *failing, "train.epochs=3",
+                 "train.checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "boom at call 11" in err and "Traceback" not in err, err
+    assert f"the last good checkpoint is {run_dir / 'checkpoint.pt'}" in err, err
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1 and not (run_dir / "result.json").exists()
+
+    x, y = load_digits(return_X_y=True)
+    estimator = ssgan.SSGANClassifier(recipe="digits", epochs=2, iters_per_epoch=3, image_shape=(1, 8, 8),
+                                      device="cpu", discriminator=FailsLater((1, 8, 8), 10, width=8, fail_after=6),
+                                      generator=SmallGenerator((1, 8, 8), 100))
+    with pytest.raises(ConfigError, match="boom at call 6"):
+        estimator.fit(x, np.where(np.arange(len(y)) < 200, y, -1))
 
 
 def test_model_custom_without_networks_is_refused(capsys):

@@ -77,3 +77,77 @@ def test_make_table_refuses_bad_input_before_anything_is_written(kwargs, message
     with pytest.raises(ConfigError, match=message):
         ssgan.make_table("digits", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ signals outside the loop
+
+@pytest.fixture
+def sigterm_guard():
+    """A SIGTERM handler of the test's own (pytest has none): what reaches it, ssgan did not take."""
+    import signal
+
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _stray_temporaries(root):
+    return [p for p in root.rglob("*.tmp")]
+
+
+def test_sigterm_between_seeds_stops_with_the_command_that_continues(tmp_path, monkeypatch, capsys, sigterm_guard):
+    """SIGTERM while seed 0's summary is written (between two seeds): the summary is completed, seed 1 does not
+    start, and the command stops with one line naming the --resume that continues, exit 128 + 15."""
+    import os
+    import signal
+
+    from ssgan import table
+
+    original, calls = table.write_summary, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(table, "write_summary", signalled)
+    run_dir = tmp_path / "run"
+    code = main(["fit", "--seeds", "2", "--run-dir", str(run_dir), *TINY_SEEDS, "dataset.labels=20"])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM and not sigterm_guard, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "interrupted by SIGTERM" in err and f"ssgan fit --resume {run_dir}" in err
+    assert (run_dir / "seed0" / "result.json").is_file() and not (run_dir / "seed1" / "result.json").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] == [0]
+    assert _stray_temporaries(run_dir) == []
+    monkeypatch.undo()
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] == [0, 1]
+
+
+def test_sigterm_during_the_table_writes_completes_them_first(tmp_path, monkeypatch, capsys, sigterm_guard):
+    """SIGTERM while results/<dataset>.md is written: the table's files are all completed (never an .md
+    without its .json, no stray temporary file), then one line and exit 128 + 15."""
+    import os
+    import signal
+
+    from ssgan import reports
+
+    original = reports.atomic_write
+
+    def signalled(path, content):
+        if path.name == "digits.md":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(path, content)
+
+    monkeypatch.setattr(reports, "atomic_write", signalled)
+    out = tmp_path / "out"
+    code = main(["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--cache-dir",
+                 str(tmp_path / "cache"), "--out-dir", str(out), *TINY_SEEDS])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM and not sigterm_guard, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted by SIGTERM" in err
+    assert json.loads((out / "digits.json").read_text())["rows"][0]["labels"] == 20
+    assert (out / "digits.md").is_file() and _stray_temporaries(tmp_path) == []
