@@ -91,11 +91,9 @@ class RunDirError(ValueError):
 
 # ------------------------------------------------------------------------------------------- writing
 
-def atomic_write(path: Path, content: bytes | str) -> None:
-    """Write ``content`` to ``path`` atomically: a temporary file of its own in the same folder (two
-    processes never share one), flushed to disk, then renamed over ``path``. On failure the temporary
-    file is removed and ``path`` is left as it was."""
-    path = Path(path)
+def _write_temporary(path: Path, content: bytes | str) -> str:
+    """``content`` in a temporary file of its own beside ``path`` (two processes never share one), flushed to
+    disk; its name. A full or read-only disk is RunDirError and leaves no temporary file."""
     data = content.encode("utf-8") if isinstance(content, str) else content
     try:
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -107,6 +105,22 @@ def atomic_write(path: Path, content: bytes | str) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, content: bytes | str) -> None:
+    """Write ``content`` to ``path`` atomically: a temporary file of its own in the same folder, flushed to
+    disk, then renamed over ``path``. On failure the temporary file is removed and ``path`` is left as it
+    was."""
+    path = Path(path)
+    tmp = _write_temporary(path, content)
+    try:
         os.replace(tmp, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -122,17 +136,8 @@ def atomic_create(path: Path | str, content: bytes | str) -> None:
     name removed. A full or read-only disk or a file that appeared meanwhile is one line (RunDirError) and
     leaves neither ``path`` nor a temporary file: never a truncated or empty output."""
     path = Path(path)
-    data = content.encode("utf-8") if isinstance(content, str) else content
+    tmp = _write_temporary(path, content)
     try:
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as file:
-            os.fchmod(file.fileno(), FILE_MODE)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         os.link(tmp, path)
     except FileExistsError:
         raise RunDirError(f"{path} already exists; it is left as it was") from None
