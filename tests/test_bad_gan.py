@@ -156,10 +156,6 @@ def test_vi_is_refused_by_concurrent_seeds_and_the_cuda_graph(tiny_config):
 
 def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
     """The encoder and its Adam are in the checkpoint: an interrupted VI run continues exactly."""
-    import os
-    import signal
-
-    from ssgan import train
     from ssgan.cli import main
     from ssgan.rundir import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
@@ -167,18 +163,7 @@ def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
         "method=bad_gan", "method.vi_weight=0.01", "method.vi_lr=0.0005", "train.beta1_g=0", "train.epochs=2",
         "train.iters_per_epoch=4", "train.deterministic=true"]
-    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
-    calls, original = {"n": 0}, train.SingleEngine.step
-
-    def interrupting_step(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, *args)
-
-    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
-    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
-    monkeypatch.undo()
+    _train_whole_and_interrupted(tmp_path, monkeypatch, overrides)
     assert "encoder" in load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
     a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
@@ -243,10 +228,6 @@ def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_de
 
 
 def test_a_density_run_resumes_exactly_and_is_refused_by_concurrent_seeds(tiny_density, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from ssgan import train
     from ssgan.cli import main
     from ssgan.rundir import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
@@ -255,18 +236,7 @@ def test_a_density_run_resumes_exactly_and_is_refused_by_concurrent_seeds(tiny_d
         "method=bad_gan", f"method.density_model={tiny_density}", "method.density_weight=0.01",
         "method.density_start=2", "method.density_prob=0.5", "train.epochs=2", "train.iters_per_epoch=4",
         "train.deterministic=true"]
-    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
-    calls, original = {"n": 0}, train.SingleEngine.step
-
-    def interrupting_step(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, *args)
-
-    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
-    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
-    monkeypatch.undo()
+    _train_whole_and_interrupted(tmp_path, monkeypatch, overrides)
     assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
     a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     for part in ("discriminator", "generator"):
@@ -333,3 +303,26 @@ def test_the_optimizers_take_the_recipes_betas_and_rates(tiny_config):
     assert [g["lr"] for g in groups] == [6e-4, 3e-4, 3e-4]
     plain = build_networks(tiny_config, x, torch.device("cpu"))
     assert plain.enc is None and plain.opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def _train_whole_and_interrupted(tmp_path, monkeypatch, overrides) -> None:
+    """Train ``overrides`` uninterrupted into tmp_path/whole, and again into tmp_path/cut with a SIGINT at the
+    sixth iteration (exit 130, checkpoint of the exact position), for a resume to be compared with the whole."""
+    import os
+    import signal
+
+    from ssgan import train
+    from ssgan.cli import main
+
+    assert main(["fit", "--run-dir", str(tmp_path / "whole"), *overrides]) == 0
+    calls, original = {"n": 0}, train.SingleEngine.step
+
+    def interrupting_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(train.SingleEngine, "step", interrupting_step)
+    assert main(["fit", "--run-dir", str(tmp_path / "cut"), *overrides]) == 130
+    monkeypatch.undo()
