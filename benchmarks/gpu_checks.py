@@ -132,7 +132,7 @@ def compare(a: Path, b: Path) -> Dict[str, Dict]:
 
 
 def run_case(name: str, base_overrides: List[str], iters: int, work: Path, capture_mode: str,
-             tolerance: float, dry_run: bool = False) -> Dict:
+             tolerance: float, dry_run: bool = False, control: bool = False) -> Dict:
     overrides, models = CASES[name]
     overrides = [o.replace("{npz}", str(work / "tiny32.npz")) for o in overrides]
     if dry_run and "dataset=digits" in overrides:
@@ -148,7 +148,8 @@ def run_case(name: str, base_overrides: List[str], iters: int, work: Path, captu
         fit(cfg, run_dir=cut[0], resume=payload)
         pairs = [(whole[0], cut[0])]
     else:
-        captured = train(cfg, models, work / name / "captured")
+        with eager_iterations() if control else contextlib.nullcontext():  # --control: eager twice
+            captured = train(cfg, models, work / name / "captured")
         with eager_iterations():
             eager = train(cfg, models, work / name / "eager")
         pairs = list(zip(captured, eager))
@@ -173,6 +174,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--dry-run", action="store_true", help="CPU: cuda_graph=auto (nothing is captured)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every case (e.g. train.deterministic=true)")
+    parser.add_argument("--control", action="store_true",
+                        help="eager against eager (the same configuration twice): the comparison's noise floor")
     args = parser.parse_args(argv)
     import shutil
 
@@ -180,11 +185,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     tiny_npz(work / "tiny32.npz")
     capture_mode = "auto" if args.dry_run else "on"
-    results = {"device": args.device, "torch": torch.__version__, "capture": capture_mode, "cases": {}}
+    results = {"device": args.device, "torch": torch.__version__, "capture": capture_mode, "overrides": args.set,
+               "control": args.control, "cases": {}}
     for name in args.cases.split(","):
         try:
-            results["cases"][name] = run_case(name, [f"train.device={args.device}"], args.iters, work, capture_mode,
-                                              args.tolerance, args.dry_run)
+            results["cases"][name] = run_case(name, [f"train.device={args.device}"] + args.set, args.iters, work,
+                                              capture_mode, args.tolerance, args.dry_run, args.control)
         except Exception as error:  # one broken case must not hide the others' results
             results["cases"][name] = {"ok": False, "error": f"{error.__class__.__name__}: {error}",
                                       "traceback": traceback.format_exc()[-2000:]}
