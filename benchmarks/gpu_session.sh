@@ -9,12 +9,14 @@
 #      seeds, bf16, a small CNN with dropout and a resumed captured run;
 #   c. the benchmark rows (benchmarks/bench_step.py): MNIST 1, 10, 40 stacked models and CIFAR-10 improved_gan
 #      and ct_gan with 1 model, eager fp32 / captured fp32 / captured TF32 / captured bf16 (+ channels_last);
-#   d. with the time left: ssgan table --dataset mnist --labels 100, 10 seeds trained together, captured,
-#      checkpointed every epoch and stopped by SIGTERM at the limit (exact position saved); the next call on
-#      the same machine (runs/ is kept) continues it. Its progress goes into table_progress.json.
+#   d. with the time left: ssgan table --dataset mnist --labels 100, 10 seeds trained together, captured in
+#      TF32, checkpointed every 25 epochs and on SIGTERM at the limit (exact position); the next call
+#      on the same machine (runs/ is kept; `--skip a,b,c`) continues it. Its progress goes into
+#      table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz (every seed's
+#      metrics.jsonl, result.json, config.yaml) come back too.
 # Everything it returns is under $OUT (default ./out), at most 8 files:
 #   session.log (every step's output), summary.json (each step's status, exit code and seconds),
-#   compare.json (b), bench.json (c), table_progress.json (d).
+#   compare.json (b), bench.json (c), table_progress.json (d), and a finished table's files (d).
 #
 #   bash benchmarks/gpu_session.sh [--wheels DIR (default .whl)] [--data DIR (default data, holding mnist.npz)]
 #                                  [--work DIR (default runs)] [--total 540] [--skip a,b,c,d] [--dry-run]
@@ -139,13 +141,14 @@ EOF
 }
 table() {
   "$PY" -m ssgan table "${TABLE[@]}" --device $DEVICE --out-dir $WORK/gpu_table/results \
-    --cache-dir $WORK/gpu_table/cache train.concurrent_seeds=true train.cuda_graph=$CAPTURE train.checkpoint_every=1 \
+    --cache-dir $WORK/gpu_table/cache train.concurrent_seeds=true train.cuda_graph=$CAPTURE train.tf32=$TABLE_TF32 train.checkpoint_every=25 \
     train.progress=false
 }
 
 # bash arrays cannot pass through `timeout`: a function step runs as `bash -c` with the arrays re-declared
 ARRAYS="$(declare -p MNIST TABLE)"
-export PY DEVICE CAPTURE OUT WHEELS WORK
+TABLE_TF32=true; [ $DRY -eq 1 ] && TABLE_TF32=false
+export PY DEVICE CAPTURE TABLE_TF32 OUT WHEELS WORK
 
 run_fn() {  # run_fn NAME BUDGET FUNCTION: a function of this script under `timeout`
   local name=$1 budget=$2 fn=$3
@@ -173,11 +176,23 @@ else
   }
   run_fn c "$BUDGET_C" bench_all
 fi
-TABLE_T0=$SECONDS
+# d: captured with TF32, the fastest mode verified for the MLPs (results/gpu_capture_check.json); where b ran
+# in this call and found a case unequal, stacked eager with TF32 instead
+if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && \
+   ! "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$OUT/compare.json'))['ok'] else 1)" 2>/dev/null; then
+  CAPTURE=off
+fi
+echo "=== step d mode: train.cuda_graph=$CAPTURE train.tf32=$TABLE_TF32" >> "$LOG"
 # a margin for SIGTERM's checkpoint of every seed (timeout -k 20 kills after it), the progress and the summary
 run_fn d $(( $(left) - 40 )) table
 TABLE_RC=$(tail -n 1 "$STEPS" | sed -n 's/.*"rc": \([0-9]*\).*/\1/p')
 table_progress "${TABLE_RC:--1}" >> "$LOG" 2>&1
+# a finished table comes back whole: its .md / .json and every seed's metrics.jsonl and result.json (one archive)
+if ls "$WORK"/gpu_table/results/*.json >/dev/null 2>&1; then
+  cp "$WORK"/gpu_table/results/*.json "$WORK"/gpu_table/results/*.md "$OUT"/ 2>/dev/null
+  (cd "$WORK/gpu_table/cache" && find . \( -name metrics.jsonl -o -name result.json -o -name config.yaml \) -print0 |
+     tar --null -czf "$OUT/table_runs.tar.gz" -T -) >> "$LOG" 2>&1
+fi
 
 "$PY" - "$STEPS" "$OUT/summary.json" $(( SECONDS - START )) $DRY <<'EOF'
 import json, os, sys

@@ -24,7 +24,8 @@ def test_the_gpu_session_dry_run_runs_every_step_and_returns_its_files(tmp_path)
     log = (out / "session.log").read_text() if (out / "session.log").exists() else ""
     assert done.returncode == 0, done.stderr + log[-3000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bench.json", "compare.json", "session.log", "summary.json", "table_progress.json"]
+    assert files == ["bench.json", "compare.json", "digits.json", "digits.md", "session.log", "summary.json",
+                     "table_progress.json", "table_runs.tar.gz"]  # a finished table comes back whole
     assert len(files) <= 8  # what a GPU session may return
     summary = json.loads((out / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == ["setup", "a", "b", "c", "d"]
@@ -39,3 +40,8 @@ def test_the_gpu_session_dry_run_runs_every_step_and_returns_its_files(tmp_path)
     progress = json.loads((out / "table_progress.json").read_text())
     assert progress["all_finished"] and [s["epochs_done"] for s in progress["seeds"].values()] == [2, 2]
     assert "test error" in log  # the smoke step's evaluate
+    import tarfile
+
+    with tarfile.open(out / "table_runs.tar.gz") as archive:
+        names = archive.getnames()
+    assert sum(n.endswith("metrics.jsonl") for n in names) == 2 and sum(n.endswith("result.json") for n in names) == 2
