@@ -439,15 +439,18 @@ def init_networks(cfg: Config, x_init: Tensor, device: torch.device, *, probe: O
 
 def build_networks(cfg: Config, x_init: Tensor, device: torch.device, *, probe: Optional[Tensor] = None,
                    modules: Optional[Tuple[nn.Module, nn.Module]] = None, capturable: bool = False) -> Networks:
-    """``init_networks``, the Polyak average (started from the initial weights) and the optimizers (in their
-    capturable form when the iteration is captured as a CUDA graph)."""
+    """``init_networks``, the Polyak average (started at zero or from the initial weights: ``train.ema_start``)
+    and the optimizers (in their capturable form when the iteration is captured as a CUDA graph)."""
     t = cfg.train
     disc, gen = init_networks(cfg, x_init, device, probe=probe, modules=modules)
     if t.channels_last:
         disc, gen = disc.to(memory_format=torch.channels_last), gen.to(memory_format=torch.channels_last)
     disc_avg = copy.deepcopy(disc).eval()
-    for p in disc_avg.parameters():
-        p.requires_grad_(False)
+    with torch.no_grad():
+        for p in disc_avg.parameters():
+            p.requires_grad_(False)
+            if t.ema_start == "zero":  # the official scripts' start; buffers (fixed scales) stay copied
+                p.zero_()
     history = cfg.method.historical_averaging > 0
     enc = opt_e = None
     if cfg.method.vi_weight > 0:  # drawn after D and G, so the networks of the other configs stay the same

@@ -32,7 +32,7 @@ def tiny_config() -> Config:
         dataset=DataConfig(labels=20),
         model=ModelConfig(d_widths=[32, 16], g_widths=[32], z_dim=8),
         method=MethodConfig(fm_norm=2),
-        train=TrainConfig(epochs=1, iters_per_epoch=2, batch_size=20, lr=0.003, ema_decay=0.9,
+        train=TrainConfig(epochs=1, iters_per_epoch=2, batch_size=20, lr=0.003, ema_decay=0.9, ema_start="init",
                           init_batch=50, progress=False, sample_grid=False, device="cpu"),
         seed=0,
     )

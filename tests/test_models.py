@@ -217,3 +217,34 @@ def test_glorot_init_of_the_mnist_generator():
         assert weight.std().item() == pytest.approx(std, rel=0.03)
     _, normal = build_models(DataConfig(image_shape=[1, 28, 28]), ModelConfig(arch="mlp", g_widths=[500, 500]))
     assert normal.hidden[0].weight.std().item() == pytest.approx(0.1, rel=0.03)  # N(0, weight_init_std)
+
+
+SMALL_MLP = ["model.d_widths=[32,16]", "model.g_widths=[32]", "train.init_batch=20"]
+
+
+@pytest.mark.parametrize("overrides, start", [(SMALL_MLP, "init"), (["dataset=mnist"] + SMALL_MLP, "zero"),
+                                               (["dataset=cifar10", "method=ct_gan"], "zero"),
+                                               (["dataset=svhn", "method=bad_gan"], "zero")])
+def test_the_polyak_average_starts_where_the_recipe_says(overrides, start):
+    """The official scripts start the average at zero (a <- 0, then a <- a + (1 - decay) (p - a)); the digits
+    recipe (ours) starts it from the initialised weights. Buffers (fixed scales) are copies either way."""
+    from ssgan.config import compose
+    from ssgan.engines import polyak_average
+    from ssgan.models import build_networks
+
+    cfg = compose(overrides)
+    assert cfg.train.ema_start == start
+    torch.manual_seed(0)
+    net = build_networks(cfg, torch.rand(20, *cfg.dataset.image_shape), torch.device("cpu"))
+    avg, buffers = dict(net.disc_avg.named_parameters()), dict(net.disc_avg.named_buffers())
+    starts = {name: torch.zeros_like(p) if start == "zero" else p.detach().clone()
+              for name, p in net.disc.named_parameters()}
+    for name, p in net.disc.named_parameters():
+        assert torch.equal(avg[name], starts[name]), name
+    for name, b in net.disc.named_buffers():
+        assert torch.equal(buffers[name], b), name
+    decay = cfg.train.ema_decay
+    polyak_average(net.disc_avg, net.disc, decay)
+    for name, p in net.disc.named_parameters():
+        official = starts[name] + (1 - decay) * (p.detach() - starts[name])
+        assert torch.allclose(avg[name], official, rtol=1e-6, atol=1e-12), name

@@ -122,6 +122,7 @@ CASES = [
     # fp16 without gradient scaling loses small GAN gradients silently: refused, bf16 named instead
     (["fit", "train.precision=fp16"], "train.precision='fp16'"),
     (["fit", "train.ema_decay=1.5"], "train.ema_decay"),
+    (["fit", "train.ema_start=one"], "train.ema_start='one'"),
     (["fit", "train.device=tpu"], "train.device"),
     (["fit", "dataset.nope=1"], "dataset.nope"),
     (["fit", "stray"], "KEY=VALUE"),
