@@ -34,7 +34,8 @@ from .evaluate import (class_report, discriminator_classifier, inception_classif
 from .export import FORMATS, export_run
 from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
 from .reports import STD_KIND, aggregate, probs_on_test_set
-from .rundir import atomic_create, check_new_file, find_runs, load_run
+from .checkpoint import load_run
+from .rundir import atomic_create, check_new_file, find_runs
 from .table import Progress, collect_table, make_table
 from .train import TrainingDiverged, TrainingInterrupted
 

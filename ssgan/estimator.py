@@ -34,7 +34,8 @@ from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose
 from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
                    source_value_max)
 from .evaluate import predict_proba
-from .rundir import EstimatorFile, RunDirError, load_networks, load_run
+from .checkpoint import load_networks, load_run
+from .rundir import EstimatorFile, RunDirError
 from .train import fit as train_fit
 
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)

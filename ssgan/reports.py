@@ -26,7 +26,8 @@ from . import plots
 from .config import fields_with
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
-from .rundir import RunDirError, RunRecord, SeedsSummary, atomic_write, environment, load_run, make_dir
+from .checkpoint import load_run
+from .rundir import RunDirError, RunRecord, SeedsSummary, atomic_write, environment, make_dir
 from .seeds import config_differences, config_key, keyed_fields
 
 STD_KIND = "sample std (ddof=1)"

@@ -38,9 +38,9 @@ from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
-from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
-                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config,
-                     write_group_checkpoints, RunRecord)
+from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
+from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, RunRecord,
+                     atomic_write, environment, locked, write_config)
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -370,7 +370,7 @@ def _progress(members: Sequence[Member], iters: int) -> Iterator[tqdm]:
 def _checkpoint(members: Sequence[Member], engine: Engine, stats: Tensor, *, checked: bool = False) -> None:
     """Write the members' checkpoints at their (common) position, after checking that nothing diverged (a
     diverged state never replaces the last good one; ``checked``: the epoch's summary has just checked it).
-    Models trained together commit their checkpoints as one unit (``rundir.write_group_checkpoints``), so a
+    Models trained together commit their checkpoints as one unit (``checkpoint.write_group_checkpoints``), so a
     kill between two members' writes never leaves the group at two positions.
     stats: ([S,] iteration, len(STAT_NAMES)), the epoch's so far."""
     items = []
@@ -517,7 +517,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     that ``cfg.model`` names (the estimator's ``discriminator=`` / ``generator=``). The labeled subset (unless
     ``labeled_indices`` of ``data.x_train`` are given, as the estimator does), the initialisation, the data
     order and the noise all follow from ``cfg.seed``. ``resume``: a checkpoint payload
-    (``rundir.load_checkpoint``) to continue from exactly where it was written. Returns the test error (%) of
+    (``checkpoint.load_checkpoint``) to continue from exactly where it was written. Returns the test error (%) of
     the Polyak-averaged discriminator after the last epoch (NaN without test images). Raises TrainingDiverged
     or TrainingInterrupted.
     """
@@ -588,6 +588,7 @@ def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Te
         for member in members:
             if member.run_dir is not None:
                 held.enter_context(locked(member.run_dir))
+                remove_stale_temporaries(member.run_dir)  # a killed writer's, now that the lock is held
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
             member.open_log()
             held.callback(member.log.close)

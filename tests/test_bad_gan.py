@@ -157,7 +157,7 @@ def test_vi_is_refused_by_concurrent_seeds_and_the_cuda_graph(tiny_config):
 def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
     """The encoder and its Adam are in the checkpoint: an interrupted VI run continues exactly."""
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
@@ -229,7 +229,7 @@ def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_de
 
 def test_a_density_run_resumes_exactly_and_is_refused_by_concurrent_seeds(tiny_density, tmp_path, monkeypatch):
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [

@@ -12,7 +12,7 @@ import torch
 
 from ssgan.cli import main
 from ssgan.config import ConfigError, MethodConfig, ModelConfig
-from ssgan.rundir import load_checkpoint
+from ssgan.checkpoint import load_checkpoint
 from ssgan.train import fit, fit_grid
 
 

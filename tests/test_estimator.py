@@ -358,7 +358,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_load_run_dir_as_an_estimator(run_dir, digits):
-    from ssgan.rundir import load_run
+    from ssgan.checkpoint import load_run
     from ssgan.evaluate import predict_proba
 
     est = ssgan.load(run_dir)

@@ -1,7 +1,7 @@
 """The package's layering: each module imports only from the modules below it, so the imports read as one
-chain, hydra_state -> config -> data, layers -> models -> ... -> train -> concurrent -> seeds -> reports ->
-table -> fit_command -> cli, with no arrow back up; only the entry points import the command line, and the
-benchmarks never do (they call the library: ssgan.make_table, ...)."""
+chain, hydra_state -> config -> data, layers -> models -> ... -> rundir -> checkpoint -> ... -> train -> concurrent
+-> seeds -> reports -> table -> fit_command -> cli, with no arrow back up; only the entry points import the command
+line, and the benchmarks never do (they call the library: ssgan.make_table, ...)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ LAYERS = [
     ["models", "density"],
     ["evaluate"],
     ["rundir"],
+    ["checkpoint"],
     ["engines"],
     ["accelerate", "concurrent"],
     ["train"],

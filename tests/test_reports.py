@@ -16,7 +16,8 @@ import torch
 
 from ssgan.cli import main
 from ssgan.reports import PUBLISHED, PUBLISHED_COLUMNS, SeedsResult, aggregate, ensemble_error, plot_table, write_table
-from ssgan.rundir import RunRecord, content_digest
+from ssgan.checkpoint import content_digest
+from ssgan.rundir import RunRecord
 from tests.conftest import TINY_OVERRIDES, direct_probs
 
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels

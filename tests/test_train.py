@@ -332,7 +332,7 @@ def test_a_temporal_ensemble_run_resumes_exactly(tmp_path, monkeypatch):
 
     from ssgan import train
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
