@@ -8,7 +8,7 @@ A run directory holds
     metrics.jsonl   one line per finished epoch (losses, lr, test error, seconds); with train.tensorboard=true
                     also tensorboard/
     result.json     the final test error, seed, labeled indices, resolved config, device and versions
-    samples.png     a grid of generator samples
+    samples.png     a grid of generator samples (``RunFigures``, as the two below)
     curve.png, confusion_matrix.png   the test error and losses against epochs, and the final confusion
                     matrix (with the plots extra)
     .lock           held by the process that trains the run (``RunLock``): one at a time
@@ -544,6 +544,30 @@ class RunRecord:
         except (ValueError, KeyError, TypeError) as error:
             raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
                               f"{error})") from None
+
+
+@dataclass
+class RunFigures:
+    """``samples.png`` (a grid of generator samples), ``curve.png`` and ``confusion_matrix.png`` (with the plots
+    extra): a run's figures as PNG bytes, drawn by the training (``train.write_outputs`` decides which); a
+    figure that is None is not written (and reads back as None)."""
+
+    samples: Optional[bytes] = None
+    curve: Optional[bytes] = None
+    confusion: Optional[bytes] = None
+
+    NAMES = {"samples": SAMPLES_NAME, "curve": CURVE_NAME, "confusion": CONFUSION_NAME}
+
+    def write(self, run_dir: Path) -> None:
+        for attribute, name in self.NAMES.items():
+            content = getattr(self, attribute)
+            if content is not None:
+                atomic_write(Path(run_dir) / name, content)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunFigures":
+        paths = {attribute: Path(run_dir) / name for attribute, name in cls.NAMES.items()}
+        return cls(**{attribute: path.read_bytes() if path.is_file() else None for attribute, path in paths.items()})
 
 
 @dataclass

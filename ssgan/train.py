@@ -39,8 +39,7 @@ from .evaluate import class_report, error_rate, error_rates, predict_proba, samp
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
 from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
-from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, RunRecord,
-                     atomic_write, environment, locked, write_config)
+from .rundir import CHECKPOINT_NAME, MetricsLog, RunDirError, RunFigures, RunRecord, environment, locked, write_config
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -419,23 +418,17 @@ def _finish(members: Sequence[Member], engine: Engine, data: ImageData, device: 
 
 
 def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, device: torch.device) -> None:
-    """The end of a run directory (the checkpoint is written before): samples.png, result.json with the
-    per-class errors and confusion matrix of the averaged discriminator, and, with the plots extra,
-    curve.png and confusion_matrix.png."""
+    """The end of a run directory (the checkpoint is written before): the figures (samples.png and, with the
+    plots extra, curve.png and confusion_matrix.png), then result.json with the per-class errors and confusion
+    matrix of the averaged discriminator."""
     run_dir = result.run_dir
     title = f"{cfg.dataset.name}, {cfg.dataset.labels} labels, {cfg.method.name}, seed {cfg.seed}"
-    if cfg.train.sample_grid:
-        atomic_write(run_dir / SAMPLES_NAME,
-                     sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size))
-    report = None
-    if result.test_probs is not None:
-        report = class_report(result.test_probs, data.y_test, result.class_names)
-        figure = plots.confusion_matrix_png(report["confusion_matrix"], result.class_names, f"{title}: test set")
-        if figure is not None:
-            atomic_write(run_dir / CONFUSION_NAME, figure)
-    curve = plots.curve_png(result.history, title)
-    if curve is not None:
-        atomic_write(run_dir / CURVE_NAME, curve)
+    samples = (sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size)
+               if cfg.train.sample_grid else None)
+    report = None if result.test_probs is None else class_report(result.test_probs, data.y_test, result.class_names)
+    confusion = None if report is None else plots.confusion_matrix_png(report["confusion_matrix"],
+                                                                       result.class_names, f"{title}: test set")
+    RunFigures(samples=samples, curve=plots.curve_png(result.history, title), confusion=confusion).write(run_dir)
     RunRecord(
         path=run_dir, test_error=result.test_error, val_error=result.val_error, seed=cfg.seed,
         dataset=cfg.dataset.name, labels=cfg.dataset.labels, method=cfg.method.name, epochs=cfg.train.epochs,

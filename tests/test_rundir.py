@@ -410,6 +410,18 @@ def test_the_plan_and_summary_records_round_trip(tmp_path):
         SeedsPlan.read(tmp_path)
 
 
+def test_the_figures_record_round_trips_and_is_what_a_run_writes(uninterrupted, tmp_path):
+    from ssgan.rundir import CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, RunFigures
+
+    written = RunFigures.read(uninterrupted)
+    assert written.samples == (uninterrupted / SAMPLES_NAME).read_bytes() and written.samples[:4] == b"\x89PNG"
+    assert (written.curve is None) == (not (uninterrupted / CURVE_NAME).exists())
+    figures = RunFigures(samples=b"\x89PNG samples", curve=None, confusion=b"\x89PNG confusion")
+    figures.write(tmp_path)
+    assert RunFigures.read(tmp_path) == figures
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SAMPLES_NAME, CONFUSION_NAME])  # no empty curve
+
+
 @pytest.mark.parametrize("tabular", [False, True])
 def test_the_estimator_file_record_round_trips(tabular, tmp_path):
     from ssgan.rundir import CHECKPOINT_FORMAT, EstimatorFile, read_payload
