@@ -30,8 +30,8 @@ from typing import Dict, List, Optional
 import torch
 
 from ssgan import train as train_module
-from ssgan.config import compose
 from ssgan.checkpoint import load_checkpoint
+from ssgan.config import compose
 from ssgan.rundir import CHECKPOINT_NAME
 from ssgan.train import fit, fit_grid
 

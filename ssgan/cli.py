@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import shlex
 import signal
@@ -26,6 +25,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__, quality
+from .checkpoint import load_run
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
 from .data import DataError, load_data, read_inputs
 from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
@@ -33,8 +33,7 @@ from .evaluate import (class_report, discriminator_classifier, inception_classif
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
 from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
-from .reports import STD_KIND, aggregate, probs_on_test_set
-from .checkpoint import load_run
+from .reports import aggregate, ensemble_record, probs_on_test_set
 from .rundir import atomic_create, check_new_file, find_runs
 from .table import Progress, collect_table, make_table
 from .train import TrainingDiverged, TrainingInterrupted
@@ -297,12 +296,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     _print_report(result.ensemble_report, "the ensemble's")
     print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(records)} model{'s' * (len(records) > 1)})")
     if args.out:
-        payload = {"runs": [str(r.path) for r in records], "test_errors": result.test_errors,
-                   "mean": result.mean, "std": result.std, "std_kind": STD_KIND,
-                   "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names,
-                   "per_class_error": result.ensemble_report["per_class_error"],
-                   "confusion_matrix": result.ensemble_report["confusion_matrix"]}
-        atomic_create(args.out, json.dumps(payload, indent=1))
+        ensemble_record(result, class_names).write(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -29,12 +29,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
+from .checkpoint import load_networks, load_run
 from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
                      validate)
 from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
                    source_value_max)
 from .evaluate import predict_proba
-from .checkpoint import load_networks, load_run
 from .rundir import EstimatorFile, RunDirError
 from .train import fit as train_fit
 

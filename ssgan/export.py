@@ -57,8 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .data import CENTRED_DIVISORS, source_value_max
 from .checkpoint import Run, load_run
+from .data import CENTRED_DIVISORS, source_value_max
 from .rundir import CHECKPOINT_NAME, RunDirError, atomic_write, check_new_file
 
 # format -> (file extension, default file name in the run directory)

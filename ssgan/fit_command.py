@@ -30,12 +30,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
+from .checkpoint import checkpoint_config, load_checkpoint
 from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
                      register_configs,
                      resolve_paths, to_config, validate)
 from .data import DataError
 from .hydra_state import hydra_globals
-from .checkpoint import checkpoint_config, load_checkpoint
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
                      write_overrides)

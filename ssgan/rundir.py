@@ -647,6 +647,36 @@ class SeedsSummary:
             raise RunDirError(f"{path}: not a seeds summary ({type(error).__name__}: {error})") from None
 
 
+@dataclass
+class EnsembleRecord:
+    """``ssgan ensemble --out FILE.json``: finished runs evaluated together, each one's recorded test error, their
+    mean +- std (``std_kind``) and the ensemble's error, per-class errors and confusion matrix on ``n_test``
+    images. A new file: it never replaces another (``atomic_create``)."""
+
+    runs: List[str]
+    test_errors: List[float]
+    mean: float
+    std: Optional[float]
+    std_kind: str
+    ensemble_error: float
+    n_test: int
+    classes: List[str]
+    per_class_error: Optional[Dict[str, float]]
+    confusion_matrix: Optional[List[List[int]]]
+
+    def write(self, path: Path | str) -> None:
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
+        atomic_create(path, json.dumps(_finite_or_null(body), indent=1, allow_nan=False))
+
+    @classmethod
+    def read(cls, path: Path | str) -> "EnsembleRecord":
+        try:
+            stored = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(**{f.name: stored[f.name] for f in fields(cls)})
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            raise RunDirError(f"{path}: not an ensemble record ({type(error).__name__}: {error})") from None
+
+
 def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
     """The finished runs in ``paths``: each is a run directory or a folder searched recursively for them
     (a multirun's sweep directory, a seeds run, a table's cache). A path given twice counts once."""

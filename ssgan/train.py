@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .accelerate import Captured, decide_capture, gatherer, numerics, place_data, use_cuda_graph
+from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
 from .concurrent import StackedEngine, check_supported
 from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
@@ -38,7 +39,6 @@ from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
-from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
 from .rundir import CHECKPOINT_NAME, MetricsLog, RunDirError, RunFigures, RunRecord, environment, locked, write_config
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)

@@ -20,11 +20,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from ssgan.checkpoint import load_run
 from ssgan.cli import main
 from ssgan.data import scale_images
 from ssgan.evaluate import predict_proba
 from ssgan.export import Exported, ScaledClassifier, export_run
-from ssgan.checkpoint import load_run
 from ssgan.rundir import RunDirError
 from tests.conftest import TINY_OVERRIDES
 

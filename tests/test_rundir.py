@@ -16,8 +16,8 @@ import torch
 
 from ssgan import losses
 from ssgan.checkpoint import load_checkpoint, load_run
-from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write
 from ssgan.cli import main
+from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write
 from tests.conftest import TINY_OVERRIDES
 
 # Long enough to be killed part-way (a few seconds), short enough for CI.
@@ -420,6 +420,23 @@ def test_the_figures_record_round_trips_and_is_what_a_run_writes(uninterrupted, 
     figures.write(tmp_path)
     assert RunFigures.read(tmp_path) == figures
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SAMPLES_NAME, CONFUSION_NAME])  # no empty curve
+
+
+def test_the_ensemble_record_round_trips_and_never_replaces_a_file(tmp_path):
+    from ssgan.rundir import EnsembleRecord
+
+    record = EnsembleRecord(runs=["runs/a", "runs/b"], test_errors=[9.5, 10.0], mean=9.75, std=0.35,
+                            std_kind="sample std (ddof=1)", ensemble_error=9.0, n_test=450, classes=["0", "1"],
+                            per_class_error={"0": 8.0, "1": 10.0}, confusion_matrix=[[1, 0], [0, 1]])
+    record.write(tmp_path / "e.json")
+    assert EnsembleRecord.read(tmp_path / "e.json") == record
+    assert list(json.loads((tmp_path / "e.json").read_text()))[:2] == ["runs", "test_errors"]
+    with pytest.raises(RunDirError, match="already exists"):
+        EnsembleRecord(**{**record.__dict__, "mean": 1.0}).write(tmp_path / "e.json")
+    assert EnsembleRecord.read(tmp_path / "e.json").mean == 9.75
+    (tmp_path / "other.json").write_text('{"runs": []}')
+    with pytest.raises(RunDirError, match="not an ensemble record"):
+        EnsembleRecord.read(tmp_path / "other.json")
 
 
 @pytest.mark.parametrize("tabular", [False, True])

@@ -13,10 +13,10 @@ import torch
 
 from ssgan import losses
 from ssgan.config import DataConfig, MethodConfig, ModelConfig
+from ssgan.engines import discriminator_step, generator_step, polyak_average
 from ssgan.layers import data_dependent_init
 from ssgan.models import build_models
 from ssgan.optim import OfficialAdam
-from ssgan.engines import discriminator_step, generator_step, polyak_average
 from ssgan.optim import polyak_update
 from ssgan.train import fit, lr_at
 
