@@ -28,7 +28,7 @@ from . import __version__, quality
 from .checkpoint import load_run
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
 from .data import DataError, load_data, read_inputs
-from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
+from .density import fit_density
 from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
@@ -341,25 +341,13 @@ def cmd_density(argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: exists; choose another file (no file is overwritten)")
-    if min(args.epochs, args.filters, args.resnet, args.mix, args.stages, args.batch_size) < 1 or args.lr <= 0:
-        raise UsageError("--epochs, --filters, --resnet, --mix, --stages, --batch-size and --lr must be positive")
-    cfg = compose([f"dataset={args.dataset}", *args.overrides])
-    if cfg.dataset.image_shape[0] != 1:
-        raise UsageError(f"--dataset {args.dataset}: the density model takes one-channel images")
-    if cfg.dataset.scaling not in ("unit", "symmetric"):
-        raise UsageError(f"dataset.scaling={cfg.dataset.scaling}: the density model reads unit or symmetric images")
-    data = load_data(cfg.dataset, args.seed)
-    x = to_unit_range(torch.from_numpy(data.x_unlabeled[:args.max_images]).float(), cfg.dataset.scaling)
-    fitted = train_density(x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           nr_filters=args.filters, nr_resnet=args.resnet, nr_mix=args.mix, stages=args.stages,
-                           log=lambda line: print(line, flush=True))
-    threshold = density_threshold(log_likelihoods(fitted["model"], x).numpy())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_density(out, fitted["model"], threshold, cfg.dataset.scaling, cfg.dataset.image_shape,
-                 {"dataset": args.dataset, "images": len(x), "epochs": args.epochs, "seconds": fitted["seconds"],
-                  "bits_per_dim": fitted["bits_per_dim"]})
-    print(f"density model: {out} ({len(x)} images, {fitted['bits_per_dim']:.4f} bits per dim, threshold "
-          f"{threshold:.2f} nats)")
+    fitted = fit_density(compose([f"dataset={args.dataset}", *args.overrides]), epochs=args.epochs,
+                         filters=args.filters, resnet=args.resnet, mix=args.mix, stages=args.stages,
+                         batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
+                         log=lambda line: print(line, flush=True))
+    fitted.write(out)
+    print(f"density model: {out} ({fitted.info['images']} images, {fitted.info['bits_per_dim']:.4f} bits per dim, "
+          f"threshold {fitted.threshold:.2f} nats)")
     return 0
 
 
