@@ -33,8 +33,9 @@ from .evaluate import (class_report, discriminator_classifier, inception_classif
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
 from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
+from .records import find_runs
 from .reports import aggregate, ensemble_record, probs_on_test_set
-from .rundir import atomic_create, check_new_file, find_runs
+from .rundir import atomic_create, check_new_file
 from .table import Progress, collect_table, make_table
 from .train import TrainingDiverged, TrainingInterrupted
 
@@ -116,6 +117,25 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _check_sample_args(args) -> Optional[str]:
+    """``ssgan sample``'s flags that cannot go together (UsageError); why the Inception weights are not here
+    (None when they are)."""
+    for name in ("n", "n_score", "splits", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
+    if args.no_grid and not args.score:
+        raise UsageError("--no-grid writes nothing without --score")
+    if args.fid and not args.score:
+        raise UsageError("--fid comes with --score")
+    if args.score and args.splits > args.n_score:
+        raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
+    reason = quality.unavailable_reason()
+    if reason is not None and (args.fid or args.classifier == "inception"):
+        raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
+                         f"{reason}")
+    return reason
+
+
 def cmd_sample(argv: Sequence[str]) -> int:
     """Generator samples as a PNG grid; with --score, the Inception Score exp(E_x KL(p(y|x) || p(y))) over
     --n-score samples in --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits) and, with
@@ -140,19 +160,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise z")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    for name in ("n", "n_score", "splits", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
-    if args.no_grid and not args.score:
-        raise UsageError("--no-grid writes nothing without --score")
-    if args.fid and not args.score:
-        raise UsageError("--fid comes with --score")
-    if args.score and args.splits > args.n_score:
-        raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
-    reason = quality.unavailable_reason()
-    if reason is not None and (args.fid or args.classifier == "inception"):
-        raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
-                         f"{reason}")
+    reason = _check_sample_args(args)
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
     if not args.no_grid:

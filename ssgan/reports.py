@@ -27,7 +27,8 @@ from .checkpoint import load_run
 from .config import fields_with
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
-from .rundir import EnsembleRecord, RunDirError, RunRecord, SeedsSummary, atomic_write, environment, make_dir
+from .records import EnsembleRecord, RunRecord, SeedsSummary
+from .rundir import RunDirError, atomic_write, environment, make_dir
 from .seeds import config_differences, config_key, keyed_fields
 
 STD_KIND = "sample std (ddof=1)"
@@ -280,7 +281,7 @@ def _linked(text: str, out_dir: Path) -> str:
 
 
 def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], command: str) -> None:
-    """``summary.json`` and ``summary.md`` of a seeds run (``rundir.SeedsSummary``), rewritten after every
+    """``summary.json`` and ``summary.md`` of a seeds run (``records.SeedsSummary``), rewritten after every
     seed."""
     report = result.ensemble_report
     summary = SeedsSummary(

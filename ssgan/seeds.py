@@ -28,8 +28,9 @@ from .concurrent import check_supported
 from .config import MAX_SEED, Config, ConfigError, config_from_dict, fields_with, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
-from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, RunRecord, SeedsPlan, clear_outputs,
-                     is_used, remove_unstarted)
+from .records import RunRecord, SeedsPlan
+from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, clear_outputs, is_used,
+                     remove_unstarted)
 from .train import TrainingInterrupted, fit, fit_grid
 
 logger = logging.getLogger(__name__)

@@ -18,11 +18,10 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +38,9 @@ from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
-from .rundir import CHECKPOINT_NAME, MetricsLog, RunDirError, RunFigures, RunRecord, environment, locked, write_config
+from .records import MetricsLog, RunFigures, RunRecord
+from .rundir import CHECKPOINT_NAME, RunDirError, environment, locked, write_config
+from .signals import StopSignals
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -441,42 +442,6 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
 
 
 # -------------------------------------------------------------------------------------- fit, fit_grid
-
-class StopSignals:
-    """Turn SIGINT / SIGTERM into a flag checked at safe points (main thread only): between iterations in the
-    loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
-
-    Guards nest: one entered inside another (a seed's training inside a seeds run) takes over a signal the
-    outer one has already received (the seed then stops at its first iteration, checkpointed), and hands its
-    own to the outer one on exit."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.signum: Optional[int] = None
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous: Dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-            if self._outer() is not None:
-                self.signum = self._outer().signum
-        return self
-
-    def _outer(self) -> Optional["StopSignals"]:
-        outer = getattr(self.previous.get(signal.SIGTERM), "__self__", None)
-        return outer if isinstance(outer, StopSignals) else None
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        outer = self._outer()
-        if outer is not None and outer.signum is None:
-            outer.signum = self.signum
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
 
 def prepare(cfg: Config, data: Optional[ImageData], n_models: int = 1) -> Tuple[Config, ImageData, torch.device]:
     """The device, the data (loaded unless given) and the config with the data's number of classes; sizes

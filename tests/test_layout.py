@@ -1,7 +1,7 @@
 """The package's layering: each module imports only from the modules below it, so the imports read as one
-chain, hydra_state -> config -> data, layers -> models -> ... -> rundir -> checkpoint -> ... -> train -> concurrent
--> seeds -> reports -> table -> fit_command -> cli, with no arrow back up; only the entry points import the command
-line, and the benchmarks never do (they call the library: ssgan.make_table, ...)."""
+chain, hydra_state -> config -> data, layers -> models -> ... -> rundir -> records, checkpoint -> ... -> train
+-> concurrent -> seeds -> reports -> table -> fit_command -> cli, with no arrow back up; only the entry points import
+the command line, and the benchmarks never do (they call the library: ssgan.make_table, ...)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import ssgan
 LAYERS = [
     ["hydra_state"],
     ["config"],
-    ["data", "layers", "losses", "optim", "plots"],
+    ["data", "layers", "losses", "optim", "plots", "signals"],
     ["models"],
     ["evaluate"],
     ["rundir"],
-    ["checkpoint", "density"],
+    ["records", "checkpoint", "density"],
     ["engines"],
     ["accelerate", "concurrent"],
     ["train"],
@@ -108,3 +108,14 @@ def test_the_benchmarks_write_their_results_atomically():
     for path in (PACKAGE.parent / "benchmarks").glob("*.py"):
         if not path.name.startswith("gpu_"):
             assert not _plain_writes(path), f"{path.name}: plain writes at lines {_plain_writes(path)}"
+
+
+def test_no_module_over_600_lines_and_no_function_over_50():
+    """Sizes a reader can hold: a module on a few screens, a function on one."""
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 600, f"{path.name}: {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 50, f"{path.name}:{node.lineno} {node.name} is {length} lines"

@@ -16,8 +16,8 @@ import torch
 
 from ssgan.checkpoint import content_digest
 from ssgan.cli import main
+from ssgan.records import EnsembleRecord, RunRecord
 from ssgan.reports import PUBLISHED, PUBLISHED_COLUMNS, SeedsResult, aggregate, ensemble_error, plot_table, write_table
-from ssgan.rundir import EnsembleRecord, RunRecord
 from tests.conftest import TINY_OVERRIDES, direct_probs
 
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
