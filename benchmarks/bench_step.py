@@ -54,6 +54,7 @@ from ssgan import engines
 from ssgan.accelerate import WARMUP_ITERATIONS
 from ssgan.config import compose, resolve_device
 from ssgan.data import ImageData
+from ssgan.rundir import atomic_write, make_dir
 from ssgan.train import fit, fit_grid
 
 RECIPES = {"digits": [], "mnist": ["dataset=mnist"], "cifar10": ["dataset=cifar10"],
@@ -219,8 +220,8 @@ def merge_rows(out: Path, rows: List[Dict]) -> None:
     key = lambda r: (r["recipe"], r["device"], r["mode"], r["models"])  # noqa: E731
     merged = {key(r): r for r in existing}
     merged.update({key(r): r for r in rows})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": sorted(merged.values(), key=key)}, indent=1) + "\n")
+    make_dir(out.parent)
+    atomic_write(out, json.dumps({"rows": sorted(merged.values(), key=key)}, indent=1) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

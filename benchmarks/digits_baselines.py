@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import sklearn
@@ -19,6 +20,7 @@ from sklearn.semi_supervised import LabelSpreading
 
 from ssgan.config import DataConfig
 from ssgan.data import balanced_labeled_subset, load_data
+from ssgan.rundir import atomic_write, make_dir
 
 
 def main() -> None:
@@ -53,8 +55,8 @@ def main() -> None:
     for name, values in errors.items():
         lines.append(f"| {name} | {np.mean(values):.2f} +- {np.std(values, ddof=1):.2f} | "
                      + ", ".join(f"{v:.2f}" for v in values) + " |")
-    with open(args.out, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    make_dir(Path(args.out).parent)
+    atomic_write(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

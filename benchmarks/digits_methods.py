@@ -26,6 +26,7 @@ import platform
 import subprocess
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -119,6 +120,8 @@ def main() -> None:
     import sklearn
     import torch
 
+    from ssgan.rundir import atomic_write, make_dir
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     command = "python benchmarks/digits_methods.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
@@ -141,9 +144,8 @@ def main() -> None:
               "| candidate | overrides | validation error |", "|---|---|---|"]
     for name, values in validation.items():
         lines.append(f"| {name} | `{' '.join(CANDIDATES[name])}` | {np.mean(values):.2f} |")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    make_dir(Path(args.out).parent)
+    atomic_write(Path(args.out), "\n".join(lines) + "\n")  # a kill leaves the previous table, never half of one
     print("\n".join(lines))
 
 

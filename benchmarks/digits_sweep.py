@@ -16,6 +16,7 @@ import platform
 import subprocess
 import time
 from datetime import date
+from pathlib import Path
 from multiprocessing import Pool
 
 import numpy as np
@@ -61,6 +62,8 @@ def main() -> None:
             print(f"{name}: {len(by_seed)} seeds ({seconds:.0f} s)", flush=True)
     import torch
 
+    from ssgan.rundir import atomic_write, make_dir
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = ["# Digits default recipe: variants over seeds", "",
              f"Command: `python benchmarks/digits_sweep.py --seeds {args.seeds}` (commit {commit}, {date.today()}, "
@@ -74,9 +77,8 @@ def main() -> None:
         values = [errors[name][s] for s in seeds]
         lines.append(f"| {name} | `{' '.join(overrides) or '-'}` | " + " | ".join(f"{v:.2f}" for v in values)
                      + f" | {np.mean(values):.2f} +- {np.std(values, ddof=1):.2f} |")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    make_dir(Path(args.out).parent)
+    atomic_write(Path(args.out), "\n".join(lines) + "\n")  # a kill leaves the previous table, never half of one
     print("\n".join(lines))
 
 

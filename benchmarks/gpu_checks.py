@@ -30,8 +30,9 @@ from typing import Dict, List, Optional
 import torch
 
 from ssgan import train as train_module
+from ssgan.checkpoint import load_checkpoint
 from ssgan.config import compose
-from ssgan.rundir import CHECKPOINT_NAME, load_checkpoint
+from ssgan.rundir import CHECKPOINT_NAME
 from ssgan.train import fit, fit_grid
 
 TINY = ["dataset.labels=50", "train.batch_size=32", "train.init_batch=64", "train.progress=false",

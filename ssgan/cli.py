@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import shlex
 import signal
@@ -26,15 +25,17 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__, quality
+from .checkpoint import load_run
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
 from .data import DataError, load_data, read_inputs
-from .density import density_threshold, log_likelihoods, save_density, to_unit_range, train_density
+from .density import fit_density
 from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
 from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
-from .reports import STD_KIND, aggregate, probs_on_test_set
-from .rundir import atomic_create, check_new_file, find_runs, load_run
+from .records import find_runs
+from .reports import aggregate, ensemble_record, probs_on_test_set
+from .rundir import atomic_create, check_new_file
 from .table import Progress, collect_table, make_table
 from .train import TrainingDiverged, TrainingInterrupted
 
@@ -116,6 +117,25 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _check_sample_args(args) -> Optional[str]:
+    """``ssgan sample``'s flags that cannot go together (UsageError); why the Inception weights are not here
+    (None when they are)."""
+    for name in ("n", "n_score", "splits", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
+    if args.no_grid and not args.score:
+        raise UsageError("--no-grid writes nothing without --score")
+    if args.fid and not args.score:
+        raise UsageError("--fid comes with --score")
+    if args.score and args.splits > args.n_score:
+        raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
+    reason = quality.unavailable_reason()
+    if reason is not None and (args.fid or args.classifier == "inception"):
+        raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
+                         f"{reason}")
+    return reason
+
+
 def cmd_sample(argv: Sequence[str]) -> int:
     """Generator samples as a PNG grid; with --score, the Inception Score exp(E_x KL(p(y|x) || p(y))) over
     --n-score samples in --splits splits (Salimans et al. 2016, sec. 4: 50,000 samples, 10 splits) and, with
@@ -140,19 +160,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise z")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    for name in ("n", "n_score", "splits", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
-    if args.no_grid and not args.score:
-        raise UsageError("--no-grid writes nothing without --score")
-    if args.fid and not args.score:
-        raise UsageError("--fid comes with --score")
-    if args.score and args.splits > args.n_score:
-        raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
-    reason = quality.unavailable_reason()
-    if reason is not None and (args.fid or args.classifier == "inception"):
-        raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
-                         f"{reason}")
+    reason = _check_sample_args(args)
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
     if not args.no_grid:
@@ -296,12 +304,7 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     _print_report(result.ensemble_report, "the ensemble's")
     print(f"ensemble test error: {result.ensemble_error:.2f} % ({len(records)} model{'s' * (len(records) > 1)})")
     if args.out:
-        payload = {"runs": [str(r.path) for r in records], "test_errors": result.test_errors,
-                   "mean": result.mean, "std": result.std, "std_kind": STD_KIND,
-                   "ensemble_error": result.ensemble_error, "n_test": result.n_test, "classes": class_names,
-                   "per_class_error": result.ensemble_report["per_class_error"],
-                   "confusion_matrix": result.ensemble_report["confusion_matrix"]}
-        atomic_create(args.out, json.dumps(payload, indent=1))
+        ensemble_record(result, class_names).write(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -346,25 +349,13 @@ def cmd_density(argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: exists; choose another file (no file is overwritten)")
-    if min(args.epochs, args.filters, args.resnet, args.mix, args.stages, args.batch_size) < 1 or args.lr <= 0:
-        raise UsageError("--epochs, --filters, --resnet, --mix, --stages, --batch-size and --lr must be positive")
-    cfg = compose([f"dataset={args.dataset}", *args.overrides])
-    if cfg.dataset.image_shape[0] != 1:
-        raise UsageError(f"--dataset {args.dataset}: the density model takes one-channel images")
-    if cfg.dataset.scaling not in ("unit", "symmetric"):
-        raise UsageError(f"dataset.scaling={cfg.dataset.scaling}: the density model reads unit or symmetric images")
-    data = load_data(cfg.dataset, args.seed)
-    x = to_unit_range(torch.from_numpy(data.x_unlabeled[:args.max_images]).float(), cfg.dataset.scaling)
-    fitted = train_density(x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           nr_filters=args.filters, nr_resnet=args.resnet, nr_mix=args.mix, stages=args.stages,
-                           log=lambda line: print(line, flush=True))
-    threshold = density_threshold(log_likelihoods(fitted["model"], x).numpy())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_density(out, fitted["model"], threshold, cfg.dataset.scaling, cfg.dataset.image_shape,
-                 {"dataset": args.dataset, "images": len(x), "epochs": args.epochs, "seconds": fitted["seconds"],
-                  "bits_per_dim": fitted["bits_per_dim"]})
-    print(f"density model: {out} ({len(x)} images, {fitted['bits_per_dim']:.4f} bits per dim, threshold "
-          f"{threshold:.2f} nats)")
+    fitted = fit_density(compose([f"dataset={args.dataset}", *args.overrides]), epochs=args.epochs,
+                         filters=args.filters, resnet=args.resnet, mix=args.mix, stages=args.stages,
+                         batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
+                         log=lambda line: print(line, flush=True))
+    fitted.write(out)
+    print(f"density model: {out} ({fitted.info['images']} images, {fitted.info['bits_per_dim']:.4f} bits per dim, "
+          f"threshold {fitted.threshold:.2f} nats)")
     return 0
 
 

@@ -90,6 +90,7 @@ class StackedEngine:
         t, method = cfg.train, cfg.method
         self.members = list(networks)  # single-model holders, refilled by ``networks(s)``
         self.ema_decay = t.ema_decay
+        self.train = t  # the recipe, for engines.update
         self.amp_dtype = AMP_DTYPES[t.precision]
         self.params_d, self.buffers_d = stack_module_state([n.disc for n in networks])  # each (S, ...)
         self.params_g, self.buffers_g = stack_module_state([n.gen for n in networks])
@@ -111,7 +112,7 @@ class StackedEngine:
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
-                                       method.fm_norm, pull_away_weight=method.pull_away_weight)
+                                       method=method)
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
         self.d_loss = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
@@ -125,11 +126,11 @@ class StackedEngine:
         with autocast(b.x_lab.device, self.amp_dtype):
             loss_d, stats, outputs = self.d_loss(self.params_d, self.buffers_d, frozen_g, self.buffers_g, b.x_lab,
                                                  b.y_lab, b.x_unl, b.z_d, b.targets)
-        update(loss_d, self.opt_d)  # (S,) losses of independent models
+        update(loss_d, self.opt_d, train=self.train)  # (S,) losses of independent models
         frozen_d = {k: v.detach() for k, v in self.params_d.items()}
         with autocast(b.x_lab.device, self.amp_dtype):
             loss_g = self.g_loss(frozen_d, self.buffers_d, self.params_g, self.buffers_g, b.x_fm, b.z_g)
-        update(loss_g, self.opt_g)
+        update(loss_g, self.opt_g, train=self.train)
         polyak_update(self.avg_d.values(), self.params_d.values(), self.ema_decay)
         stats = {**stats, "loss_g": loss_g}
         return torch.stack([stats[k].detach().float() for k in STAT_NAMES], dim=1), outputs

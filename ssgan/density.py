@@ -15,15 +15,22 @@ released, ssl_bad_gan#2, so its initialisation is unknown).
 
 from __future__ import annotations
 
+import io
 import math
 import time
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+
+from .config import Config, ConfigError
+from .data import load_data
+from .rundir import atomic_create, make_dir
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -225,11 +232,56 @@ def train_density(x: Tensor, *, epochs: int, batch_size: int = 40, lr: float = 2
     return {"model": model, "seconds": time.time() - start, "iters": iters, "bits_per_dim": bpd}
 
 
-def save_density(path, model: PixelCNNpp, threshold: float, scaling: str, image_shape: Sequence[int],
+@dataclass
+class DensityFit:
+    """A PixelCNN++ fitted by ``fit_density``: the model, the official threshold on its training images' log
+    likelihoods, and what the file records about it (``info``: data set, images, epochs, seconds, bits per dim)."""
+
+    model: PixelCNNpp
+    threshold: float
+    scaling: str
+    image_shape: List[int]
+    info: Dict[str, Any]
+
+    def write(self, path: Path | str) -> None:
+        """The file ``method.density_model`` names (``save_density``); a new file, never replacing one."""
+        save_density(path, self.model, self.threshold, self.scaling, self.image_shape, self.info)
+
+
+def fit_density(cfg: Config, *, epochs: int = 1, filters: int = 160, resnet: int = 3, mix: int = 10, stages: int = 2,
+                batch_size: int = 40, lr: float = 2e-4, max_images: Optional[int] = None, seed: int = 0,
+                log: Optional[Callable[[str], None]] = None) -> DensityFit:
+    """What ``ssgan density`` does: fit the PixelCNN++ on the train split's images of ``cfg.dataset`` (the
+    unlabeled pool, never the test set; the first ``max_images`` of them), then take the threshold as the
+    official code does (``density_threshold``). The defaults are the official MNIST sizes. Bad sizes or a data
+    set the model cannot read are ConfigError, raised before any training."""
+    if min(epochs, filters, resnet, mix, stages, batch_size) < 1 or lr <= 0 or (max_images is not None and
+                                                                                max_images < 1):
+        raise ConfigError("the density model's epochs, filters, resnet blocks, mixtures, stages, batch size, "
+                          "learning rate and image count must be positive")
+    if cfg.dataset.image_shape[0] != 1:
+        raise ConfigError(f"dataset={cfg.dataset.name}: the density model takes one-channel images")
+    if cfg.dataset.scaling not in ("unit", "symmetric"):
+        raise ConfigError(f"dataset.scaling={cfg.dataset.scaling}: the density model reads unit or symmetric images")
+    data = load_data(cfg.dataset, seed)
+    x = to_unit_range(torch.from_numpy(data.x_unlabeled[:max_images]).float(), cfg.dataset.scaling)
+    fitted = train_density(x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, nr_filters=filters,
+                           nr_resnet=resnet, nr_mix=mix, stages=stages, log=log)
+    threshold = density_threshold(log_likelihoods(fitted["model"], x).numpy())
+    info = {"dataset": cfg.dataset.name, "images": len(x), "epochs": epochs, "seconds": fitted["seconds"],
+            "bits_per_dim": fitted["bits_per_dim"]}
+    return DensityFit(fitted["model"], threshold, cfg.dataset.scaling, list(cfg.dataset.image_shape), info)
+
+
+def save_density(path: Path | str, model: PixelCNNpp, threshold: float, scaling: str, image_shape: Sequence[int],
                  info: Optional[Dict] = None) -> None:
-    """The file the MNIST recipe loads (method.density_model): weights, hyperparameters, threshold."""
+    """The file the MNIST recipe loads (method.density_model): weights, hyperparameters, threshold. A new file,
+    written atomically (its folder is created); an existing one is RunDirError and left as it was."""
+    buffer = io.BytesIO()
     torch.save({"hparams": model.hparams, "state_dict": model.state_dict(), "threshold": threshold,
-                "scaling": scaling, "image_shape": list(image_shape), "info": info or {}}, path)
+                "scaling": scaling, "image_shape": list(image_shape), "info": info or {}}, buffer)
+    make_dir(Path(path).parent)
+    atomic_create(path, buffer.getvalue())
 
 
 def load_density(path, device="cpu") -> Dict:
@@ -252,8 +304,6 @@ class DensityPenalty:
     from the (seed, iteration) pair, so a resumed run makes the same draws (and no other stream moves)."""
 
     def __init__(self, cfg, device) -> None:
-        from .config import ConfigError
-
         me = cfg.method
         try:
             loaded = load_density(me.density_model, device)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses
-from .config import Config, MethodConfig
+from .config import Config, MethodConfig, TrainConfig
 from .data import augment
 from .models import Networks, sample_z
 from .optim import HistoricalAverage, polyak_update
@@ -49,9 +49,10 @@ def polyak_average(avg: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_copy_(buffers, list(model.buffers()))
 
 
-def update(loss: Tensor, optimizer: torch.optim.Optimizer, *more: torch.optim.Optimizer) -> None:
+def update(loss: Tensor, optimizer: torch.optim.Optimizer, *more: torch.optim.Optimizer, train: TrainConfig) -> None:
     """Backward of ``loss`` into the optimizer's parameters only, then one optimizer step: the one place where
-    training runs ``backward()`` and ``step()``, for one model or many.
+    training runs ``backward()`` and ``step()``, for one model or many. ``train``: the recipe, so that an option
+    of the update (a ``train.*`` field) is read here and nowhere else.
 
     Several models stacked along a leading dimension give one loss each, (S,): their sum has each model's
     gradient in that model's slice, since the models share no parameters. Gradients flow only into the
@@ -132,9 +133,8 @@ def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_la
                   "loss_fake": fake.detach(), "loss_ct": ct.detach(), "train_acc": acc}, outputs
 
 
-def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, fm_norm: int, *,
-                        pull_away_weight: float = 0.0, encoder: Optional[nn.Module] = None,
-                        vi_weight: float = 0.0) -> Tensor:
+def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, *, method: MethodConfig,
+                        encoder: Optional[nn.Module] = None) -> Tensor:
     """Feature matching of G(z) against a real batch, both through D in training mode (the official code);
     Bad GAN's generator entropy terms where their weights are set: the pull-away term on the generated
     features (svhn_trainer.py:116-124) and the encoder's Gaussian NLL of z (cifar_trainer.py:113-123)."""
@@ -142,12 +142,12 @@ def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tenso
     with torch.no_grad():
         _, feats_real = disc(x_unl)
     _, feats_gen = disc(x_gen)
-    loss = losses.feature_matching_loss(feats_real, feats_gen, fm_norm)
-    if pull_away_weight > 0:
-        loss = loss + pull_away_weight * losses.pull_away_term(feats_gen)
-    if vi_weight > 0:
+    loss = losses.feature_matching_loss(feats_real, feats_gen, method.fm_norm)
+    if method.pull_away_weight > 0:
+        loss = loss + method.pull_away_weight * losses.pull_away_term(feats_gen)
+    if method.vi_weight > 0:
         mu, log_sigma = encoder(x_gen)  # each (B, z_dim)
-        loss = loss + vi_weight * losses.gaussian_nll(mu, log_sigma, z)
+        loss = loss + method.vi_weight * losses.gaussian_nll(mu, log_sigma, z)
     return loss
 
 
@@ -164,46 +164,44 @@ def compiled_objectives(backend: str, mode: Optional[str] = None) -> Tuple[Optio
 # ------------------------------------------------------------------------------------------ the steps
 
 def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_lab: Tensor,
-                       y_lab: Tensor, x_unl: Tensor, z: Tensor, *, method: MethodConfig,
+                       y_lab: Tensor, x_unl: Tensor, z: Tensor, *, method: MethodConfig, train: TrainConfig,
                        targets: Optional[Tensor] = None, history: Optional[HistoricalAverage] = None,
-                       amp_dtype: Optional[torch.dtype] = None,
                        objective: Optional[Callable] = None) -> Tuple[Dict[str, Tensor], Tensor]:
-    """One update of D on ``discriminator_objective`` (or its torch.compile'd form, ``objective``).
+    """One update of D on ``discriminator_objective`` (or its torch.compile'd form, ``objective``). The steps
+    take the recipe's two sections whole (``method``, ``train``), so a new option is its schema field and the
+    line that reads it.
 
     x_lab: (B, C, H, W), y_lab: (B,), x_unl: (B, C, H, W), z: (B, z_dim). Returns the step's statistics (0-d
     tensors) and the unlabeled pass's logits and features, (B, K + F), detached.
     """
-    with autocast(x_lab.device, amp_dtype):
+    with autocast(x_lab.device, AMP_DTYPES[train.precision]):
         loss, stats, outputs = (objective or discriminator_objective)(disc, gen, x_lab, y_lab, x_unl, z,
                                                                       method=method, targets=targets,
                                                                       history=history)
-    update(loss, optimizer)
+    update(loss, optimizer, train=train)
     if history is not None:
         history.update()
     return stats, outputs
 
 
 def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optimizer, x_unl: Tensor,
-                   z: Tensor, *, fm_norm: int, history_weight: float = 0.0,
-                   history: Optional[HistoricalAverage] = None, amp_dtype: Optional[torch.dtype] = None,
-                   objective: Optional[Callable] = None, pull_away_weight: float = 0.0,
-                   encoder: Optional[nn.Module] = None, vi_weight: float = 0.0,
-                   opt_e: Optional[torch.optim.Optimizer] = None, density: Optional[Callable] = None,
-                   density_z: Optional[Tensor] = None) -> Tensor:
+                   z: Tensor, *, method: MethodConfig, train: TrainConfig,
+                   history: Optional[HistoricalAverage] = None, objective: Optional[Callable] = None,
+                   encoder: Optional[nn.Module] = None, opt_e: Optional[torch.optim.Optimizer] = None,
+                   density: Optional[Callable] = None, density_z: Optional[Tensor] = None) -> Tensor:
     """One update of G by feature matching against a second, independently drawn unlabeled batch (plus
     Bad GAN's pull-away and VI terms where their weights are set; the encoder is stepped with G).
 
     x_unl: (B, C, H, W), z: (B, z_dim). ``objective``: ``generator_objective`` or its torch.compile'd form.
     Returns the loss (0-d).
     """
-    with autocast(x_unl.device, amp_dtype):
-        loss = (objective or generator_objective)(disc, gen, x_unl, z, fm_norm, pull_away_weight=pull_away_weight,
-                                                  encoder=encoder, vi_weight=vi_weight)
+    with autocast(x_unl.device, AMP_DTYPES[train.precision]):
+        loss = (objective or generator_objective)(disc, gen, x_unl, z, method=method, encoder=encoder)
     if history is not None:
-        loss = loss + history_weight * losses.historical_averaging_loss(history.params, history.means)
+        loss = loss + method.historical_averaging * losses.historical_averaging_loss(history.params, history.means)
     if density_z is not None:  # Bad GAN's low-density penalty on this iteration (density.DensityPenalty)
         loss = loss + density(gen, density_z)
-    update(loss, optimizer, *([opt_e] if opt_e is not None else []))
+    update(loss, optimizer, *([opt_e] if opt_e is not None else []), train=train)
     if history is not None:
         history.update()
     return loss.detach()
@@ -360,7 +358,7 @@ class SingleEngine:
 
     def __init__(self, networks: Networks, cfg: Config) -> None:
         self.net, self.method, self.ema_decay = networks, cfg.method, cfg.train.ema_decay
-        self.amp_dtype = AMP_DTYPES[cfg.train.precision]
+        self.train = cfg.train
         self.d_objective, self.g_objective = compiled_objectives(cfg.train.compile, cfg.train.compile_mode)
         self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
         self.density = None
@@ -369,17 +367,14 @@ class SingleEngine:
             self.density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
-        n, method = self.net, self.method
+        n, recipe = self.net, {"method": self.method, "train": self.train}
         density_z = None if self.density is None else self.density.z_at(batch.iteration)
         stats, outputs = discriminator_step(n.disc, n.gen, n.opt_d, batch.x_lab, batch.y_lab, batch.x_unl,
-                                            batch.z_d, method=method, targets=batch.targets, history=n.hist_d,
-                                            amp_dtype=self.amp_dtype, objective=self.d_objective)
-        stats["loss_g"] = generator_step(n.disc, n.gen, n.opt_g, batch.x_fm, batch.z_g, fm_norm=method.fm_norm,
-                                         history_weight=method.historical_averaging, history=n.hist_g,
-                                         amp_dtype=self.amp_dtype, objective=self.g_objective,
-                                         pull_away_weight=method.pull_away_weight, encoder=n.enc,
-                                         vi_weight=method.vi_weight, opt_e=n.opt_e, density=self.density,
-                                         density_z=density_z)
+                                            batch.z_d, **recipe, targets=batch.targets, history=n.hist_d,
+                                            objective=self.d_objective)
+        stats["loss_g"] = generator_step(n.disc, n.gen, n.opt_g, batch.x_fm, batch.z_g, **recipe, history=n.hist_g,
+                                         objective=self.g_objective, encoder=n.enc, opt_e=n.opt_e,
+                                         density=self.density, density_z=density_z)
         polyak_average(n.disc_avg, n.disc, self.ema_decay)
         return torch.stack([stats[k].float() for k in STAT_NAMES]), outputs
 

@@ -29,12 +29,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
+from .checkpoint import load_networks, load_run
 from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
                      validate)
 from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
                    source_value_max)
 from .evaluate import predict_proba
-from .rundir import EstimatorFile, RunDirError, load_networks, load_run
+from .records import EstimatorFile
+from .rundir import RunDirError
 from .train import fit as train_fit
 
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
@@ -74,6 +76,32 @@ def unlabeled_mask(y: np.ndarray) -> np.ndarray:
         return np.array([(isinstance(v, numbers.Real) and not isinstance(v, bool) and v == UNLABELED)
                          or (isinstance(v, (str, bytes)) and v in ("-1", b"-1")) for v in y], dtype=bool)
     return np.zeros(len(y), dtype=bool)
+
+
+def _split_labels(y: Any, n_rows: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``fit``'s y (N,), checked as scikit-learn checks it: the unlabeled mask (y = -1), the sorted classes and
+    each labeled row's class index. Errors are DataError (a ValueError) with one line."""
+    y = column_or_1d(y, warn=True)  # (N, 1): DataConversionWarning; other shapes: ValueError
+    if len(y) != n_rows:
+        raise DataError(f"Found input variables with inconsistent numbers of samples: [{n_rows}, {len(y)}] "
+                        f"(X has {n_rows} rows but y has {len(y)} labels)")
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise DataError("y contains NaN; mark unlabeled rows with -1")
+    unlabeled = unlabeled_mask(y)
+    if unlabeled.all():
+        raise DataError("y has no labeled rows: every label is -1 (unlabeled)")
+    try:
+        classes, y_lab = np.unique(y[~unlabeled], return_inverse=True)
+    except TypeError:
+        raise DataError("y mixes label types that cannot be sorted (e.g. strings and numbers)") from None
+    # Continuous y: "Unknown label type: continuous". Objects (numbers mixed with -1 in an object array, as
+    # scikit-learn's semi-supervised models take them) are judged by the values they hold.
+    labels = y[~unlabeled]
+    check_classification_targets(np.array(labels.tolist()) if labels.dtype == object else labels)
+    if len(classes) < 2:
+        raise DataError(f"y has labeled rows of one class only ({_plain(classes[0], 'y')!r}); a classifier "
+                        f"needs two")
+    return unlabeled, classes, y_lab
 
 
 class SSGANClassifier(ClassifierMixin, BaseEstimator):
@@ -289,27 +317,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, but the target y "
                              f"is None.")
         x = self._validate_X(X, reset=True)
-        y = column_or_1d(y, warn=True)  # (N, 1): DataConversionWarning; other shapes: ValueError
-        if len(y) != len(x):
-            raise DataError(f"Found input variables with inconsistent numbers of samples: [{len(x)}, {len(y)}] "
-                            f"(X has {len(x)} rows but y has {len(y)} labels)")
-        if y.dtype.kind == "f" and np.isnan(y).any():
-            raise DataError("y contains NaN; mark unlabeled rows with -1")
-        unlabeled = unlabeled_mask(y)
-        if unlabeled.all():
-            raise DataError("y has no labeled rows: every label is -1 (unlabeled)")
-        try:
-            classes, y_lab = np.unique(y[~unlabeled], return_inverse=True)
-        except TypeError:
-            raise DataError("y mixes label types that cannot be sorted (e.g. strings and numbers)") from None
-        # Continuous y: "Unknown label type: continuous". Objects (numbers mixed with -1 in an object array, as
-        # scikit-learn's semi-supervised models take them) are judged by the values they hold.
-        labels = y[~unlabeled]
-        check_classification_targets(np.array(labels.tolist()) if labels.dtype == object else labels)
-        if len(classes) < 2:
-            raise DataError(f"y has labeled rows of one class only ({_plain(classes[0], 'y')!r}); a classifier "
-                            f"needs two")
-
+        unlabeled, classes, y_lab = _split_labels(y, len(x))
         cfg, tabular = self._config(x, int((~unlabeled).sum()), len(classes))
         data_min = data_max = value_max = None
         if tabular:

@@ -57,8 +57,9 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .checkpoint import Run, load_run
 from .data import CENTRED_DIVISORS, source_value_max
-from .rundir import CHECKPOINT_NAME, Run, RunDirError, atomic_write, check_new_file, load_run
+from .rundir import CHECKPOINT_NAME, RunDirError, atomic_write, check_new_file
 
 # format -> (file extension, default file name in the run directory)
 FORMATS: Dict[str, Tuple[str, str]] = {"onnx": (".onnx", "model.onnx"), "torchscript": (".pt", "model.pt")}
@@ -128,7 +129,7 @@ def classifier_of(run: Run) -> nn.Module:
     """The run's averaged discriminator behind its input scaling, in eval mode, gradients off.
 
     Args:
-        run: a run loaded by ``rundir.load_run``.
+        run: a run loaded by ``checkpoint.load_run``.
 
     Returns:
         A ``ScaledClassifier``: raw pixels (N, C, H, W) float32 -> (N, K) class probabilities.
@@ -145,7 +146,7 @@ def model_metadata(run: Run) -> Dict[str, str]:
     strings): the class names as JSON, the input contract and the producing ssgan version.
 
     Args:
-        run: a run loaded by ``rundir.load_run``.
+        run: a run loaded by ``checkpoint.load_run``.
 
     Returns:
         ``{"class_names", "input_value_max", "input_layout", "input_shape", "scaling", "output",

@@ -30,14 +30,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
+from .checkpoint import checkpoint_config, load_checkpoint
 from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
                      register_configs,
                      resolve_paths, to_config, validate)
 from .data import DataError
 from .hydra_state import hydra_globals
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, checkpoint_config, clear_outputs,
-                     default_name, default_sweep_name, is_used, load_checkpoint, locked, make_dir, remove_unstarted,
-                     removed_on_failure, write_overrides)
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
+                     default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
+                     write_overrides)
 from .seeds import check_seeds, in_key, is_seeds_run, read_plan
 from .table import Progress, fit_seeds
 from .train import TrainingDiverged, TrainingInterrupted, fit

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from . import plots
+from .checkpoint import load_run
 from .config import fields_with
 from .data import load_data
 from .evaluate import class_report, ensemble_proba, error_rate, predict_proba
-from .rundir import RunDirError, RunRecord, SeedsSummary, atomic_write, environment, load_run, make_dir
+from .records import EnsembleRecord, RunRecord, SeedsSummary
+from .rundir import RunDirError, atomic_write, environment, make_dir
 from .seeds import config_differences, config_key, keyed_fields
 
 STD_KIND = "sample std (ddof=1)"
@@ -119,6 +121,15 @@ def aggregate(records: Sequence[RunRecord], probs: Sequence[np.ndarray], y_test:
     ensemble = ensemble_proba(probs)
     report = None if class_names is None else class_report(ensemble, y_test, class_names)
     return SeedsResult(list(records), mean, std, error_rate(ensemble, y_test), len(y_test), report)
+
+
+def ensemble_record(result: SeedsResult, class_names: Sequence[str]) -> EnsembleRecord:
+    """What ``ssgan ensemble --out`` writes: ``aggregate``'s numbers for runs evaluated together."""
+    report = result.ensemble_report or {}
+    return EnsembleRecord(runs=[str(r.path) for r in result.runs], test_errors=result.test_errors, mean=result.mean,
+                          std=result.std, std_kind=STD_KIND, ensemble_error=result.ensemble_error,
+                          n_test=result.n_test, classes=list(class_names),
+                          per_class_error=report.get("per_class_error"), confusion_matrix=report.get("confusion_matrix"))
 
 
 def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
@@ -270,7 +281,7 @@ def _linked(text: str, out_dir: Path) -> str:
 
 
 def write_summary(out_dir: Path, result: SeedsResult, seeds: Sequence[int], command: str) -> None:
-    """``summary.json`` and ``summary.md`` of a seeds run (``rundir.SeedsSummary``), rewritten after every
+    """``summary.json`` and ``summary.md`` of a seeds run (``records.SeedsSummary``), rewritten after every
     seed."""
     report = result.ensemble_report
     summary = SeedsSummary(

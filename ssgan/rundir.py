@@ -1,57 +1,50 @@
-"""The run directory: every file of a run, written and read here and nowhere else.
+"""The run directory: its files' names, the atomic writers every file of a run goes through, the folder's life
+(a new name, refusing to overwrite, ``--overwrite``'s clearing, removing what could not start) and its lock.
 
 A run directory holds
 
-    config.yaml     the resolved config
-    overrides.yaml  the command-line overrides that composed it (``ssgan fit``)
-    checkpoint.pt   both networks, the averaged discriminator, the optimizers, the position (epoch, iteration,
-                    that epoch's data order and statistics), the random states, the labeled indices and the
-                    class names; weights-only, written atomically
+    config.yaml     the resolved config (``write_config``)
+    overrides.yaml  the command-line overrides that composed it (``ssgan fit``; ``write_overrides``)
+    checkpoint.pt   the training state, written, verified and read in ``checkpoint.py``
     metrics.jsonl   one line per finished epoch (losses, lr, test error, seconds); with train.tensorboard=true
-                    also tensorboard/
+                    also tensorboard/ (``records.MetricsLog``)
     result.json     the final test error, seed, labeled indices, resolved config, device and versions
-    samples.png     a grid of generator samples
+                    (``records.RunRecord``)
+    samples.png     a grid of generator samples (``records.RunFigures``, as the two below)
     curve.png, confusion_matrix.png   the test error and losses against epochs, and the final confusion
                     matrix (with the plots extra)
     .lock           held by the process that trains the run (``RunLock``): one at a time
 
-A seeds run (``seeds.py``) is a folder of run directories ``seed<N>/`` with ``seeds.json`` (the plan) and
-``summary.json`` / ``summary.md``.
+A seeds run (``seeds.py``) is a folder of run directories ``seed<N>/`` with ``seeds.json`` (the plan,
+``records.SeedsPlan``) and ``summary.json`` / ``summary.md`` (``records.SeedsSummary``). Each record is a typed
+dataclass in ``records.py`` with its ``write`` and ``read`` side by side.
 
 Every file is written through ``atomic_write`` (a temporary file in the same folder, flushed to disk, then
 renamed over the target), so a kill at any moment leaves the previous version or the new one, never a partial
-file. Checkpoints hold only tensors, numbers, strings, lists and dicts and are always read with
-``torch.load(weights_only=True)``: loading never executes code from the file; a SHA-256 of their content
-inside them turns flipped bytes into a refusal rather than wrong weights.
+file; a command's new file (``--out``) through ``atomic_create``, which never replaces one. Files written with
+``torch.save`` (checkpoints, estimator files) are always read with ``torch.load(weights_only=True)``
+(``read_payload``): loading never executes code from the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import io
-import json
 import logging
-import math
 import os
 import re
 import shutil
 import pickle
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
-from .config import Config, ConfigError, config_from_dict, first_line
-from .models import build_models
+from .config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +276,6 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        # Held now: a checkpoint's temporary file here is a killed writer's (SIGKILL runs no clean-up).
-        for stale in [*self.run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *self.run_dir.glob(f".{STAGED_NAME}.*.tmp")]:
-            with contextlib.suppress(OSError):
-                stale.unlink()
         self._held[key] = [fd, 1]
         self.key = key
         return True
@@ -390,127 +379,7 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
     return versions
 
 
-def _finite_or_null(value: Any) -> Any:
-    """JSON has no NaN: a number that is not finite (the test error of a run with no test images) is null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------- checkpoints
-
-def rng_state(order_rng: np.random.RandomState, z_rng: torch.Generator) -> Dict[str, Any]:
-    """The random states of a run: torch's global one (dropout, noise), the generator of z, the data order."""
-    _, keys, pos, has_gauss, cached = order_rng.get_state()
-    state = {"torch": torch.get_rng_state(), "z": z_rng.get_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Dict[str, Any], order_rng: np.random.RandomState, z_rng: torch.Generator) -> None:
-    """Set torch's, z's and the data order's random states back to those of ``rng_state``."""
-    torch.set_rng_state(state["torch"])
-    z_rng.set_state(state["z"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    order_rng.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached"]))
-
-
-def write_checkpoint(run_dir: Path, cfg: Config, state: Dict[str, Any], name: str = CHECKPOINT_NAME) -> None:
-    """``checkpoint.pt``: the format tag, the resolved config and a training state (``train.Member``'s and
-    the networks' ``state_dict``), written atomically."""
-    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), **state}
-    payload["sha256"] = content_digest(payload)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(Path(run_dir) / name, buffer.getvalue())
-
-
-def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]) -> None:
-    """The checkpoints of models trained together (stacked), committed as one unit: a resumed group must
-    start all its members at one position, since the in-network noise that vmap draws for a stack depends
-    on its size. Each member's checkpoint is staged (``STAGED_NAME``), then the commit record is written in
-    the first member's folder (the commit point), then every staged file replaces its ``checkpoint.pt``.
-    ``recover_group_checkpoints`` finishes or undoes a group cut anywhere in this sequence. One member: a
-    plain ``write_checkpoint``."""
-    if len(items) == 1:
-        write_checkpoint(*items[0])
-        return
-    dirs = [Path(run_dir) for run_dir, _, _ in items]
-    for run_dir, cfg, state in items:
-        write_checkpoint(run_dir, cfg, state, name=STAGED_NAME)
-    record = dirs[0] / GROUP_COMMIT_NAME
-    atomic_write(record, json.dumps({"members": [str(d.resolve()) for d in dirs]}))
-    _switch_staged(dirs)
-    record.unlink()
-
-
-def _switch_staged(dirs: Sequence[Path]) -> None:
-    for run_dir in dirs:
-        staged = run_dir / STAGED_NAME
-        if staged.exists():
-            try:
-                os.replace(staged, run_dir / CHECKPOINT_NAME)
-            except OSError as error:
-                raise RunDirError(f"cannot write {run_dir / CHECKPOINT_NAME}: {error.strerror or error}") from None
-
-
-def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
-    """Before a group of stacked models resumes (their locks held): a group commit that was cut after its
-    commit record is finished (every staged checkpoint switched in), one cut before it is undone (the staged
-    checkpoints removed), so every member is at the group's last committed position."""
-    for run_dir in run_dirs:
-        record = Path(run_dir) / GROUP_COMMIT_NAME
-        if record.is_file():
-            try:
-                members = [Path(m) for m in json.loads(record.read_text())["members"]]
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
-            _switch_staged(members)
-            record.unlink()
-    for run_dir in run_dirs:
-        with contextlib.suppress(FileNotFoundError):
-            (Path(run_dir) / STAGED_NAME).unlink()
-
-
-def content_digest(value: Any) -> str:
-    """SHA-256 of a checkpoint's content (tensors' bytes, shapes and dtypes; plain values as JSON), keys in
-    order; the ``sha256`` entry itself is left out."""
-    digest = hashlib.sha256()
-
-    def feed(item: Any) -> None:
-        if torch.is_tensor(item):
-            flat = item.detach().cpu().contiguous()  # a copy only of a strided or expanded view
-            flat = flat.as_strided((flat.numel(),), (1,))  # its elements in order, stride 1 (size-1 dims too)
-            digest.update(f"T{item.dtype}{tuple(item.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy())  # the bytes in place, no copy
-        elif isinstance(item, dict):
-            digest.update(b"{")
-            for key, sub in item.items():
-                if key != "sha256":
-                    digest.update(json.dumps(str(key)).encode())
-                    feed(sub)
-            digest.update(b"}")
-        elif isinstance(item, (list, tuple)):
-            digest.update(b"[")
-            for sub in item:
-                feed(sub)
-            digest.update(b"]")
-        else:
-            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
-
-    feed(value)
-    return digest.hexdigest()
-
+# ----------------------------------------------------------------------------------- torch files
 
 def read_payload(path: Path) -> Dict[str, Any]:
     """torch.load with weights-only unpickling; a missing, corrupt or code-carrying file is one clear line."""
@@ -533,403 +402,3 @@ def read_payload(path: Path) -> Dict[str, Any]:
     if not isinstance(payload, dict):
         raise RunDirError(f"{path}: not an ssgan file (a {type(payload).__name__}, not a dict)")
     return payload
-
-
-# What a checkpoint must hold, and of which kind (the networks' and optimizers' entries are dicts).
-CHECKPOINT_FIELDS = {"config": dict, "epoch": int, "iteration": int, "discriminator": dict,
-                     "discriminator_avg": dict, "generator": dict, "opt_d": dict, "opt_g": dict, "rng": dict,
-                     "labeled_indices": torch.Tensor, "class_names": list, "class_values": list}
-
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a run's checkpoint (``read_payload``) and check its format, its checksum and its fields."""
-    payload = read_payload(path)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"{path}: not an ssgan checkpoint (expected format {CHECKPOINT_FORMAT})")
-    if "sha256" not in payload:
-        raise RunDirError(f"{path}: refused, the checkpoint has no checksum (sha256)")
-    if payload["sha256"] != content_digest(payload):
-        raise RunDirError(f"{path}: corrupt checkpoint (its content does not match its checksum)")
-    missing = [k for k in CHECKPOINT_FIELDS if k not in payload]
-    if missing:
-        raise RunDirError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    for key, kind in CHECKPOINT_FIELDS.items():
-        value = payload[key]
-        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
-            raise RunDirError(f"{path}: malformed checkpoint entry {key!r} ({type(value).__name__} {value!r:.40})")
-    if not all(isinstance(name, str) for name in payload["class_names"]):
-        raise RunDirError(f"{path}: malformed checkpoint entry 'class_names' (expected a list of strings)")
-    _check_content(payload, path)
-    return payload
-
-
-def _check_content(payload: Dict[str, Any], path: Path) -> None:
-    """What a checksum recomputed by a forger does not vouch for: finite weights, labeled indices that are
-    indices, one class name per output class."""
-    for part in ("discriminator", "discriminator_avg", "generator"):
-        for name, tensor in payload[part].items():
-            if not torch.is_tensor(tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
-                raise RunDirError(f"{path}: refused, {part} weight {name} is not a finite tensor")
-    indices = payload["labeled_indices"]
-    if indices.dim() != 1 or indices.is_floating_point() or (indices.numel() and int(indices.min()) < 0):
-        raise RunDirError(f"{path}: malformed checkpoint entry 'labeled_indices' (expected indices >= 0)")
-    n_classes = payload["config"].get("dataset", {}).get("n_classes") if isinstance(
-        payload["config"].get("dataset"), dict) else None
-    if n_classes is not None and len(payload["class_names"]) != n_classes:
-        raise RunDirError(f"{path}: malformed checkpoint: {len(payload['class_names'])} class names for "
-                          f"{n_classes} classes")
-
-
-def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train: int, iters: int) -> None:
-    """A checkpoint's position and labeled indices fit the data and the schedule it resumes with."""
-    indices = payload["labeled_indices"]
-    if indices.numel() and int(indices.max()) >= n_train:
-        raise RunDirError(f"{run_dir}: the checkpoint's labeled indices reach {int(indices.max())}, but the data "
-                          f"has {n_train} training images")
-    if int(payload["iteration"]) >= iters:
-        raise RunDirError(f"{run_dir}: the checkpoint's iteration {int(payload['iteration'])} is past an epoch "
-                          f"of {iters} iterations")
-
-
-def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:
-    """The typed Config stored in a checkpoint."""
-    try:
-        return config_from_dict(payload["config"])
-    except (ConfigError, KeyError) as error:
-        raise RunDirError(f"{path}: {error}") from None
-
-
-@dataclass
-class Run:
-    """A trained run loaded back: its config, the averaged discriminator (the classifier) and the generator."""
-
-    config: Config
-    discriminator: nn.Module
-    generator: nn.Module
-    class_names: List[str]
-    labeled_indices: np.ndarray
-    epoch: int
-    path: Path
-    class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
-
-
-def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
-                  path: Path, device: str | torch.device = "cpu"):
-    """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
-    eval mode with its gradients off (a classifier). Weights of another architecture are one line."""
-    disc, gen = build_models(cfg.dataset, cfg.model)
-    try:
-        disc.load_state_dict(disc_state)
-        gen.load_state_dict(gen_state)
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise RunDirError(f"{path}: the weights do not fit the architecture its config names "
-                          f"({first_line(error)})") from None
-    for p in disc.parameters():
-        p.requires_grad_(False)
-    return disc.to(device).eval(), gen.to(device)
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load the checkpoint of a run directory (or a checkpoint file) into ready-to-use networks."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
-    payload = load_checkpoint(path)
-    cfg = checkpoint_config(payload, path)
-    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device)
-    return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
-               int(payload["epoch"]), run_dir, list(payload["class_values"]))
-
-
-# -------------------------------------------------------------------------------------------- metrics
-
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON line per finished epoch) and, optionally, TensorBoard event files.
-
-    A fresh run starts an empty file; a resumed one (``resume_epoch``) keeps the lines of epochs
-    1..resume_epoch as its ``history`` and drops later ones (work lost to a kill, which the resumed run
-    redoes), so that every epoch is logged once. Without a run directory nothing is written.
-    """
-
-    def __init__(self, run_dir: Optional[Path], *, resume_epoch: Optional[int] = None,
-                 tensorboard: bool = False) -> None:
-        self.history: List[Dict[str, float]] = []
-        self.file, self.writer = None, None
-        if run_dir is None:
-            return
-        make_dir(Path(run_dir))
-        path = Path(run_dir) / METRICS_NAME
-        if resume_epoch is not None and path.exists():
-            self.history = [r for r in _read_records(path) if r["epoch"] <= resume_epoch]
-        atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.history))
-        try:
-            self.file = open(path, "a", encoding="utf-8")
-        except OSError as error:
-            raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.close()
-                raise ConfigError("train.tensorboard=true needs the tensorboard extra: "
-                                  "pip install 'ssgan[tensorboard]'") from None
-            self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_NAME))
-
-    def write(self, record: Dict[str, float]) -> None:
-        """Append one epoch's record (``record["epoch"]`` counts from 1)."""
-        self.history.append(record)
-        if self.file is not None:
-            try:
-                self.file.write(json.dumps(record) + "\n")
-                self.file.flush()
-            except OSError as error:
-                raise RunDirError(f"cannot write {self.file.name}: {error.strerror or error}") from None
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch":
-                    self.writer.add_scalar(key, value, record["epoch"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.writer is not None:
-            self.writer.close()
-        self.file, self.writer = None, None
-
-
-def _read_records(path: Path) -> List[Dict[str, Any]]:
-    """The records of a metrics.jsonl; a last line cut by a kill while it was appended is dropped (that epoch
-    is redone), a malformed line before it is one line of error."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-                raise ValueError("no epoch")
-        except ValueError:
-            if number == len(lines):
-                break
-            raise RunDirError(f"{path}: line {number} is not a metrics record") from None
-        records.append(record)
-    return records
-
-
-# -------------------------------------------------------------------------------------- finished runs
-
-@dataclass
-class RunRecord:
-    """``result.json``, the outcome of a finished run (written by ``train.fit`` at its end), and where it was
-    read from. The file holds every field but ``path``; a test error that is not a number (a data set without
-    test images) is null in the file and NaN here."""
-
-    path: Optional[Path]
-    seed: int
-    dataset: str
-    labels: int
-    method: str
-    test_error: float
-    epochs: int
-    iters_per_epoch: int
-    device: str
-    torch: str
-    config: Dict[str, Any]
-    val_error: Optional[float] = None
-    seconds: float = 0.0
-    versions: Dict[str, str] = field(default_factory=dict)
-    class_names: List[str] = field(default_factory=list)
-    class_values: List[Any] = field(default_factory=list)  # each class's label value in the data
-    per_class_error: Optional[Dict[str, float]] = None
-    confusion_matrix: Optional[List[List[int]]] = None
-    labeled_indices: List[int] = field(default_factory=list)
-
-    FILE_FIELDS = ("test_error", "val_error", "seed", "dataset", "labels", "method", "epochs", "iters_per_epoch",
-                   "device", "seconds", "torch", "versions", "class_names", "class_values", "per_class_error",
-                   "confusion_matrix", "labeled_indices", "config")  # the file's keys, in its order
-
-    def write(self, run_dir: Path) -> None:
-        payload = {name: getattr(self, name) for name in self.FILE_FIELDS}
-        atomic_write(Path(run_dir) / RESULT_NAME, json.dumps(_finite_or_null(payload), indent=1, allow_nan=False))
-
-    @classmethod
-    def read(cls, run_dir: Path) -> "RunRecord":
-        path = Path(run_dir) / RESULT_NAME
-        if not path.is_file():
-            raise RunDirError(f"{run_dir}: not a finished run (no {RESULT_NAME}); finish it with "
-                              f"ssgan fit --resume {run_dir}")
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            values = {name: stored[name] for name in cls.FILE_FIELDS}
-            record = cls(path=Path(run_dir), **values)
-            record.seed, record.labels, record.epochs = int(record.seed), int(record.labels), int(record.epochs)
-            record.iters_per_epoch = int(record.iters_per_epoch)
-            record.test_error = float("nan") if record.test_error is None else float(record.test_error)
-            if not isinstance(record.config, dict):
-                raise TypeError("config is not a mapping")
-            return record
-        except (ValueError, KeyError, TypeError) as error:
-            raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
-                              f"{error})") from None
-
-
-@dataclass
-class SeedsPlan:
-    """``seeds.json``, what a seeds run trains (its resolved config, seeds and command), written before the
-    first seed starts so that a run stopped at any point can be continued. The config stays a plain dict here
-    (a plan of an older schema can still be found by its key); ``typed_config`` checks it."""
-
-    config: Dict[str, Any]
-    seeds: List[int]
-    command: str
-
-    def write(self, out_dir: Path) -> None:
-        make_dir(out_dir)
-        atomic_write(Path(out_dir) / PLAN_NAME, json.dumps({"config": self.config, "seeds": [int(s) for s in
-                                                                                           self.seeds],
-                                                            "command": self.command}, indent=1))
-
-    @classmethod
-    def read(cls, out_dir: Path) -> "SeedsPlan":
-        path = Path(out_dir) / PLAN_NAME
-        try:
-            plan = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(plan["config"], dict):
-                raise TypeError("config is not a mapping")
-            return cls(plan["config"], [int(s) for s in plan["seeds"]], str(plan["command"]))
-        except (OSError, KeyError, TypeError, ValueError) as error:
-            raise RunDirError(f"{path}: not a seeds plan ({type(error).__name__}: {error})") from None
-
-
-@dataclass
-class SeedsSummary:
-    """``summary.json`` (and its Markdown twin ``summary.md``): a seeds run's numbers so far, rewritten after
-    every seed (``complete`` says whether every planned seed has finished). ``meta`` is the provenance
-    (command, date, devices, versions, epochs, seeds, std, ensemble) that leads the file."""
-
-    meta: Dict[str, Any]
-    dataset: str
-    labels: int
-    method: str
-    key: str
-    seeds: List[int]
-    finished: List[int]
-    test_errors: Dict[str, float]
-    mean: float
-    std: Optional[float]
-    ensemble_error: float
-    n_test: int
-    runs: Dict[str, str]
-    config: Dict[str, Any]
-    ensemble_per_class_error: Optional[Dict[str, float]] = None
-    ensemble_confusion_matrix: Optional[List[List[int]]] = None
-
-    @property
-    def complete(self) -> bool:
-        return sorted(self.finished) == sorted(self.seeds)
-
-    def write(self, out_dir: Path, markdown: str) -> None:
-        body = {name: getattr(self, name) for name in ("dataset", "labels", "method", "key", "seeds", "finished")}
-        body["complete"] = self.complete
-        body.update({name: getattr(self, name) for name in ("test_errors", "mean", "std", "ensemble_error",
-                                                             "n_test", "runs", "config", "ensemble_per_class_error",
-                                                             "ensemble_confusion_matrix")})
-        atomic_write(Path(out_dir) / SUMMARY_NAME, json.dumps({**self.meta, **body}, indent=1))
-        atomic_write(Path(out_dir) / SUMMARY_MD_NAME, markdown)
-
-    @classmethod
-    def read(cls, out_dir: Path) -> "SeedsSummary":
-        path = Path(out_dir) / SUMMARY_NAME
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            names = [f.name for f in fields(cls) if f.name != "meta"]
-            values = {name: stored.pop(name) for name in names}
-            stored.pop("complete")
-            return cls(meta=stored, **values)
-        except (OSError, KeyError, TypeError, ValueError) as error:
-            raise RunDirError(f"{path}: not a seeds summary ({type(error).__name__}: {error})") from None
-
-
-def find_runs(paths: Sequence[str | Path]) -> List[RunRecord]:
-    """The finished runs in ``paths``: each is a run directory or a folder searched recursively for them
-    (a multirun's sweep directory, a seeds run, a table's cache). A path given twice counts once."""
-    records, seen = [], set()
-    for item in paths:
-        path = Path(item)
-        if not path.is_dir():
-            raise RunDirError(f"{item}: no such run directory")
-        found = [path] if (path / RESULT_NAME).is_file() else sorted(p.parent for p in path.rglob(RESULT_NAME))
-        if not found:
-            hint = (f" (an unfinished run: continue it with ssgan fit --resume {path})"
-                    if (path / CHECKPOINT_NAME).exists() else "")
-            raise RunDirError(f"{item}: no finished runs (no {RESULT_NAME}) in it{hint}")
-        for run_dir in found:
-            if run_dir.resolve() not in seen:
-                seen.add(run_dir.resolve())
-                records.append(RunRecord.read(run_dir))
-    return records
-
-
-# ------------------------------------------------------------------------------------ estimator files
-
-ESTIMATOR_FORMAT = "ssgan-estimator-v1"
-# Files of an estimator fitted with the tabular recipe: they also hold the min-max scaler, which a reader of
-# v1 files would ignore (and then scale the rows as pixels), so they carry a format of their own.
-TABULAR_FORMAT = "ssgan-estimator-v2"
-ESTIMATOR_FORMATS = (ESTIMATOR_FORMAT, TABULAR_FORMAT)
-
-
-@dataclass
-class EstimatorFile:
-    """A fitted ``SSGANClassifier`` in one file (``save`` / ``load``): its parameters, config, both networks'
-    weights, classes and, for the tabular recipe, the scaler's per-feature minimum and maximum (then the file's
-    format is ``TABULAR_FORMAT``). Only tensors, numbers, strings, lists and dicts: read weights-only."""
-
-    params: Dict[str, Any]
-    config: Dict[str, Any]
-    discriminator: Dict[str, torch.Tensor]
-    generator: Dict[str, torch.Tensor]
-    classes: List[Any]
-    classes_dtype: str
-    n_features_in: int
-    value_max: Optional[float]
-    history: List[Dict[str, float]]
-    data_min: Optional[torch.Tensor] = None  # float64, tabular recipe only
-    data_max: Optional[torch.Tensor] = None
-
-    @property
-    def tabular(self) -> bool:
-        return self.data_min is not None
-
-    def write(self, path: Path) -> None:
-        payload = {"format": TABULAR_FORMAT if self.tabular else ESTIMATOR_FORMAT}
-        payload.update({f.name: getattr(self, f.name) for f in fields(self)
-                        if self.tabular or f.name not in ("data_min", "data_max")})
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write(path, buffer.getvalue())
-
-    @staticmethod
-    def is_one(path: Path) -> bool:
-        """Whether ``path`` is a file written by ``write`` (not a run's checkpoint)."""
-        return Path(path).is_file() and read_payload(path).get("format") in ESTIMATOR_FORMATS
-
-    @classmethod
-    def read(cls, path: Path) -> "EstimatorFile":
-        path = Path(path)
-        if path.is_dir():
-            raise RunDirError(f"{path} is a directory: SSGANClassifier.load takes a file written by save(); for a "
-                              f"run directory of ssgan fit use ssgan.load({str(path)!r})")
-        payload = read_payload(path)
-        if payload.get("format") == CHECKPOINT_FORMAT:
-            raise RunDirError(f"{path}: a checkpoint of ssgan fit, not a saved estimator; use "
-                              f"ssgan.load({str(path.parent)!r})")
-        if payload.get("format") not in ESTIMATOR_FORMATS:
-            raise RunDirError(f"{path}: not a saved SSGANClassifier (expected format "
-                              f"{' or '.join(ESTIMATOR_FORMATS)})")
-        tabular = payload["format"] == TABULAR_FORMAT
-        names = [f.name for f in fields(cls) if tabular or f.name not in ("data_min", "data_max")]
-        missing = [name for name in names if name not in payload]
-        if missing:
-            raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
-        return cls(**{name: payload[name] for name in names})

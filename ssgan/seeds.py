@@ -23,12 +23,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checkpoint import load_checkpoint, load_run, recover_group_checkpoints
 from .concurrent import check_supported
 from .config import MAX_SEED, Config, ConfigError, config_from_dict, fields_with, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
-from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, RunRecord, SeedsPlan,
-                     clear_outputs, is_used, load_checkpoint, load_run, recover_group_checkpoints, remove_unstarted)
+from .records import RunRecord, SeedsPlan
+from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, clear_outputs, is_used,
+                     remove_unstarted)
 from .train import TrainingInterrupted, fit, fit_grid
 
 logger = logging.getLogger(__name__)

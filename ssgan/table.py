@@ -20,10 +20,12 @@ from typing import Callable, List, Optional, Sequence
 
 from .config import Config, ConfigError, compose, resolve_device, resolve_paths
 from .data import load_data
+from .records import find_runs
 from .reports import PUBLISHED, SeedsResult, aggregate, group_rows, write_summary, write_table
-from .rundir import RunDirError, find_runs, removed_on_failure
+from .rundir import RunDirError, removed_on_failure
 from .seeds import SeedOutcome, cell_directory, check_seeds, prepare_cell, train_seeds, train_together
-from .train import StopSignals, TrainingInterrupted
+from .signals import StopSignals
+from .train import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .accelerate import Captured, decide_capture, gatherer, numerics, place_data, use_cuda_graph
+from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
 from .concurrent import StackedEngine, check_supported
 from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
@@ -38,9 +38,9 @@ from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
-from .rundir import (CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME, MetricsLog, RunDirError, atomic_write,
-                     check_resume_fits, environment, locked, restore_rng, rng_state, write_config,
-                     write_group_checkpoints, RunRecord)
+from .records import MetricsLog, RunFigures, RunRecord
+from .rundir import CHECKPOINT_NAME, RunDirError, environment, locked, write_config
+from .signals import StopSignals
 
 logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
@@ -370,7 +370,7 @@ def _progress(members: Sequence[Member], iters: int) -> Iterator[tqdm]:
 def _checkpoint(members: Sequence[Member], engine: Engine, stats: Tensor, *, checked: bool = False) -> None:
     """Write the members' checkpoints at their (common) position, after checking that nothing diverged (a
     diverged state never replaces the last good one; ``checked``: the epoch's summary has just checked it).
-    Models trained together commit their checkpoints as one unit (``rundir.write_group_checkpoints``), so a
+    Models trained together commit their checkpoints as one unit (``checkpoint.write_group_checkpoints``), so a
     kill between two members' writes never leaves the group at two positions.
     stats: ([S,] iteration, len(STAT_NAMES)), the epoch's so far."""
     items = []
@@ -419,23 +419,17 @@ def _finish(members: Sequence[Member], engine: Engine, data: ImageData, device: 
 
 
 def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, device: torch.device) -> None:
-    """The end of a run directory (the checkpoint is written before): samples.png, result.json with the
-    per-class errors and confusion matrix of the averaged discriminator, and, with the plots extra,
-    curve.png and confusion_matrix.png."""
+    """The end of a run directory (the checkpoint is written before): the figures (samples.png and, with the
+    plots extra, curve.png and confusion_matrix.png), then result.json with the per-class errors and confusion
+    matrix of the averaged discriminator."""
     run_dir = result.run_dir
     title = f"{cfg.dataset.name}, {cfg.dataset.labels} labels, {cfg.method.name}, seed {cfg.seed}"
-    if cfg.train.sample_grid:
-        atomic_write(run_dir / SAMPLES_NAME,
-                     sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size))
-    report = None
-    if result.test_probs is not None:
-        report = class_report(result.test_probs, data.y_test, result.class_names)
-        figure = plots.confusion_matrix_png(report["confusion_matrix"], result.class_names, f"{title}: test set")
-        if figure is not None:
-            atomic_write(run_dir / CONFUSION_NAME, figure)
-    curve = plots.curve_png(result.history, title)
-    if curve is not None:
-        atomic_write(run_dir / CURVE_NAME, curve)
+    samples = (sample_grid_png(result.generator, cfg.dataset.scaling, batch_size=cfg.train.batch_size)
+               if cfg.train.sample_grid else None)
+    report = None if result.test_probs is None else class_report(result.test_probs, data.y_test, result.class_names)
+    confusion = None if report is None else plots.confusion_matrix_png(report["confusion_matrix"],
+                                                                       result.class_names, f"{title}: test set")
+    RunFigures(samples=samples, curve=plots.curve_png(result.history, title), confusion=confusion).write(run_dir)
     RunRecord(
         path=run_dir, test_error=result.test_error, val_error=result.val_error, seed=cfg.seed,
         dataset=cfg.dataset.name, labels=cfg.dataset.labels, method=cfg.method.name, epochs=cfg.train.epochs,
@@ -448,42 +442,6 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
 
 
 # -------------------------------------------------------------------------------------- fit, fit_grid
-
-class StopSignals:
-    """Turn SIGINT / SIGTERM into a flag checked at safe points (main thread only): between iterations in the
-    loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
-
-    Guards nest: one entered inside another (a seed's training inside a seeds run) takes over a signal the
-    outer one has already received (the seed then stops at its first iteration, checkpointed), and hands its
-    own to the outer one on exit."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.signum: Optional[int] = None
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous: Dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-            if self._outer() is not None:
-                self.signum = self._outer().signum
-        return self
-
-    def _outer(self) -> Optional["StopSignals"]:
-        outer = getattr(self.previous.get(signal.SIGTERM), "__self__", None)
-        return outer if isinstance(outer, StopSignals) else None
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        outer = self._outer()
-        if outer is not None and outer.signum is None:
-            outer.signum = self.signum
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
 
 def prepare(cfg: Config, data: Optional[ImageData], n_models: int = 1) -> Tuple[Config, ImageData, torch.device]:
     """The device, the data (loaded unless given) and the config with the data's number of classes; sizes
@@ -517,7 +475,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
     that ``cfg.model`` names (the estimator's ``discriminator=`` / ``generator=``). The labeled subset (unless
     ``labeled_indices`` of ``data.x_train`` are given, as the estimator does), the initialisation, the data
     order and the noise all follow from ``cfg.seed``. ``resume``: a checkpoint payload
-    (``rundir.load_checkpoint``) to continue from exactly where it was written. Returns the test error (%) of
+    (``checkpoint.load_checkpoint``) to continue from exactly where it was written. Returns the test error (%) of
     the Polyak-averaged discriminator after the last epoch (NaN without test images). Raises TrainingDiverged
     or TrainingInterrupted.
     """
@@ -588,6 +546,7 @@ def _train(members: Sequence[Member], engine: Engine, data: ImageData, x_all: Te
         for member in members:
             if member.run_dir is not None:
                 held.enter_context(locked(member.run_dir))
+                remove_stale_temporaries(member.run_dir)  # a killed writer's, now that the lock is held
                 write_config(member.run_dir, member.cfg)  # the config it trains with (a resume's, too)
             member.open_log()
             held.callback(member.log.close)

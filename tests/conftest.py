@@ -9,11 +9,11 @@ import contextlib
 import io
 from pathlib import Path
 
+from ssgan.checkpoint import load_run
 from ssgan.cli import main
 from ssgan.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig
 from ssgan.data import load_data
 from ssgan.evaluate import predict_proba
-from ssgan.rundir import load_run
 
 
 @pytest.fixture(autouse=True, scope="session")

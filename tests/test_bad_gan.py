@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ssgan import losses
-from ssgan.config import ConfigError, MethodConfig, compose
-from ssgan.models import build_encoder
+from ssgan.config import ConfigError, MethodConfig, TrainConfig, compose
 from ssgan.engines import discriminator_objective, generator_objective, generator_step
+from ssgan.models import build_encoder
 from ssgan.train import fit, fit_grid, lr_at
 from tests.test_train import _tiny_models
 
@@ -52,7 +52,8 @@ def test_g_loss_with_pull_away_and_vi_is_the_official_g_loss():
     torch.manual_seed(1)
     enc = build_encoder([1, 8, 8], 8)
     z = gen.sample_z(20)
-    loss = generator_objective(disc, gen, x[20:], z, 1, pull_away_weight=0.8, encoder=enc, vi_weight=0.01)
+    method = MethodConfig(fm_norm=1, pull_away_weight=0.8, vi_weight=0.01)
+    loss = generator_objective(disc, gen, x[20:], z, method=method, encoder=enc)
     with torch.no_grad():
         x_gen = gen(z)
         _, real_feat = disc(x[20:])
@@ -73,7 +74,8 @@ def test_the_g_step_with_vi_steps_the_encoder_too_and_leaves_d_alone():
     enc = build_encoder([1, 8, 8], 8)
     opt_g, opt_e = torch.optim.Adam(gen.parameters(), 1e-3), torch.optim.Adam(enc.parameters(), 1e-3)
     before = [copy.deepcopy(m.state_dict()) for m in (disc, gen, enc)]
-    generator_step(disc, gen, opt_g, x[20:], gen.sample_z(20), fm_norm=1, encoder=enc, vi_weight=0.01, opt_e=opt_e)
+    generator_step(disc, gen, opt_g, x[20:], gen.sample_z(20), method=MethodConfig(fm_norm=1, vi_weight=0.01),
+                   train=TrainConfig(), encoder=enc, opt_e=opt_e)
     after = [m.state_dict() for m in (disc, gen, enc)]
     assert all(torch.equal(before[0][k], v) for k, v in after[0].items())
     for i in (1, 2):
@@ -157,7 +159,7 @@ def test_vi_is_refused_by_concurrent_seeds_and_the_cuda_graph(tiny_config):
 def test_a_vi_run_resumes_exactly_with_its_encoder(tmp_path, monkeypatch):
     """The encoder and its Adam are in the checkpoint: an interrupted VI run continues exactly."""
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
@@ -213,7 +215,7 @@ def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_de
     z_p = penalty.z_at(1)
     assert z_p.shape == (30, 8) and torch.equal(z_p, penalty.z_at(1))  # the draws are a function of the iteration
     z = gen.sample_z(20)
-    fm = generator_objective(disc, gen, x[20:], z, 1)
+    fm = generator_objective(disc, gen, x[20:], z, method=MethodConfig(fm_norm=1))
     with torch.no_grad():
         loaded = load_density(tiny_density)
         images = gen(z_p) * 2 - 1  # (x - 0.5) / 0.5, mnist_trainer.py:125
@@ -223,13 +225,14 @@ def test_the_density_penalty_joins_the_g_loss_as_the_official_expression(tiny_de
         assert nonzero == 30
         expected = fm.detach() + (1e-4 * excess.sum() / nonzero if nonzero else 0.0)
     opt = torch.optim.SGD(gen.parameters(), lr=0.0)
-    got = generator_step(disc, gen, opt, x[20:], z, fm_norm=1, density=penalty, density_z=z_p)
+    got = generator_step(disc, gen, opt, x[20:], z, method=MethodConfig(fm_norm=1), train=TrainConfig(),
+                         density=penalty, density_z=z_p)
     torch.testing.assert_close(got, torch.as_tensor(expected, dtype=got.dtype), rtol=1e-5, atol=1e-7)
 
 
 def test_a_density_run_resumes_exactly_and_is_refused_by_concurrent_seeds(tiny_density, tmp_path, monkeypatch):
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ssgan.checkpoint import load_checkpoint
 from ssgan.cli import main
 from ssgan.config import ConfigError, MethodConfig, ModelConfig
-from ssgan.rundir import load_checkpoint
 from ssgan.train import fit, fit_grid
 
 

@@ -11,9 +11,10 @@ import torch
 from sklearn.datasets import load_digits
 
 import ssgan
+from ssgan.checkpoint import load_checkpoint
 from ssgan.cli import main
 from ssgan.config import ConfigError
-from ssgan.rundir import RunDirError, load_checkpoint
+from ssgan.rundir import RunDirError
 from tests.conftest import TINY_OVERRIDES
 from tests.custom_nets import FailsLater, SmallCNN, SmallGenerator
 

@@ -109,3 +109,22 @@ def test_training_on_tiny_images_lowers_the_nll_and_the_file_round_trips(tmp_pat
     assert loaded["threshold"] == threshold
     torch.testing.assert_close(log_likelihoods(loaded["model"], x), after)
     del before
+
+
+def test_fit_density_trains_on_the_train_split_and_writes_a_file_the_recipe_loads(tmp_path):
+    """``ssgan density`` as a library call: the train split's images (--max-images of them), the official
+    threshold, and a new file (never replacing one); bad sizes are ConfigError before any training."""
+    from ssgan.config import ConfigError, compose
+    from ssgan.density import fit_density
+    from ssgan.rundir import RunDirError
+
+    cfg = compose(["dataset=digits"])
+    fitted = fit_density(cfg, filters=4, resnet=1, mix=2, max_images=60, batch_size=30)
+    assert fitted.info["images"] == 60 and fitted.info["dataset"] == "digits" and math.isfinite(fitted.threshold)
+    fitted.write(tmp_path / "d.pixelcnn")
+    loaded = load_density(tmp_path / "d.pixelcnn")
+    assert loaded["threshold"] == fitted.threshold and loaded["image_shape"] == [1, 8, 8]
+    with pytest.raises(RunDirError, match="already exists"):
+        fitted.write(tmp_path / "d.pixelcnn")
+    with pytest.raises(ConfigError, match="positive"):
+        fit_density(cfg, epochs=0)

@@ -24,8 +24,8 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import ssgan
-from ssgan.rundir import RunDirError
 from ssgan.estimator import EXPECTED_FAILED_CHECKS, SSGANClassifier, tabular_defaults, unlabeled_mask
+from ssgan.rundir import RunDirError
 from tests.conftest import TINY_OVERRIDES
 
 TINY = dict(epochs=1, iters_per_epoch=2, batch_size=20, device="cpu",
@@ -358,7 +358,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_load_run_dir_as_an_estimator(run_dir, digits):
-    from ssgan.rundir import load_run
+    from ssgan.checkpoint import load_run
     from ssgan.evaluate import predict_proba
 
     est = ssgan.load(run_dir)

@@ -20,11 +20,12 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from ssgan.checkpoint import load_run
 from ssgan.cli import main
 from ssgan.data import scale_images
 from ssgan.evaluate import predict_proba
 from ssgan.export import Exported, ScaledClassifier, export_run
-from ssgan.rundir import RunDirError, load_run
+from ssgan.rundir import RunDirError
 from tests.conftest import TINY_OVERRIDES
 
 # torch marks TorchScript as deprecated and says so on every torch.jit.load; reading the file is the point here

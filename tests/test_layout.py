@@ -1,7 +1,7 @@
 """The package's layering: each module imports only from the modules below it, so the imports read as one
-chain, hydra_state -> config -> data, layers -> models -> ... -> train -> concurrent -> seeds -> reports ->
-table -> fit_command -> cli, with no arrow back up; only the entry points import the command line, and the
-benchmarks never do (they call the library: ssgan.make_table, ...)."""
+chain, hydra_state -> config -> data, layers -> models -> ... -> rundir -> records, checkpoint -> ... -> train
+-> concurrent -> seeds -> reports -> table -> fit_command -> cli, with no arrow back up; only the entry points import
+the command line, and the benchmarks never do (they call the library: ssgan.make_table, ...)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import ssgan
 LAYERS = [
     ["hydra_state"],
     ["config"],
-    ["data", "layers", "losses", "optim", "plots"],
-    ["models", "density"],
+    ["data", "layers", "losses", "optim", "plots", "signals"],
+    ["models"],
     ["evaluate"],
     ["rundir"],
+    ["records", "checkpoint", "density"],
     ["engines"],
     ["accelerate", "concurrent"],
     ["train"],
@@ -83,3 +84,38 @@ def test_only_the_entry_points_import_the_command_line():
             assert not COMMAND_LINE & _imports(path), path.name
     for path in (PACKAGE.parent / "benchmarks").glob("*.py"):  # they call the library (ssgan.make_table, ...)
         assert not COMMAND_LINE & _imports(path), path.name
+
+
+def _plain_writes(path: Path) -> list:
+    """The lines of a file that write a file other than through rundir's atomic writers: ``open(..., "w")``
+    (or "a", "x", binary too), ``Path.write_text`` / ``write_bytes``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Attribute) and node.func.attr in ("write_text", "write_bytes"):
+            found.append(node.lineno)
+        elif isinstance(node.func, ast.Name) and node.func.id == "open":
+            modes = [a for a in node.args[1:2]] + [k.value for k in node.keywords if k.arg == "mode"]
+            if any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wax") for m in modes):
+                found.append(node.lineno)
+    return found
+
+
+def test_the_benchmarks_write_their_results_atomically():
+    """A benchmark killed while it writes leaves its previous results file, never half of one: the files go
+    through rundir.atomic_write. (gpu_*.py, the lent GPU's scripts, are left to their own change.)"""
+    for path in (PACKAGE.parent / "benchmarks").glob("*.py"):
+        if not path.name.startswith("gpu_"):
+            assert not _plain_writes(path), f"{path.name}: plain writes at lines {_plain_writes(path)}"
+
+
+def test_no_module_over_600_lines_and_no_function_over_50():
+    """Sizes a reader can hold: a module on a few screens, a function on one."""
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 600, f"{path.name}: {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 50, f"{path.name}:{node.lineno} {node.name} is {length} lines"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from ssgan.checkpoint import content_digest
 from ssgan.cli import main
+from ssgan.records import EnsembleRecord, RunRecord
 from ssgan.reports import PUBLISHED, PUBLISHED_COLUMNS, SeedsResult, aggregate, ensemble_error, plot_table, write_table
-from ssgan.rundir import RunRecord, content_digest
 from tests.conftest import TINY_OVERRIDES, direct_probs
 
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("dataset.labels=")]  # the tests choose the labels
@@ -71,8 +72,8 @@ def test_ensemble_of_identical_models_equals_one_model(seeds_run, tmp_path, caps
     assert main(["ensemble", str(run_dir / "seed0"), str(twin), "--device", "cpu", "--out", str(out_file)]) == 0
     error = json.loads((run_dir / "seed0" / "result.json").read_text())["test_error"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"ensemble test error: {error:.2f} % (2 models)"
-    written = json.loads(out_file.read_text())
-    assert written["ensemble_error"] == pytest.approx(error) and written["std"] == 0.0
+    written = EnsembleRecord.read(out_file)
+    assert written.ensemble_error == pytest.approx(error) and written.std == 0.0 and len(written.runs) == 2
     assert main(["ensemble", str(twin), "--out", str(out_file)]) == 2  # never overwritten
     assert "already exists" in capsys.readouterr().err
 

@@ -1,11 +1,10 @@
-"""Checkpoints (issue "Never lose a run"): exact resume after SIGKILL and SIGINT, the divergence guard, and
-weights-only loading that refuses pickled code."""
+"""The run directory (issue "Never lose a run"): exact resume after SIGKILL and SIGINT, the divergence guard, the
+atomic writes, the lock, --overwrite, and the typed records written and read side by side."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -16,8 +15,9 @@ import pytest
 import torch
 
 from ssgan import losses
-from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write, load_checkpoint, load_run
+from ssgan.checkpoint import load_checkpoint, load_run
 from ssgan.cli import main
+from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError, atomic_write
 from tests.conftest import TINY_OVERRIDES
 
 # Long enough to be killed part-way (a few seconds), short enough for CI.
@@ -123,25 +123,6 @@ def test_divergence_stops_with_epoch_and_iteration_and_keeps_the_last_good_check
                if v.is_floating_point())
 
 
-class _Payload:
-    """Unpickling this would run code (os.system) if the loader allowed arbitrary objects."""
-
-    def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the plain pickle file, read by torch.load
-def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "payload": _Payload()}, path)
-    with pytest.raises(RunDirError, match="refused"):
-        load_checkpoint(path)
-    plain = tmp_path / "plain.pkl"
-    plain.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "payload": _Payload()}))
-    with pytest.raises(RunDirError):
-        load_checkpoint(plain)
-
-
 def test_atomic_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     atomic_write(path, b"the previous checkpoint")
@@ -163,26 +144,6 @@ def test_load_run_round_trip(uninterrupted):
     logits, feats = run.discriminator(torch.zeros(2, 1, 8, 8))
     assert logits.shape == (2, 10)
 
-
-def test_metrics_log_starts_clean_and_a_resume_keeps_the_finished_epochs(tmp_path):
-    from ssgan.rundir import METRICS_NAME, MetricsLog
-
-    (tmp_path / METRICS_NAME).write_text('{"epoch": 1, "loss": 9}\n')  # an old run's log
-    log = MetricsLog(tmp_path)
-    log.write({"epoch": 1, "loss": 1.0})
-    log.write({"epoch": 2, "loss": 0.5})
-    log.write({"epoch": 3, "loss": 0.2})  # lost to a kill after the checkpoint of epoch 2
-    log.close()
-    resumed = MetricsLog(tmp_path, resume_epoch=2)
-    assert [r["loss"] for r in resumed.history] == [1.0, 0.5]
-    resumed.write({"epoch": 3, "loss": 0.25})
-    resumed.close()
-    lines = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
-    assert [(r["epoch"], r["loss"]) for r in lines] == [(1, 1.0), (2, 0.5), (3, 0.25)]
-    assert MetricsLog(None).history == []  # no run directory: nothing is written
-
-
-# --------------------------------------------------------------- the windows of "Never lose a run, part two"
 
 class _Killed(BaseException):
     """Stands for a SIGKILL: nothing after it runs but finally-blocks (which write nothing)."""
@@ -285,15 +246,6 @@ def test_flipped_bytes_in_a_checkpoint_are_refused(uninterrupted, tmp_path):
         load_checkpoint(path)
 
 
-def test_the_checksum_covers_strided_one_element_tensors():
-    from ssgan.rundir import content_digest
-
-    column = torch.zeros(1, 7)[:, 3]  # (1,) with stride 7: "contiguous", yet not viewable as bytes
-    assert content_digest({"x": column}) == content_digest({"x": torch.zeros(1)})
-    assert content_digest({"x": torch.arange(12.0).view(3, 4)[:, 1]}) == content_digest({"x": torch.tensor([1.0, 5.0, 9.0])})
-    assert content_digest({"x": torch.zeros(2)}) != content_digest({"x": torch.ones(2)})
-
-
 def test_a_failed_write_in_training_keeps_the_run_and_its_checkpoint(tmp_path, monkeypatch, capsys):
     """A full disk at epoch 2 (a RunDirError, exit code 2) must not remove the run directory it started."""
     from ssgan import train
@@ -332,18 +284,6 @@ def test_overwrite_of_a_run_another_process_trains_is_refused_and_removes_nothin
         os.close(fd)
     assert "being trained by another process" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.iterdir()) == before
-
-
-def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
-    from ssgan.rundir import METRICS_NAME, MetricsLog
-
-    (tmp_path / METRICS_NAME).write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')  # killed mid-append
-    log = MetricsLog(tmp_path, resume_epoch=1)
-    assert log.history == [{"epoch": 1, "loss": 1.0}]
-    log.close()
-    (tmp_path / METRICS_NAME).write_text('{"epoch": 1}\ngarbage\n{"epoch": 2}\n')
-    with pytest.raises(RunDirError, match="line 2 is not a metrics record"):
-        MetricsLog(tmp_path, resume_epoch=2)
 
 
 def test_overwrite_removes_only_files_a_run_wrote(tmp_path):
@@ -396,7 +336,8 @@ def test_resume_removes_the_checkpoint_temporaries_a_sigkill_left(tmp_path, monk
 # --------------------------------------------------------------------------------------- typed records
 
 def test_the_result_record_round_trips_and_is_what_a_run_writes(uninterrupted, tmp_path):
-    from ssgan.rundir import RESULT_NAME, RunRecord
+    from ssgan.records import RunRecord
+    from ssgan.rundir import RESULT_NAME
 
     record = RunRecord.read(uninterrupted)  # what train.fit wrote
     assert list(json.loads((uninterrupted / RESULT_NAME).read_text())) == list(RunRecord.FILE_FIELDS)
@@ -415,50 +356,14 @@ def test_the_result_record_round_trips_and_is_what_a_run_writes(uninterrupted, t
         RunRecord.read(tmp_path)
 
 
-def test_the_plan_and_summary_records_round_trip(tmp_path):
-    from dataclasses import asdict
+def test_the_figures_record_round_trips_and_is_what_a_run_writes(uninterrupted, tmp_path):
+    from ssgan.records import RunFigures
+    from ssgan.rundir import CONFUSION_NAME, CURVE_NAME, SAMPLES_NAME
 
-    from ssgan.config import Config
-    from ssgan.rundir import PLAN_NAME, SUMMARY_MD_NAME, SUMMARY_NAME, SeedsPlan, SeedsSummary
-
-    plan = SeedsPlan(asdict(Config()), [3, 4], "ssgan fit --seeds 2 seed=3")
-    plan.write(tmp_path / "run")
-    assert SeedsPlan.read(tmp_path / "run") == plan
-    assert set(json.loads((tmp_path / "run" / PLAN_NAME).read_text())) == {"config", "seeds", "command"}
-
-    summary = SeedsSummary(meta={"command": "c", "date": "d"}, dataset="digits", labels=20, method="improved_gan",
-                           key="0123456789ab", seeds=[0, 1], finished=[0], test_errors={"0": 9.5}, mean=9.5,
-                           std=None, ensemble_error=9.5, n_test=450, runs={"0": "seed0"}, config={"seed": 0})
-    summary.write(tmp_path / "run", "# table\n")
-    assert SeedsSummary.read(tmp_path / "run") == summary
-    stored = json.loads((tmp_path / "run" / SUMMARY_NAME).read_text())
-    assert stored["complete"] is False and list(stored)[:2] == ["command", "date"]  # provenance leads
-    assert (tmp_path / "run" / SUMMARY_MD_NAME).read_text() == "# table\n"
-    with pytest.raises(RunDirError, match="not a seeds plan"):
-        SeedsPlan.read(tmp_path)
-
-
-@pytest.mark.parametrize("tabular", [False, True])
-def test_the_estimator_file_record_round_trips(tabular, tmp_path):
-    from ssgan.rundir import CHECKPOINT_FORMAT, EstimatorFile, read_payload
-
-    saved = EstimatorFile(params={"recipe": "digits", "epochs": 2}, config={"seed": 0},
-                          discriminator={"w": torch.arange(6.0).reshape(2, 3)}, generator={"b": torch.ones(2)},
-                          classes=["a", "b"], classes_dtype="<U1", n_features_in=64, value_max=16.0,
-                          history=[{"epoch": 1, "test_error": 50.0}],
-                          data_min=torch.zeros(3, dtype=torch.float64) if tabular else None,
-                          data_max=torch.ones(3, dtype=torch.float64) if tabular else None)
-    saved.write(tmp_path / "model.pt")
-    assert EstimatorFile.is_one(tmp_path / "model.pt")
-    assert read_payload(tmp_path / "model.pt")["format"] == ("ssgan-estimator-v2" if tabular else "ssgan-estimator-v1")
-    again = EstimatorFile.read(tmp_path / "model.pt")
-    assert again.tabular == tabular and again.classes == saved.classes and again.history == saved.history
-    assert torch.equal(again.discriminator["w"], saved.discriminator["w"])
-    if tabular:
-        assert torch.equal(again.data_max, saved.data_max) and again.data_max.dtype == torch.float64
-    torch.save({"format": CHECKPOINT_FORMAT}, tmp_path / "checkpoint.pt")
-    with pytest.raises(RunDirError, match="a checkpoint of ssgan fit"):
-        EstimatorFile.read(tmp_path / "checkpoint.pt")
-    torch.save({"format": "ssgan-estimator-v1", "params": {}}, tmp_path / "cut.pt")
-    with pytest.raises(RunDirError, match="incomplete estimator file"):
-        EstimatorFile.read(tmp_path / "cut.pt")
+    written = RunFigures.read(uninterrupted)
+    assert written.samples == (uninterrupted / SAMPLES_NAME).read_bytes() and written.samples[:4] == b"\x89PNG"
+    assert (written.curve is None) == (not (uninterrupted / CURVE_NAME).exists())
+    figures = RunFigures(samples=b"\x89PNG samples", curve=None, confusion=b"\x89PNG confusion")
+    figures.write(tmp_path)
+    assert RunFigures.read(tmp_path) == figures
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SAMPLES_NAME, CONFUSION_NAME])  # no empty curve

@@ -62,7 +62,7 @@ def test_sample_never_overwrites(run_dir, capsys):
 
 
 def test_score_falls_back_to_the_discriminator(run_dir, empty_hub, capsys):
-    from ssgan.rundir import load_run
+    from ssgan.checkpoint import load_run
 
     assert main(["sample", str(run_dir), "--no-grid", "--score", "--n-score", "40", "--splits", "2",
                  "--device", "cpu"]) == 0
@@ -94,7 +94,7 @@ def test_sample_bad_options(run_dir, capsys, argv, fragment):
 
 
 def test_score_is_k_for_uniform_confident_and_1_for_constant_predictions(run_dir):
-    from ssgan.rundir import load_run
+    from ssgan.checkpoint import load_run
 
     gen = load_run(run_dir).generator
 
@@ -110,7 +110,7 @@ def test_score_is_k_for_uniform_confident_and_1_for_constant_predictions(run_dir
 
 def test_samples_are_drawn_in_full_batches(run_dir):
     """The generator normalises with batch statistics: 7 samples are the first 7 of a batch of 20."""
-    from ssgan.rundir import load_run
+    from ssgan.checkpoint import load_run
 
     gen = load_run(run_dir).generator
     shapes = []

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from ssgan import losses
-from ssgan.config import DataConfig, MethodConfig, ModelConfig
+from ssgan.config import DataConfig, MethodConfig, ModelConfig, TrainConfig
+from ssgan.engines import discriminator_step, generator_step, polyak_average
 from ssgan.layers import data_dependent_init
 from ssgan.models import build_models
 from ssgan.optim import OfficialAdam
-from ssgan.engines import discriminator_step, generator_step, polyak_average
 from ssgan.optim import polyak_update
 from ssgan.train import fit, lr_at
 
@@ -68,7 +68,8 @@ def test_discriminator_step_updates_only_d(options):
     d_before = copy.deepcopy(disc.state_dict())
     g_before = copy.deepcopy(gen.state_dict())
     y = torch.arange(20) % 10
-    stats, _ = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), method=MethodConfig(**options))
+    stats, _ = discriminator_step(disc, gen, opt, x[:20], y, x[20:], gen.sample_z(20), method=MethodConfig(**options),
+                                  train=TrainConfig())
     assert all(torch.isfinite(v) for v in stats.values())
     if options.get("ct_weight"):
         assert stats["loss_ct"] > 0
@@ -81,7 +82,7 @@ def test_generator_step_updates_only_g_and_leaves_d_trainable():
     opt = OfficialAdam(gen.parameters(), lr=1e-3)
     d_before = copy.deepcopy(disc.state_dict())
     g_before = copy.deepcopy(gen.state_dict())
-    loss = generator_step(disc, gen, opt, x[:20], gen.sample_z(20), fm_norm=1)
+    loss = generator_step(disc, gen, opt, x[:20], gen.sample_z(20), method=MethodConfig(fm_norm=1), train=TrainConfig())
     assert torch.isfinite(loss) and loss > 0
     assert any(not torch.equal(g_before[k], v) for k, v in gen.state_dict().items())
     assert all(torch.equal(d_before[k], v) for k, v in disc.state_dict().items())
@@ -93,7 +94,7 @@ def test_minibatch_discrimination_step_runs():
     disc, gen, x = _tiny_models(minibatch_discrimination=True, mbd_kernels=4, mbd_kernel_dim=3)
     opt = OfficialAdam(disc.parameters(), lr=1e-3)
     stats, _ = discriminator_step(disc, gen, opt, x[:20], torch.arange(20) % 10, x[20:], gen.sample_z(20),
-                               method=MethodConfig())
+                               method=MethodConfig(), train=TrainConfig())
     assert torch.isfinite(stats["loss_d"])
 
 
@@ -148,15 +149,16 @@ def test_bf16_step_agrees_with_the_float32_step(channels_last):
     y, z = torch.arange(20) % 10, gen.sample_z(20)
     results = []
     for amp in (None, torch.bfloat16):
+        train = TrainConfig(precision="bf16" if amp else "fp32")  # autocast's dtype, AMP_DTYPES[train.precision]
         d, g = copy.deepcopy(disc), copy.deepcopy(gen)
         inputs = x.contiguous(memory_format=torch.channels_last) if channels_last and amp else x
         if channels_last and amp:
             d, g = d.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
         before = [p.detach().clone() for p in d.parameters()]
         stats, _ = discriminator_step(d, g, torch.optim.SGD(d.parameters(), lr=0.1), inputs[:20], y, inputs[20:], z,
-                                   method=MethodConfig(ct_weight=1.0), amp_dtype=amp)
-        loss_g = generator_step(d, g, torch.optim.SGD(g.parameters(), lr=0.1), inputs[20:], z, fm_norm=1,
-                                amp_dtype=amp)
+                                   method=MethodConfig(ct_weight=1.0), train=train)
+        loss_g = generator_step(d, g, torch.optim.SGD(g.parameters(), lr=0.1), inputs[20:], z,
+                                method=MethodConfig(fm_norm=1), train=train)
         update = torch.cat([(p.detach() - b).flatten() for p, b in zip(d.parameters(), before)])
         results.append((stats, loss_g, update))
     (s32, g32, u32), (s16, g16, u16) = results
@@ -332,7 +334,7 @@ def test_a_temporal_ensemble_run_resumes_exactly(tmp_path, monkeypatch):
 
     from ssgan import train
     from ssgan.cli import main
-    from ssgan.rundir import load_checkpoint
+    from ssgan.checkpoint import load_checkpoint
     from tests.conftest import TINY_OVERRIDES
 
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.epochs", "train.iters_per_epoch"))] + [
@@ -392,8 +394,8 @@ def test_the_restructured_iteration_equals_a_plain_loop_of_the_steps(tiny_config
         lab_rows = rows[torch.from_numpy(lab[it])]
         z_d, z_g = (sample_z(t.batch_size, cfg.model.z_dim, "cpu", member.z_rng) for _ in range(2))
         discriminator_step(net.disc, net.gen, net.opt_d, x_all[lab_rows], y_all[lab_rows],
-                           x_all[torch.from_numpy(unl[it])], z_d, method=cfg.method)
-        generator_step(net.disc, net.gen, net.opt_g, x_all[torch.from_numpy(fm[it])], z_g, fm_norm=cfg.method.fm_norm)
+                           x_all[torch.from_numpy(unl[it])], z_d, method=cfg.method, train=t)
+        generator_step(net.disc, net.gen, net.opt_g, x_all[torch.from_numpy(fm[it])], z_g, method=cfg.method, train=t)
         polyak_average(net.disc_avg, net.disc, t.ema_decay)
     for a, b in zip(result.discriminator.state_dict().values(), net.disc_avg.state_dict().values()):
         assert torch.equal(a, b)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssgan.rundir import content_digest, load_checkpoint
+from ssgan.checkpoint import content_digest, load_checkpoint
 from ssgan.cli import main
 from tests.conftest import TINY_OVERRIDES
 

@@ -1,0 +1,48 @@
+"""The checkpoint (ssgan/checkpoint.py): weights-only reading that refuses pickled code, the checksum, and the
+temporary files a killed writer leaves. Resuming from checkpoints end to end is in test_rundir.py."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from ssgan.checkpoint import content_digest, load_checkpoint, remove_stale_temporaries
+from ssgan.rundir import CHECKPOINT_FORMAT, RunDirError
+
+
+class _Payload:
+    """Unpickling this would run code (os.system) if the loader allowed arbitrary objects."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the plain pickle file, read by torch.load
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _Payload()}, path)
+    with pytest.raises(RunDirError, match="refused"):
+        load_checkpoint(path)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "payload": _Payload()}))
+    with pytest.raises(RunDirError):
+        load_checkpoint(plain)
+
+
+def test_the_checksum_covers_strided_one_element_tensors():
+    column = torch.zeros(1, 7)[:, 3]  # (1,) with stride 7: "contiguous", yet not viewable as bytes
+    assert content_digest({"x": column}) == content_digest({"x": torch.zeros(1)})
+    assert content_digest({"x": torch.arange(12.0).view(3, 4)[:, 1]}) == content_digest({"x": torch.tensor([1.0, 5.0, 9.0])})
+    assert content_digest({"x": torch.zeros(2)}) != content_digest({"x": torch.ones(2)})
+
+
+def test_only_a_checkpoint_writer_s_temporaries_are_stale(tmp_path):
+    stale = [tmp_path / ".checkpoint.pt.k1ll3d.tmp", tmp_path / "..checkpoint.pt.staged.k1ll3d.tmp"]
+    kept = [tmp_path / ".result.json.k1ll3d.tmp", tmp_path / "checkpoint.pt", tmp_path / "notes.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    remove_stale_temporaries(tmp_path)
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
