@@ -196,10 +196,7 @@ class TrainConfig:
     optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
     adam_eps: float = recipe(1e-8, bounds=POSITIVE)
     ema_decay: float = recipe(0.9999, bounds=UNIT)  # Polyak averaging of D for evaluation
-    # Where the Polyak average starts: zero (the official scripts: a <- 0, then a += 0.0001 (p - a)) or init (the
-    # initialised weights; the digits and tabular recipes). Zero suits the weight-normalised, positively
-    # homogeneous discriminators of the recipes: the average's direction is that of the iterates so far.
-    ema_start: str = recipe("zero")
+    ema_start: str = recipe("zero")  # the average's start: zero (official) or init (initial weights; digits)
     init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
     # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
     # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
@@ -232,8 +229,7 @@ class TrainConfig:
     # At most this many models in one stacked step (--seeds, and ssgan table's label counts x seeds); 0: no bound
     max_concurrent: int = execution(0)
     # CUDA graphs: capture the engine's step once and replay it (on: required, off: never, auto: on CUDA when
-    # every option allows it). Checked on an H200 to train bit-identically to the eager step
-    # (results/gpu_capture_check.json), hence auto by default.
+    # every option allows it; bit-identical to eager on an H200, results/gpu_capture_check.json).
     cuda_graph: str = numerics("auto")
     checkpoint_every: int = reporting(10)  # epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)
     eval_every: int = reporting(1)  # epochs between test evaluations (the last epoch is always evaluated)
