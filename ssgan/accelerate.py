@@ -100,11 +100,12 @@ def gatherer(x_all: Tensor, device: torch.device) -> Callable[[Tensor], Tensor]:
 
 # ----------------------------------------------------------------------------------------- the capture
 
-def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
+def use_cuda_graph(cfg: Config, device: torch.device, *, own_networks: bool = False) -> bool:
     """Whether ``train.cuda_graph`` captures the iteration here; ``on`` where it cannot is a ConfigError.
-    What it cannot capture is declared in the schema (``refused_by=("captured",)``)."""
+    What it cannot capture is declared in the schema (``refused_by=("captured",)``); ``own_networks``: the
+    user's modules (the estimator's ``discriminator=``), which may wait for the host inside a step."""
     mode = cfg.train.cuda_graph
-    blockers = refused_options(cfg, "captured")
+    blockers = refused_options(cfg, "captured") + (["your own networks"] if own_networks else [])
     if device.type != "cuda":
         blockers.insert(0, f"the device ({device.type})")
     if mode == "on" and blockers:
@@ -112,10 +113,10 @@ def use_cuda_graph(cfg: Config, device: torch.device) -> bool:
     return mode != "off" and not blockers
 
 
-def decide_capture(cfg: Config, device: torch.device, x_all: Tensor) -> bool:
+def decide_capture(cfg: Config, device: torch.device, x_all: Tensor, *, own_networks: bool = False) -> bool:
     """Whether the iteration is captured as a CUDA graph: ``use_cuda_graph``, and the images on the device
     (``auto`` placement may have chosen host memory; ``on`` then is one line)."""
-    capture = use_cuda_graph(cfg, device)
+    capture = use_cuda_graph(cfg, device, own_networks=own_networks)
     if capture and x_all.device != device:
         if cfg.train.cuda_graph == "on":
             raise ConfigError("train.cuda_graph=on cannot capture with the images in host memory (they take more "

@@ -487,7 +487,7 @@ def fit(cfg: Config, data: Optional[ImageData] = None, run_dir: Optional[Path] =
         x_all = place_data(data.x_unlabeled, device, cfg.train.data_placement)  # (U, C, H, W)
         if cfg.train.channels_last:
             x_all = x_all.contiguous(memory_format=torch.channels_last)
-        capture = decide_capture(cfg, device, x_all)
+        capture = decide_capture(cfg, device, x_all, own_networks=modules is not None)
         member, networks = start_member(cfg, data, x_all, device, run_dir, labeled_indices=labeled_indices,
                                         resume=resume, modules=modules, capturable=capture)
         engine = SingleEngine(networks, cfg)
@@ -522,7 +522,7 @@ def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs:
     with numerics(cfgs[0].train):
         base, data, device = prepare(cfgs[0], data, len(cfgs))
         x_all = place_data(data.x_unlabeled, device, base.train.data_placement)  # (U, C, H, W)
-        capture = decide_capture(base, device, x_all)
+        capture = decide_capture(base, device, x_all, own_networks=False)  # model=custom: refused by the schema
         members, networks = [], []
         for i, cfg in enumerate(cfgs):
             run_dir = None if run_dirs is None else Path(run_dirs[i])

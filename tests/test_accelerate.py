@@ -54,7 +54,7 @@ def test_the_captured_configuration_agrees_with_the_plain_loop_to_float32_roundi
     """What train.cuda_graph builds (capturable optimizers, static buffers), eager: the optimizers' capturable
     form computes the bias corrections in float32, so the weights agree to rounding, not bit for bit."""
     plain = fit(busy_config)
-    monkeypatch.setattr(train, "decide_capture", lambda *args: True)
+    monkeypatch.setattr(train, "decide_capture", lambda *args, **kwargs: True)
     monkeypatch.setattr(train, "Captured", functools.partial(Captured, eager=True))
     captured = fit(busy_config)
     for a, b in zip(plain.discriminator.state_dict().values(), captured.discriminator.state_dict().values()):

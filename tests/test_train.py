@@ -436,6 +436,27 @@ def test_the_capture_decision_follows_where_the_images_are(tiny_config):
         assert not use_cuda_graph(replace(auto, **blocker), gpu)
 
 
+def test_networks_of_ones_own_are_never_captured_by_auto(tiny_config, monkeypatch):
+    """train.cuda_graph defaults to auto: the user's modules (the estimator's ``discriminator=``, which leave
+    model.arch as it is) may wait for the host mid-step, so auto leaves them eager and on is one line."""
+    from ssgan import train as train_module
+    from ssgan.accelerate import decide_capture, use_cuda_graph
+    from ssgan.config import ConfigError
+    from tests.custom_nets import SmallCNN, SmallGenerator
+
+    gpu = torch.device("cuda", 0)  # a decision only: nothing runs on CUDA here
+    auto = replace(tiny_config, train=replace(tiny_config.train, cuda_graph="auto"))
+    assert use_cuda_graph(auto, gpu) and not use_cuda_graph(auto, gpu, own_networks=True)
+    with pytest.raises(ConfigError, match="your own networks"):
+        use_cuda_graph(replace(auto, train=replace(auto.train, cuda_graph="on")), gpu, own_networks=True)
+    seen = []
+    monkeypatch.setattr(train_module, "decide_capture",
+                        lambda *a, **kw: seen.append(kw.get("own_networks")) or decide_capture(*a, **kw))
+    fit(auto, modules=(SmallCNN((1, 8, 8), 10, width=8), SmallGenerator((1, 8, 8), auto.model.z_dim)))
+    fit(auto)
+    assert seen == [True, False]
+
+
 # ------------------------------------------------------------------ CUDA-only paths, checked on the CPU
 # No GPU runs in CI. What only a GPU can show (that cuBLAS accepts the workspace setting, that cuDNN really
 # computes in TF32 or not, that a pinned buffer is not rewritten under an in-flight copy) is checked here
