@@ -36,7 +36,7 @@ ARCHS = ("mlp", "cnn", "custom")
 # Every field of the schema declares its role once, here, in its dataclass metadata (``recipe(300)`` etc.):
 # whether it is part of a table cell's cache key (``keyed``: it changes what a run computes) and whether
 # ``ssgan fit --resume DIR KEY=VALUE`` may change it (``resumable``: it does not change the state a checkpoint
-# holds). ``fields_with``, ``keyed_values`` and ``refused_options`` read the roles; tests/test_config.py checks
+# holds). ``fields_with``, ``seeds.keyed_fields`` and ``refused_options`` read the roles; tests/test_config.py checks
 # that every field has one.
 ROLES = {
     "recipe": {"keyed": True, "resumable": False},  # what is trained: networks, data, method, batches
@@ -271,19 +271,6 @@ def fields_with(role: str, value: Any = True) -> Tuple[str, ...]:
     return tuple(name for name, f in schema_fields() if f.metadata[role] == value)
 
 
-def keyed_values(values: Dict[str, Any]) -> Dict[str, Any]:
-    """A config's plain values (as ``dataclasses.asdict`` gives them) without the fields that are not keyed:
-    what a table cell's cache key hashes. Returns a new dict; ``values`` is left as it is."""
-    kept = json.loads(json.dumps(values))  # a deep copy of plain values
-    for dotted in fields_with("keyed", False):
-        *parents, name = dotted.split(".")
-        node = kept
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(name, None)
-    return kept
-
-
 def refused_options(cfg: Config, engine: str) -> List[str]:
     """The options ``cfg`` uses that ``engine`` (one of ``ENGINES``) cannot run, named as a user sets them
     (``method.gradient_penalty``, ``model.norm=spectral``), in the schema's order."""
@@ -374,7 +361,6 @@ def _data_checks(d: DataConfig) -> List[Tuple[bool, str]]:
         (d.n_classes >= 2, f"dataset.n_classes={d.n_classes}: must be at least 2"),
         (len(d.image_shape) == 3 and min(d.image_shape) > 0,
          f"dataset.image_shape={list(d.image_shape)}: expected [C, H, W] with positive sizes"),
-        (d.val_size >= 0, f"dataset.val_size={d.val_size}: must be >= 0"),
         (d.source not in ("folder", "npz") or d.path, f"dataset.source={d.source} needs dataset.path=..."),
     ]
 
@@ -396,9 +382,6 @@ def _model_checks(m: ModelConfig) -> List[Tuple[bool, str]]:
         (len(m.d_widths) > 0 and min(m.d_widths) > 0, f"model.d_widths={list(m.d_widths)}: widths must be positive"),
         (len(m.g_widths) > 0 and min(m.g_widths) > 0, f"model.g_widths={list(m.g_widths)}: widths must be positive"),
         (m.mbd_kernels > 0 and m.mbd_kernel_dim > 0, "model.mbd_kernels and model.mbd_kernel_dim must be positive"),
-        (min(m.input_noise, m.hidden_noise) >= 0, "model.input_noise and model.hidden_noise must be >= 0"),
-        (0 <= m.input_dropout < 1 and 0 <= m.hidden_dropout < 1, "model.input_dropout and model.hidden_dropout "
-                                                                 "must be in [0, 1)"),
     ]
 
 
@@ -408,35 +391,19 @@ def _method_checks(me: MethodConfig) -> List[Tuple[bool, str]]:
         (me.name in METHODS, f"method.name={me.name!r}: expected one of {', '.join(METHODS)}"),
         (me.fm_norm in (1, 2), f"method.fm_norm={me.fm_norm}: expected 1 or 2"),
         (me.ct_mode in ("two_pass", "temporal"), f"method.ct_mode={me.ct_mode!r}: expected two_pass or temporal"),
-        (0 <= me.te_decay < 1, f"method.te_decay={me.te_decay}: must be in [0, 1)"),
-        (me.ct_weight >= 0, f"method.ct_weight={me.ct_weight}: must be >= 0"),
-        (0 <= me.label_smoothing < 1, f"method.label_smoothing={me.label_smoothing}: must be in [0, 1)"),
-        (min(me.cond_entropy_weight, me.pull_away_weight, me.vi_weight) >= 0,
-         "method.cond_entropy_weight, method.pull_away_weight and method.vi_weight must be >= 0"),
-        (me.vi_lr is None or me.vi_lr > 0, f"method.vi_lr={me.vi_lr}: must be > 0"),
-        (me.density_weight >= 0, f"method.density_weight={me.density_weight}: must be >= 0"),
         (me.density_weight == 0 or me.density_model,
          "method.density_weight needs method.density_model=PATH, a density model written by `ssgan density` "
          "(or method.density_weight=0 to run without the low-density penalty)"),
-        (0 <= me.density_prob <= 1 and me.density_batch > 1 and me.density_start >= 0,
-         "method.density_prob must be in [0, 1], method.density_batch > 1 and method.density_start >= 0"),
+        (me.density_batch > 1, f"method.density_batch={me.density_batch}: must be > 1"),
     ]
 
 
 def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
     """The optimisation's and the run's values: (ok, message) pairs."""
     return [
-        (t.beta1_g is None or 0 <= t.beta1_g < 1, f"train.beta1_g={t.beta1_g}: must be in [0, 1)"),
-        (t.min_lr >= 0, f"train.min_lr={t.min_lr}: must be >= 0"),
-        (t.epochs >= 0, f"train.epochs={t.epochs}: must be >= 0"),
         (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
          f"train.iters_per_epoch={t.iters_per_epoch}: must be positive"),
-        (t.lr > 0, f"train.lr={t.lr}: must be > 0"),
-        (t.lr_d is None or t.lr_d > 0, f"train.lr_d={t.lr_d}: must be > 0"),
-        (t.lr_g is None or t.lr_g > 0, f"train.lr_g={t.lr_g}: must be > 0"),
-        (t.decay_start is None or t.decay_start >= 0, f"train.decay_start={t.decay_start}: must be >= 0"),
-        (0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay}: must be in [0, 1)"),
         (t.ema_start in ("zero", "init"), f"train.ema_start={t.ema_start!r}: expected zero or init"),
         (t.optimizer in ("official_adam", "torch_adam"),
          f"train.optimizer={t.optimizer!r}: expected official_adam or torch_adam"),
@@ -455,7 +422,6 @@ def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
          f"train.compile_mode={t.compile_mode!r}: expected default, reduce-overhead, max-autotune or "
          f"max-autotune-no-cudagraphs"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
-        (t.max_concurrent >= 0, f"train.max_concurrent={t.max_concurrent}: must be >= 0 (0: no bound)"),
         (t.cuda_graph in ("auto", "on", "off"), f"train.cuda_graph={t.cuda_graph!r}: expected auto, on or off"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),
         (t.init_source in ("pool", "permuted", "labeled"),
@@ -469,11 +435,12 @@ def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
 
 
 def validate(cfg: Config) -> None:
-    """Check the values that the types alone do not; raise ConfigError with one clear line."""
+    """Check the values that the types alone do not; raise ConfigError with one clear line. The numbers'
+    ranges come first, from the schema (``check_numbers``); the checks below add what a range cannot say."""
     check_numbers(cfg)
     d = cfg.dataset
     checks = [*_data_checks(d), *_model_checks(cfg.model), *_method_checks(cfg.method), *_train_checks(cfg.train, d),
-              (0 <= cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)")]
+              (cfg.seed < MAX_SEED, f"seed={cfg.seed}: must be in 0..{MAX_SEED - 1} (numpy's seeds are 32-bit)")]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

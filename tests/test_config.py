@@ -153,13 +153,14 @@ def test_the_roles_answer_what_the_lists_used_to():
                                                    "dataset.download"}
 
 
-def test_keyed_values_drop_the_unkeyed_fields_only():
+def test_keyed_fields_drop_the_unkeyed_fields_only():
     from dataclasses import asdict
 
-    from ssgan.config import Config, keyed_values
+    from ssgan.config import Config
+    from ssgan.seeds import keyed_fields
 
     values = asdict(Config())
-    kept = keyed_values(values)
+    kept = keyed_fields(values)
     assert "seed" not in kept and "device" not in kept["train"] and "max_concurrent" not in kept["train"]
     assert kept["train"]["lr"] == values["train"]["lr"] and "device" in values["train"]  # a copy
 
