@@ -21,8 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
+
+from .hydra_state import hydra_globals
 
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
@@ -471,30 +472,28 @@ def compose_dict(overrides: Sequence[str] = (), *, config_path: str = PRIMARY_CO
     from hydra.types import RunMode
 
     register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        search_path = create_config_search_path(config_path)
-        if config_dir is not None:
-            if not os.path.isdir(config_dir):
-                raise ConfigError(f"-cd {config_dir}: no such config directory")
-            search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
-                                anchor=SearchPathQuery(provider="schema"))
-        hydra = Hydra.create_main_hydra2(task_name="ssgan", config_search_path=search_path)
-        cfg = hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN,
-                                   with_log_configuration=False)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-    except ConfigError:
-        raise
-    except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
-        message = first_line(error)
-        if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
-            message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
-                        "plugins: pip install 'ssgan[launchers]')")
-        raise ConfigError(message) from None
-    finally:
-        GlobalHydra.instance().clear()
+    with hydra_globals():  # a clean GlobalHydra, cleared again afterwards
+        try:
+            search_path = create_config_search_path(config_path)
+            if config_dir is not None:
+                if not os.path.isdir(config_dir):
+                    raise ConfigError(f"-cd {config_dir}: no such config directory")
+                search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                                    anchor=SearchPathQuery(provider="schema"))
+            hydra = Hydra.create_main_hydra2(task_name="ssgan", config_search_path=search_path)
+            cfg = hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+                                       with_log_configuration=False)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return cfg
+        except ConfigError:
+            raise
+        except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
+            message = first_line(error)
+            if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
+                message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
+                            "plugins: pip install 'ssgan[launchers]')")
+            raise ConfigError(message) from None
 
 
 def unknown_keys(node, schema, prefix: str = "") -> List[str]:

@@ -19,9 +19,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 @contextlib.contextmanager
 def hydra_globals(argv: Optional[Sequence[str]] = None) -> Iterator[None]:
-    """A clean ``GlobalHydra`` for the block; with ``argv`` (a Hydra app about to run) also ``sys.argv`` set to
-    it, ``HYDRA_FULL_ERROR=1`` (errors come back as exceptions, for the caller to report in one line) and the
-    root logger's handlers and level restored afterwards."""
+    """A clean ``GlobalHydra`` for the block (``config.compose_dict``); with ``argv`` (a Hydra app about to run,
+    ``fit_command``) also ``sys.argv`` set to it, ``HYDRA_FULL_ERROR=1`` (errors come back as exceptions, for
+    the caller to report in one line) and the root logger's handlers and level restored afterwards."""
     GlobalHydra.instance().clear()
     if argv is None:
         try:
