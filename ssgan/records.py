@@ -192,7 +192,7 @@ class RunFigures:
 class SeedsPlan:
     """``seeds.json``, what a seeds run trains (its resolved config, seeds and command), written before the
     first seed starts so that a run stopped at any point can be continued. The config stays a plain dict here
-    (a plan of an older schema can still be found by its key); ``typed_config`` checks it."""
+    (a plan of an older schema can still be found by its key); ``seeds.read_plan`` checks it."""
 
     config: Dict[str, Any]
     seeds: List[int]

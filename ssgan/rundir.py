@@ -62,10 +62,11 @@ LOCK_NAME = ".lock"
 PLAN_NAME = "seeds.json"  # a seeds run's plan (seeds.py)
 SUMMARY_NAME = "summary.json"  # a seeds run's summary (reports.py)
 SUMMARY_MD_NAME = "summary.md"
-OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
-                CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME)
 STAGED_NAME = ".checkpoint.pt.staged"  # a stacked group's next checkpoint, before the group commits
-GROUP_COMMIT_NAME = ".group-commit.json"  # in the group's first run directory: the staged checkpoints are the new
+GROUP_COMMIT_NAME = ".group-commit.json"  # in the group's first run directory: the staged checkpoints are committed
+OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
+                CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME, STAGED_NAME,
+                GROUP_COMMIT_NAME)
 NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 
@@ -203,8 +204,7 @@ def clear_outputs(run_dir: Path | str) -> None:
 
 def _remove_run_files(folder: Path) -> None:
     for item in folder.iterdir():
-        if item.name in OUTPUT_NAMES + (STAGED_NAME, GROUP_COMMIT_NAME) or (item.name.startswith(".") and
-                                                                            item.name.endswith(".tmp")):
+        if item.name in OUTPUT_NAMES or (item.name.startswith(".") and item.name.endswith(".tmp")):
             try:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
             except OSError as error:

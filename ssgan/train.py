@@ -522,7 +522,7 @@ def fit_grid(cfgs: Sequence[Config], data: Optional[ImageData] = None, run_dirs:
     with numerics(cfgs[0].train):
         base, data, device = prepare(cfgs[0], data, len(cfgs))
         x_all = place_data(data.x_unlabeled, device, base.train.data_placement)  # (U, C, H, W)
-        capture = decide_capture(base, device, x_all, own_networks=False)  # model=custom: refused by the schema
+        capture = decide_capture(base, device, x_all)
         members, networks = [], []
         for i, cfg in enumerate(cfgs):
             run_dir = None if run_dirs is None else Path(run_dirs[i])
