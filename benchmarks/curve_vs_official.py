@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ssgan.plots import new_figure, png_bytes
 from ssgan.rundir import atomic_write
 
 # CT-GAN's official log, CIFAR-10 with 4000 labels (official epoch -> test error, %)
@@ -45,12 +46,10 @@ def compare(ours: Dict[int, float], within: float) -> List[Dict]:
 
 
 def plot(ours: Dict[int, float], label: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = new_figure(6.4, 4.0)
+    if fig is None:  # matplotlib missing: logged by new_figure
+        return
+    ax = fig.subplots()
     ax.plot([e - 1 for e in ours], list(ours.values()), label=label)
     ax.plot(list(OFFICIAL), list(OFFICIAL.values()), "o--", label="CT-GAN official log (LOG_10-)")
     ax.set_xlabel("epoch (counted from 0, as the official log)")
@@ -59,9 +58,7 @@ def plot(ours: Dict[int, float], label: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    atomic_write(path, png_bytes(fig))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
