@@ -102,6 +102,11 @@ def _gradient_penalty(disc: nn.Module, x_unl: Tensor, x_gen: Tensor) -> Tensor:
     return losses.gradient_penalty(grad)
 
 
+def _history_penalty(history: HistoricalAverage, method: MethodConfig) -> Tensor:
+    """The historical-averaging term of D's or G's loss (Salimans et al. 2016, sec. 3.3), weighted."""
+    return method.historical_averaging * losses.historical_averaging_loss(history.params, history.means)
+
+
 def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
                             z: Tensor, *, method: MethodConfig, targets: Optional[Tensor] = None,
                             history: Optional[HistoricalAverage] = None,
@@ -125,7 +130,7 @@ def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_la
     if method.gradient_penalty > 0:
         loss = loss + method.gradient_penalty * _gradient_penalty(disc, x_unl, x_gen)
     if history is not None:
-        loss = loss + method.historical_averaging * losses.historical_averaging_loss(history.params, history.means)
+        loss = loss + _history_penalty(history, method)
     with torch.no_grad():
         acc = (logits_lab.argmax(1) == y_lab).float().mean()
     outputs = torch.cat([logits_unl.float(), feats_unl.float()], dim=1).detach()  # (B, K + F)
@@ -198,7 +203,7 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
     with autocast(x_unl.device, AMP_DTYPES[train.precision]):
         loss = (objective or generator_objective)(disc, gen, x_unl, z, method=method, encoder=encoder)
     if history is not None:
-        loss = loss + method.historical_averaging * losses.historical_averaging_loss(history.params, history.means)
+        loss = loss + _history_penalty(history, method)
     if density_z is not None:  # Bad GAN's low-density penalty on this iteration (density.DensityPenalty)
         loss = loss + density(gen, density_z)
     update(loss, optimizer, *([opt_e] if opt_e is not None else []), train=train)
@@ -247,11 +252,14 @@ class Batches:
 
     def begin_epoch(self, iters: int, stats: Tensor) -> int:
         """The epoch's rows, (3, [S,] iters, B); returns the iteration to start from (after a resume)."""
-        per_member = stats.unbind(0) if self.stacked else (stats,)
-        rows = [m.begin_epoch(self.n_unlabeled, iters, s) for m, s in zip(self.members, per_member)]
+        rows = [m.begin_epoch(self.n_unlabeled, iters, s) for m, s in zip(self.members, self._split(stats))]
         self.rows_host = torch.stack(rows, dim=1) if self.stacked else rows[0]
         self.rows = self.rows_host.to(self.device)
         return self.members[0].iteration
+
+    def _split(self, x: Tensor) -> Sequence[Tensor]:
+        """Each member's part of ``x``: ([S,] ...) -> S tensors (...)."""
+        return x.unbind(0) if self.stacked else (x,)
 
     def _each(self, fn: Callable, rows: Tensor) -> Tensor:
         if not self.stacked:
@@ -278,11 +286,8 @@ class Batches:
         """The temporal ensemble's latest values of the last batch's unlabeled rows: ([S,] B, K + F)."""
         if not self.temporal:
             return
-        if not self.stacked:
-            self.members[0].te.record(self.unl_rows, outputs)
-            return
-        for s, member in enumerate(self.members):
-            member.te.record(self.unl_rows[s], outputs[s])
+        for member, rows, values in zip(self.members, self._split(self.unl_rows), self._split(outputs)):
+            member.te.record(rows, values)
 
 
 class TemporalEnsemble:
