@@ -27,8 +27,8 @@ from torch import nn
 
 from .config import Config, ConfigError, config_from_dict, first_line
 from .models import build_models
-from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, GROUP_COMMIT_NAME, STAGED_NAME, RunDirError, atomic_write,
-                     read_payload)
+from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME, RunDirError,
+                     atomic_write, read_payload)
 
 
 def rng_state(order_rng: np.random.RandomState, z_rng: torch.Generator) -> Dict[str, Any]:
@@ -85,7 +85,9 @@ def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]
 def _switch_staged(dirs: Sequence[Path]) -> None:
     for run_dir in dirs:
         staged = run_dir / STAGED_NAME
-        if staged.exists():
+        if (run_dir / RESULT_NAME).exists():  # finished since (one at a time): its checkpoint is newer
+            staged.unlink(missing_ok=True)
+        elif staged.exists():
             try:
                 os.replace(staged, run_dir / CHECKPOINT_NAME)
             except OSError as error:

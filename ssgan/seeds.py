@@ -221,6 +221,7 @@ def _seed_outcome(cell: Cell, seed: int, *, data: ImageData, trained: Dict[Path,
         run = load_run(seed_dir, resolve_device(cfg.train.device))
         probs = predict_proba(run.discriminator, seed_data.x_test, batch, tf32=run.config.train.tf32)
         return SeedOutcome(RunRecord.read(seed_dir), probs, seed_data.y_test, finished_how, seed_data.class_names)
+    recover_group_checkpoints([seed_dir])  # a commit of seeds once trained together, cut by a kill
     resume = _resume_payload(seed_dir, cell.key)  # read when its turn comes: one checkpoint in memory
     result = _train_one(replace(cfg, seed=seed, run_dir=str(seed_dir)), seed_dir, resume=resume, data=seed_data,
                         out_dir=cell.out_dir)

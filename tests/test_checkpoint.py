@@ -46,3 +46,22 @@ def test_only_a_checkpoint_writer_s_temporaries_are_stale(tmp_path):
         path.write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
     assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
+
+
+def test_a_cut_group_commit_never_switches_a_finished_member_back(tmp_path):
+    """A member that finished one seed at a time after its group's commit was cut keeps its own, newer
+    checkpoint: its stale staged file goes; the unfinished members are switched as the record says."""
+    import json
+
+    from ssgan.checkpoint import recover_group_checkpoints
+
+    first, finished = tmp_path / "seed0", tmp_path / "seed1"
+    for folder in (first, finished):
+        folder.mkdir()
+        (folder / ".checkpoint.pt.staged").write_text("staged")
+    (finished / "checkpoint.pt").write_text("newer")
+    (finished / "result.json").write_text("{}")
+    (first / ".group-commit.json").write_text(json.dumps({"members": [str(first), str(finished)]}))
+    recover_group_checkpoints([first, finished])
+    assert (first / "checkpoint.pt").read_text() == "staged" and (finished / "checkpoint.pt").read_text() == "newer"
+    assert not [p for f in (first, finished) for p in f.iterdir() if p.name.startswith(".")]

@@ -327,3 +327,21 @@ def test_a_kill_between_the_seeds_checkpoint_writes_resumes_exactly(uninterrupte
         assert json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] == \
             json.loads((uninterrupted_three / f"seed{s}" / "result.json").read_text())["test_error"]
         assert not list((run_dir / f"seed{s}").glob(".checkpoint.pt.staged")), s
+
+
+def test_a_cut_group_commit_is_recovered_when_the_seeds_resume_one_at_a_time(tmp_path, monkeypatch, capsys):
+    """train.concurrent_seeds may change on resume: a group commit cut between its switches (k=6: seed 0
+    switched, seeds 1 and 2 staged) is finished by the one-seed-at-a-time path too, so every seed continues
+    from the group's position and no staged file or commit record is left behind."""
+    run_dir = tmp_path / "cut"
+    _killed_at(6, monkeypatch)
+    with pytest.raises(_Killed):
+        main(["fit", "--run-dir", str(run_dir), *KILL_ARGS])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run_dir), "train.concurrent_seeds=false"]) == 0
+    assert capsys.readouterr().out.count("continuing from its checkpoint at epoch 1") == 3
+    for s in range(3):
+        assert (run_dir / f"seed{s}" / "result.json").is_file()
+        assert not list((run_dir / f"seed{s}").glob(".checkpoint.pt.staged")), s
+        assert not list((run_dir / f"seed{s}").glob(".group-commit.json")), s
