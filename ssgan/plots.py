@@ -42,9 +42,15 @@ def curve_png(history: Sequence[Dict[str, float]], title: str) -> Optional[bytes
         return None
     error_axis, loss_axis = figure.subplots(1, 2)
     evaluated = [r for r in history if "test_error" in r]
-    error_axis.plot([r["epoch"] for r in evaluated], [r["test_error"] for r in evaluated], marker=".")
+    error_axis.plot([r["epoch"] for r in evaluated], [r["test_error"] for r in evaluated], marker=".",
+                    label="averaged (the classifier)")
+    raw = [r for r in evaluated if "raw_test_error" in r]  # runs of earlier versions have none
+    if raw:
+        error_axis.plot([r["epoch"] for r in raw], [r["raw_test_error"] for r in raw], marker=".",
+                        label="raw discriminator")
+        error_axis.legend(fontsize="small")
     error_axis.set_xlabel("epoch")
-    error_axis.set_ylabel("test error (%), averaged weights")
+    error_axis.set_ylabel("test error (%)")
     for key in ("loss_sup", "loss_unl", "loss_fake", "loss_g"):
         loss_axis.plot([r["epoch"] for r in history], [r[key] for r in history], label=key)
     loss_axis.set_xlabel("epoch")

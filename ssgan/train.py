@@ -119,6 +119,7 @@ class FitResult:
     val_error: Optional[float] = None
     class_values: List = field(default_factory=list)  # each class's label value in the data
     test_probs: Optional[np.ndarray] = None  # (N, K) class probabilities of the test images
+    raw_discriminator: Optional[nn.Module] = None  # the trained weights themselves, before averaging
 
 
 # ----------------------------------------------------------------------------------------- a member
@@ -274,8 +275,11 @@ def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all
             for member in members:
                 member.end_epoch()  # the position, the temporal ensemble
             evaluate = len(y_test) and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs)
-            errors = error_rates([engine.averaged(s) for s in range(len(members))], x_test, y_test,
-                                 t.eval_batch_size) if evaluate else [None] * len(members)
+            errors = [None] * len(members)
+            if evaluate:  # the classifier (the average) and, beside it, the network it averages
+                errors = list(zip(*[error_rates(models, x_test, y_test, t.eval_batch_size) for models in (
+                    [engine.averaged(s) for s in range(len(members))],
+                    [engine.networks(s).disc for s in range(len(members))])]))
             _log_epoch(members, epoch + 1, lrs[0], means, errors, progress)
             if members[0].run_dir is not None and (epoch + 1) % t.checkpoint_every == 0 and epoch + 1 < t.epochs:
                 _checkpoint(members, engine, stats[..., :0, :], checked=True)
@@ -313,15 +317,18 @@ def _finite_means(members: Sequence[Member], engine: Engine, stats: Tensor, epoc
 
 
 def _log_epoch(members: Sequence[Member], epoch: int, lr: float, means: List[List[float]],
-               errors: List[Optional[float]], progress) -> None:
-    """Each member's record of a finished epoch (``epoch`` counts from 1) into its metrics log."""
+               errors: List[Optional[Tuple[float, float]]], progress) -> None:
+    """Each member's record of a finished epoch (``epoch`` counts from 1) into its metrics log; ``errors``:
+    each member's (averaged, raw) test errors where the epoch was evaluated. The average starts at zero (the
+    official recipe) and reads worse than the raw network for many epochs: both are shown."""
     for member, row, error in zip(members, means, errors):
         record = {"epoch": epoch, "lr": lr, **dict(zip(STAT_NAMES, row))}
         if error is not None:
-            member.test_error = record["test_error"] = error
+            member.test_error = record["test_error"] = error[0]
+            record["raw_test_error"] = error[1]
         member.log_epoch(record)
     progress.set_postfix({k: f"{v:.3g}" for k, v in members[0].log.history[-1].items()
-                          if k in ("loss_sup", "loss_unl", "loss_g", "test_error")},
+                          if k in ("loss_sup", "loss_unl", "loss_g", "test_error", "raw_test_error")},
                          refresh=False)  # redrawn at most once a second (mininterval)
 
 
@@ -404,7 +411,7 @@ def _finish(members: Sequence[Member], engine: Engine, data: ImageData, device: 
                                    data.y_val)
         results.append(FitResult(member.test_error, networks.disc_avg, networks.gen, member.labeled_indices,
                                  member.class_names, member.log.history, member.run_dir, val_error,
-                                 member.class_values, test_probs))
+                                 member.class_values, test_probs, networks.disc))
     _checkpoint(members, engine, torch.zeros(len(members), 0, len(STAT_NAMES)))
     random_state = torch.get_rng_state()  # as the checkpoints hold it
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None

@@ -515,3 +515,22 @@ def test_a_run_resumes_with_another_cuda_graph_setting(tmp_path):
     assert main(["fit", "--resume", str(run_dir), "train.epochs=2", "train.cuda_graph=off"]) == 0
 
 
+
+
+def test_each_evaluated_epoch_records_the_raw_discriminators_error_beside_the_average(tiny_config):
+    """The averaged classifier starts at zero (the official recipe), so for many epochs it reads worse than the
+    network it averages: metrics.jsonl and the progress line carry the raw discriminator's error too."""
+    from ssgan.evaluate import error_rates
+
+    cfg = replace(tiny_config, train=replace(tiny_config.train, epochs=2))
+    result = fit(cfg)
+    for record in result.history:
+        assert 0 <= record["raw_test_error"] <= 100 and 0 <= record["test_error"] <= 100
+    data_cfg = result.history[-1]
+    # The last epoch's raw error is the trained discriminator's own (not the average's), in eval mode.
+    from ssgan.train import prepare
+
+    _, data, _ = prepare(cfg, None)
+    raw, = error_rates([result.raw_discriminator], torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
+                       64)
+    assert data_cfg["raw_test_error"] == raw
