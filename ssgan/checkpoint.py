@@ -13,6 +13,7 @@ temporary files of a writer killed mid-write go when the run trains again (``rem
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, config_from_dict, first_line
-from .models import build_models
+from .config import Config, ConfigError, first_line
+from .models import as_generator, build_models
 from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME, RunDirError,
                      atomic_write, read_payload)
+from .trust import UntrustedError, networks_for, stored_config
 
 
 def rng_state(order_rng: np.random.RandomState, z_rng: torch.Generator) -> Dict[str, Any]:
@@ -208,11 +210,13 @@ def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train:
 
 
 def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:
-    """The typed Config stored in a checkpoint."""
+    """The typed Config stored in a checkpoint (plain values only: ``trust.stored_config``)."""
     try:
-        return config_from_dict(payload["config"])
-    except (ConfigError, KeyError) as error:
-        raise RunDirError(f"{path}: {error}") from None
+        return stored_config(payload["config"], path)
+    except UntrustedError:
+        raise
+    except ConfigError as error:  # (stored_config's message names the file)
+        raise RunDirError(str(error)) from None
 
 
 @dataclass
@@ -230,10 +234,15 @@ class Run:
 
 
 def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
-                  path: Path, device: str | torch.device = "cpu"):
+                  path: Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
-    eval mode with its gradients off (a classifier). Weights of another architecture are one line."""
-    disc, gen = build_models(cfg.dataset, cfg.model)
+    eval mode with its gradients off (a classifier). Weights of another architecture are one line. A run of
+    one's own networks needs ``networks``, named by the person loading it (``trust.networks_for``)."""
+    cfg, modules = networks_for(cfg, networks, str(path))
+    if modules is not None:  # the caller's modules: copies hold the weights
+        disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
+    else:
+        disc, gen = build_models(cfg.dataset, cfg.model)
     try:
         disc.load_state_dict(disc_state)
         gen.load_state_dict(gen_state)
@@ -245,14 +254,17 @@ def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: D
     return disc.to(device).eval(), gen.to(device)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load the checkpoint of a run directory (or a checkpoint file) into ready-to-use networks."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None
+             ) -> Run:
+    """Load the checkpoint of a run directory (or a checkpoint file) into ready-to-use networks; ``networks``:
+    those of a run of one's own networks, named by the person loading it (``trust.networks_for``)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise RunDirError(f"{run_dir}: no such run directory")
     path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
-    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device)
+    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device,
+                              networks=networks)
     return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
                int(payload["epoch"]), run_dir, list(payload["class_values"]))

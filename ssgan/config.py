@@ -523,7 +523,19 @@ def to_config(dict_cfg, check_values: bool = True) -> Config:
         raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
     if check_values:
         validate(cfg)
+    if cfg.model.arch == "custom":  # composed from the user's own overrides and config folders: given
+        for spec in (cfg.model.discriminator, cfg.model.generator):
+            GIVEN_SPECS.add(spec_text(spec))
     return cfg
+
+
+# The network specs (model.arch=custom) given in this process: composed from the user's overrides (to_config) or
+# named by them (trust.networks_for), as spec_text. Hydra instantiates no other spec (trust.is_given).
+GIVEN_SPECS: set = set()
+
+
+def spec_text(spec: Any) -> str:
+    return json.dumps(spec, sort_keys=True, default=repr)
 
 
 def compose(overrides: Sequence[str] = (), **where) -> Config:

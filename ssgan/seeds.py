@@ -32,6 +32,7 @@ from .records import RunRecord, SeedsPlan
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, clear_outputs, is_used,
                      remove_unstarted)
 from .train import TrainingInterrupted, fit, fit_grid
+from .trust import UntrustedError, stored_config
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,9 @@ def read_plan(run_dir: Path) -> Tuple[Config, List[int], str]:
     """The config, seeds and command of a seeds run (to continue it), from its ``seeds.json``."""
     plan = SeedsPlan.read(run_dir)
     try:
-        return config_from_dict(plan.config), plan.seeds, plan.command
+        return stored_config(plan.config, Path(run_dir) / PLAN_NAME), plan.seeds, plan.command
+    except UntrustedError:
+        raise
     except ConfigError as error:
         raise RunDirError(f"{Path(run_dir) / PLAN_NAME}: not a seeds plan (ConfigError: {error})") from None
 
