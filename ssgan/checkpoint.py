@@ -79,7 +79,9 @@ def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]
     for run_dir, cfg, state in items:
         write_checkpoint(run_dir, cfg, state, name=STAGED_NAME)
     record = dirs[0] / GROUP_COMMIT_NAME
-    atomic_write(record, json.dumps({"members": [str(d.resolve()) for d in dirs]}))
+    # relative to the record's folder, so that a run directory copied or moved mid-commit recovers its own files
+    members = [os.path.relpath(d.resolve(), dirs[0].resolve()) for d in dirs]
+    atomic_write(record, json.dumps({"members": members}))
     _switch_staged(dirs)
     record.unlink()
 
@@ -104,14 +106,30 @@ def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
         record = Path(run_dir) / GROUP_COMMIT_NAME
         if record.is_file():
             try:
-                members = [Path(m) for m in json.loads(record.read_text())["members"]]
+                members = [str(m) for m in json.loads(record.read_text())["members"]]
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
-            _switch_staged(members)
+            _switch_staged([_group_member(Path(run_dir), member, run_dirs) for member in members])
             record.unlink()
     for run_dir in run_dirs:
         with contextlib.suppress(FileNotFoundError):
             (Path(run_dir) / STAGED_NAME).unlink()
+
+
+def _group_member(record_dir: Path, member: str, run_dirs: Sequence[Path]) -> Path:
+    """A member folder of a group commit record, relative to the record's folder: within its seeds run or table
+    cache (at most two levels up: ``../seed1``, ``../../<key>/seed0``). An absolute path (an older ssgan's
+    record) only where it is one of ``run_dirs`` itself; anything else is refused, never touched."""
+    if os.path.isabs(member):
+        if any(Path(member) == Path(d).resolve() for d in run_dirs):
+            return Path(member)
+    else:
+        root = record_dir.resolve().parent.parent
+        resolved = Path(os.path.normpath(record_dir.resolve() / member))
+        if root in resolved.parents:
+            return resolved
+    raise RunDirError(f"{record_dir / GROUP_COMMIT_NAME}: names a folder outside its group ({member}); "
+                      f"refused, move the record away")
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
