@@ -28,8 +28,8 @@ from torch import nn
 
 from .config import Config, ConfigError, first_line
 from .models import as_generator, build_models
-from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME, RunDirError,
-                     atomic_write, read_payload)
+from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME,
+                     RunDirError, atomic_write, read_payload)
 from .trust import UntrustedError, networks_for, stored_config
 
 
@@ -235,6 +235,51 @@ def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:
         raise
     except ConfigError as error:  # (stored_config's message names the file)
         raise RunDirError(str(error)) from None
+
+
+def check_config_record(run_dir: Path, cfg: Config, overrides: Sequence[str], resumable: Sequence[str]) -> None:
+    """Before a resume: the checkpoint's config must be the run's, as its ``config.yaml`` records it. A field in
+    which they differ is refused with one line (a checkpoint of another run, or config.yaml edited by hand,
+    which would be overwritten), unless the resume's KEY=VALUE words set it now."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunDirError(f"{path}: unreadable ({type(error).__name__}); move it away to resume") from None
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    recorded_cfg = asdict(stored_config(recorded, path))
+    fields = [f for f in _differences(recorded_cfg, asdict(cfg)) if f not in given]
+    if not fields:
+        return
+    fixed = [f for f in fields if f not in resumable]
+    may = [f"{f}={_value(recorded_cfg, f)}" for f in fields if f in resumable]
+    how = (f"to change {', '.join(f.split('=')[0] for f in may)}, pass {' '.join(may)} to --resume" if may else "")
+    how += ("; " if may and fixed else "") + (f"{', '.join(fixed)} cannot change on a resume: put config.yaml "
+                                                f"back, or move checkpoint.pt away to train afresh" if fixed else "")
+    raise RunDirError(f"{run_dir}: its config.yaml and {CHECKPOINT_NAME} differ in {', '.join(fields)} (config.yaml "
+                      f"is the run's record, not an input); {how}")
+
+
+def _differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted names of the fields in which two configs (nested dicts) differ."""
+    names = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("discriminator", "generator"):
+            names += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def _value(config: Dict[str, Any], name: str) -> str:
+    for part in name.split("."):
+        config = config[part]
+    return json.dumps(config) if not isinstance(config, str) else config
 
 
 @dataclass

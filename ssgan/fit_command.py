@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .checkpoint import checkpoint_config, load_checkpoint
+from .checkpoint import check_config_record, checkpoint_config, load_checkpoint
 from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
                      register_configs,
                      resolve_paths, to_config, validate)
@@ -272,6 +272,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
+    check_config_record(path, cfg, overrides, RESUMABLE_FIELDS)
     cfg, _ = networks_for(cfg, networks, run_dir)
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
