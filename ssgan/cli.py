@@ -53,6 +53,9 @@ COMMANDS = {
 
 
 
+MAX_GRID, MAX_SCORED = 10_000, 10_000_000  # samples in a grid PNG (100 x 100), samples scored
+
+
 def _check_out(out: Optional[str], suffix: str) -> None:
     """An ``--out`` file: new (never overwritten), in an existing folder, with the expected extension."""
     if out is not None:
@@ -126,6 +129,9 @@ def _check_sample_args(args) -> Optional[str]:
     for name in ("n", "n_score", "splits", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
+    for name, most in (("n", MAX_GRID), ("n_score", MAX_SCORED)):  # before any sample is drawn
+        if getattr(args, name) > most:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: at most {most:,}")
     if args.no_grid and not args.score:
         raise UsageError("--no-grid writes nothing without --score")
     if args.fid and not args.score:

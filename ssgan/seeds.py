@@ -36,6 +36,7 @@ from .trust import UntrustedError, stored_config
 
 logger = logging.getLogger(__name__)
 
+MAX_SEEDS = 1000  # seeds in one seeds run or table cell
 NOT_IN_KEY = frozenset(fields_with("keyed", False))  # the schema's execution, reporting and identity fields
 
 
@@ -54,6 +55,8 @@ def check_seeds(first: int, n_seeds: int) -> List[int]:
     least one and all stay below numpy's 2**32."""
     if n_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+    if n_seeds > MAX_SEEDS:  # before a list of them is built, or a folder made
+        raise ConfigError(f"--seeds {n_seeds}: at most {MAX_SEEDS} seeds in one run")
     if first + n_seeds > MAX_SEED:
         raise ConfigError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
     return list(range(first, first + n_seeds))
