@@ -206,6 +206,10 @@ def _check_content(payload: Dict[str, Any], path: Path) -> None:
         for name, tensor in payload[part].items():
             if not torch.is_tensor(tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
                 raise RunDirError(f"{path}: refused, {part} weight {name} is not a finite tensor")
+    for part in [name for name in ("opt_d", "opt_g", "opt_e") if isinstance(payload.get(name), dict)]:
+        bad = _first_non_finite(payload[part])
+        if bad is not None:
+            raise RunDirError(f"{path}: refused, the optimizer state {part}.{bad} is not finite")
     indices = payload["labeled_indices"]
     if indices.dim() != 1 or indices.is_floating_point() or (indices.numel() and int(indices.min()) < 0):
         raise RunDirError(f"{path}: malformed checkpoint entry 'labeled_indices' (expected indices >= 0)")
@@ -214,6 +218,24 @@ def _check_content(payload: Dict[str, Any], path: Path) -> None:
     if n_classes is not None and len(payload["class_names"]) != n_classes:
         raise RunDirError(f"{path}: malformed checkpoint: {len(payload['class_names'])} class names for "
                           f"{n_classes} classes")
+
+
+def _first_non_finite(state: Dict[str, Any]) -> Optional[str]:
+    """The dotted name of the first tensor or number of an optimizer's state that is not finite, or None (the
+    payload's size was bounded when it was read: ``rundir.check_payload_size``)."""
+    stack = [(str(key), value) for key, value in state.items()]
+    while stack:
+        name, value = stack.pop()
+        if torch.is_tensor(value):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return name
+        elif isinstance(value, float) and not np.isfinite(value):
+            return name
+        elif isinstance(value, dict):
+            stack.extend((f"{name}.{key}", sub) for key, sub in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}.{i}", sub) for i, sub in enumerate(value))
+    return None
 
 
 def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train: int, iters: int) -> None:

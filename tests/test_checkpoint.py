@@ -110,3 +110,30 @@ def test_a_resume_refuses_edits_to_config_yaml_and_says_how_to_change_a_field(tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.lr" in err and "train.lr=0.001" in err, err
     assert main(["fit", "--resume", str(run), "train.epochs=3", "train.lr=0.001"]) == 0
+
+
+def test_a_nan_optimizer_state_is_refused_and_never_called_good(tmp_path, capsys):
+    """A NaN in Adam's state passed the checks: the resume diverged and the message called that very file "the
+    last good checkpoint". Now the file is refused with one line, and a kept file is called good only if it is."""
+    import io
+
+    from ssgan.cli import main
+    from ssgan.train import kept_checkpoint
+
+    run = tmp_path / "run"
+    _tiny_run(run)
+    (run / "result.json").unlink()
+    path = run / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["opt_d"]["state"][0]["exp_avg_sq"][0, 0] = float("nan")
+    payload["sha256"] = content_digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(RunDirError, match="opt_d.*not finite"):
+        load_checkpoint(path)
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "opt_d" in err, err
+    assert "last good checkpoint" not in kept_checkpoint(run) and "refused" in kept_checkpoint(run)
