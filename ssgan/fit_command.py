@@ -172,6 +172,10 @@ def fit_overrides(args: argparse.Namespace) -> List[str]:
     for word in args.overrides:
         if "=" not in word:
             raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
+        flag = next((f for f, key in FIT_FLAGS.items() if key == word.split("=", 1)[0].lstrip("+~")), None)
+        if flag is not None and getattr(args, flag) is not None:  # which one wins would be a guess: refuse
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)} and {word} set the same field; "
+                             f"give one")
     return overrides + list(args.overrides)
 
 
