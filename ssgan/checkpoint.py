@@ -13,6 +13,7 @@ temporary files of a writer killed mid-write go when the run trains again (``rem
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, config_from_dict, first_line
-from .models import build_models
-from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME, RunDirError,
-                     atomic_write, read_payload)
+from .config import Config, ConfigError, first_line
+from .models import as_generator, build_models
+from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, GROUP_COMMIT_NAME, RESULT_NAME, STAGED_NAME,
+                     RunDirError, atomic_write, read_payload)
+from .trust import UntrustedError, networks_for, stored_config
 
 
 def rng_state(order_rng: np.random.RandomState, z_rng: torch.Generator) -> Dict[str, Any]:
@@ -77,7 +79,9 @@ def write_group_checkpoints(items: Sequence[Tuple[Path, Config, Dict[str, Any]]]
     for run_dir, cfg, state in items:
         write_checkpoint(run_dir, cfg, state, name=STAGED_NAME)
     record = dirs[0] / GROUP_COMMIT_NAME
-    atomic_write(record, json.dumps({"members": [str(d.resolve()) for d in dirs]}))
+    # relative to the record's folder, so that a run directory copied or moved mid-commit recovers its own files
+    members = [os.path.relpath(d.resolve(), dirs[0].resolve()) for d in dirs]
+    atomic_write(record, json.dumps({"members": members}))
     _switch_staged(dirs)
     record.unlink()
 
@@ -102,14 +106,30 @@ def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
         record = Path(run_dir) / GROUP_COMMIT_NAME
         if record.is_file():
             try:
-                members = [Path(m) for m in json.loads(record.read_text())["members"]]
+                members = [str(m) for m in json.loads(record.read_text())["members"]]
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
-            _switch_staged(members)
+            _switch_staged([_group_member(Path(run_dir), member, run_dirs) for member in members])
             record.unlink()
     for run_dir in run_dirs:
         with contextlib.suppress(FileNotFoundError):
             (Path(run_dir) / STAGED_NAME).unlink()
+
+
+def _group_member(record_dir: Path, member: str, run_dirs: Sequence[Path]) -> Path:
+    """A member folder of a group commit record, relative to the record's folder: within its seeds run or table
+    cache (at most two levels up: ``../seed1``, ``../../<key>/seed0``). An absolute path (an older ssgan's
+    record) only where it is one of ``run_dirs`` itself; anything else is refused, never touched."""
+    if os.path.isabs(member):
+        if any(Path(member) == Path(d).resolve() for d in run_dirs):
+            return Path(member)
+    else:
+        root = record_dir.resolve().parent.parent
+        resolved = Path(os.path.normpath(record_dir.resolve() / member))
+        if root in resolved.parents:
+            return resolved
+    raise RunDirError(f"{record_dir / GROUP_COMMIT_NAME}: names a folder outside its group ({member}); "
+                      f"refused, move the record away")
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -186,6 +206,10 @@ def _check_content(payload: Dict[str, Any], path: Path) -> None:
         for name, tensor in payload[part].items():
             if not torch.is_tensor(tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
                 raise RunDirError(f"{path}: refused, {part} weight {name} is not a finite tensor")
+    for part in [name for name in ("opt_d", "opt_g", "opt_e") if isinstance(payload.get(name), dict)]:
+        bad = _first_non_finite(payload[part])
+        if bad is not None:
+            raise RunDirError(f"{path}: refused, the optimizer state {part}.{bad} is not finite")
     indices = payload["labeled_indices"]
     if indices.dim() != 1 or indices.is_floating_point() or (indices.numel() and int(indices.min()) < 0):
         raise RunDirError(f"{path}: malformed checkpoint entry 'labeled_indices' (expected indices >= 0)")
@@ -194,6 +218,24 @@ def _check_content(payload: Dict[str, Any], path: Path) -> None:
     if n_classes is not None and len(payload["class_names"]) != n_classes:
         raise RunDirError(f"{path}: malformed checkpoint: {len(payload['class_names'])} class names for "
                           f"{n_classes} classes")
+
+
+def _first_non_finite(state: Dict[str, Any]) -> Optional[str]:
+    """The dotted name of the first tensor or number of an optimizer's state that is not finite, or None (the
+    payload's size was bounded when it was read: ``rundir.check_payload_size``)."""
+    stack = [(str(key), value) for key, value in state.items()]
+    while stack:
+        name, value = stack.pop()
+        if torch.is_tensor(value):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return name
+        elif isinstance(value, float) and not np.isfinite(value):
+            return name
+        elif isinstance(value, dict):
+            stack.extend((f"{name}.{key}", sub) for key, sub in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}.{i}", sub) for i, sub in enumerate(value))
+    return None
 
 
 def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train: int, iters: int) -> None:
@@ -208,11 +250,58 @@ def check_resume_fits(payload: Dict[str, Any], run_dir: Optional[Path], n_train:
 
 
 def checkpoint_config(payload: Dict[str, Any], path: Path) -> Config:
-    """The typed Config stored in a checkpoint."""
+    """The typed Config stored in a checkpoint (plain values only: ``trust.stored_config``)."""
     try:
-        return config_from_dict(payload["config"])
-    except (ConfigError, KeyError) as error:
-        raise RunDirError(f"{path}: {error}") from None
+        return stored_config(payload["config"], path)
+    except UntrustedError:
+        raise
+    except ConfigError as error:  # (stored_config's message names the file)
+        raise RunDirError(str(error)) from None
+
+
+def check_config_record(run_dir: Path, cfg: Config, overrides: Sequence[str], resumable: Sequence[str]) -> None:
+    """Before a resume: the checkpoint's config must be the run's, as its ``config.yaml`` records it. A field in
+    which they differ is refused with one line (a checkpoint of another run, or config.yaml edited by hand,
+    which would be overwritten), unless the resume's KEY=VALUE words set it now."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunDirError(f"{path}: unreadable ({type(error).__name__}); move it away to resume") from None
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    recorded_cfg = asdict(stored_config(recorded, path))
+    fields = [f for f in _differences(recorded_cfg, asdict(cfg)) if f not in given]
+    if not fields:
+        return
+    fixed = [f for f in fields if f not in resumable]
+    may = [f"{f}={_value(recorded_cfg, f)}" for f in fields if f in resumable]
+    how = (f"to change {', '.join(f.split('=')[0] for f in may)}, pass {' '.join(may)} to --resume" if may else "")
+    how += ("; " if may and fixed else "") + (f"{', '.join(fixed)} cannot change on a resume: put config.yaml "
+                                                f"back, or move checkpoint.pt away to train afresh" if fixed else "")
+    raise RunDirError(f"{run_dir}: its config.yaml and {CHECKPOINT_NAME} differ in {', '.join(fields)} (config.yaml "
+                      f"is the run's record, not an input); {how}")
+
+
+def _differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted names of the fields in which two configs (nested dicts) differ."""
+    names = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("discriminator", "generator"):
+            names += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def _value(config: Dict[str, Any], name: str) -> str:
+    for part in name.split("."):
+        config = config[part]
+    return json.dumps(config) if not isinstance(config, str) else config
 
 
 @dataclass
@@ -230,10 +319,15 @@ class Run:
 
 
 def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
-                  path: Path, device: str | torch.device = "cpu"):
+                  path: Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
-    eval mode with its gradients off (a classifier). Weights of another architecture are one line."""
-    disc, gen = build_models(cfg.dataset, cfg.model)
+    eval mode with its gradients off (a classifier). Weights of another architecture are one line. A run of
+    one's own networks needs ``networks``, named by the person loading it (``trust.networks_for``)."""
+    cfg, modules = networks_for(cfg, networks, str(path))
+    if modules is not None:  # the caller's modules: copies hold the weights
+        disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
+    else:
+        disc, gen = build_models(cfg.dataset, cfg.model)
     try:
         disc.load_state_dict(disc_state)
         gen.load_state_dict(gen_state)
@@ -245,14 +339,17 @@ def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: D
     return disc.to(device).eval(), gen.to(device)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load the checkpoint of a run directory (or a checkpoint file) into ready-to-use networks."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None
+             ) -> Run:
+    """Load the checkpoint of a run directory (or a checkpoint file) into ready-to-use networks; ``networks``:
+    those of a run of one's own networks, named by the person loading it (``trust.networks_for``)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise RunDirError(f"{run_dir}: no such run directory")
     path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
-    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device)
+    disc, gen = load_networks(cfg, payload["discriminator_avg"], payload["generator"], path=path, device=device,
+                              networks=networks)
     return Run(cfg, disc, gen, list(payload["class_names"]), payload["labeled_indices"].numpy(),
                int(payload["epoch"]), run_dir, list(payload["class_values"]))

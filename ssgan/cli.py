@@ -32,7 +32,8 @@ from .density import fit_density
 from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
                        predict_proba, sample_grid_png, sample_score)
 from .export import FORMATS, export_run
-from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
+from .fit_command import (BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, add_network_flags, cmd_fit,
+                          named_networks)
 from .records import find_runs
 from .reports import aggregate, ensemble_record, probs_on_test_set
 from .rundir import atomic_create, check_new_file
@@ -52,6 +53,9 @@ COMMANDS = {
 
 
 
+MAX_GRID, MAX_SCORED = 10_000, 10_000_000  # samples in a grid PNG (100 x 100), samples scored
+
+
 def _check_out(out: Optional[str], suffix: str) -> None:
     """An ``--out`` file: new (never overwritten), in an existing folder, with the expected extension."""
     if out is not None:
@@ -64,8 +68,9 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     parser = CommandParser(prog=f"{PROG} evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--device", default="auto")
+    add_network_flags(parser)
     args = parser.parse_args(argv)
-    run = load_run(args.run_dir, resolve_device(args.device))
+    run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     data = load_data(run.config.dataset, run.config.seed)
     if len(data.y_test) == 0:
         raise DataError(f"{args.run_dir}: its data set has no test images to evaluate on")
@@ -97,11 +102,12 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("--out", help="write a CSV file instead of printing")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="auto")
+    add_network_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size={args.batch_size}: must be positive")
     _check_out(args.out, ".csv")
-    run = load_run(args.run_dir, resolve_device(args.device))
+    run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     names, x = read_inputs(args.inputs, run.config.dataset)
     probs = predict_proba(run.discriminator, x, args.batch_size, tf32=run.config.train.tf32)
     header = ["input", "class"] + ([f"p_{c}" for c in run.class_names] if args.proba else [])
@@ -123,6 +129,9 @@ def _check_sample_args(args) -> Optional[str]:
     for name in ("n", "n_score", "splits", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be positive")
+    for name, most in (("n", MAX_GRID), ("n_score", MAX_SCORED)):  # before any sample is drawn
+        if getattr(args, name) > most:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: at most {most:,}")
     if args.no_grid and not args.score:
         raise UsageError("--no-grid writes nothing without --score")
     if args.fid and not args.score:
@@ -159,6 +168,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, help="generator batch (default: the run's train.batch_size)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise z")
     parser.add_argument("--device", default="auto")
+    add_network_flags(parser)
     args = parser.parse_args(argv)
     reason = _check_sample_args(args)
     run_path = Path(args.run_dir)
@@ -166,7 +176,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     if not args.no_grid:
         _check_out(str(out), ".png")
     device = resolve_device(args.device)
-    run = load_run(run_path, device)
+    run = load_run(run_path, device, named_networks(args))
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
     if not args.no_grid:
@@ -249,6 +259,7 @@ def _table_parser() -> argparse.ArgumentParser:
                         help="train nothing: aggregate the finished runs in these directories (run directories "
                              "or folders of them, e.g. a multirun's sweep directory)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of every cell")
+    add_network_flags(parser)  # (with --from)
     return parser
 
 
@@ -263,8 +274,12 @@ def cmd_table(argv: Sequence[str]) -> int:
         if given or args.overrides:
             raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
         table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
-                              data_root=args.data_root, out_dir=args.out_dir, command=command)
+                              data_root=args.data_root, out_dir=args.out_dir, command=command,
+                              networks=named_networks(args))
     else:
+        if named_networks(args) is not None:
+            raise UsageError("--discriminator / --generator name the networks of --from runs; cells to train "
+                             "name them as model=custom model.discriminator._target_=...")
         if args.dataset is None:
             raise UsageError("--dataset is needed (or --from DIR... to aggregate finished runs)")
         for word in args.overrides:
@@ -291,10 +306,12 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     parser.add_argument("--out", help="also write the numbers to this JSON file (never overwritten)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", help="where the test images are (default: each run's dataset.root)")
+    add_network_flags(parser)
     args = parser.parse_args(argv)
     _check_out(args.out, ".json")
     records = find_runs(args.run_dirs)
-    probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root)
+    probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root,
+                                                   networks=named_networks(args))
     result = aggregate(records, probs, y_test, class_names)
     for record in records:
         print(f"{record.path}: test error {record.test_error:.2f} % ({record.dataset}, {record.labels} labels, "
@@ -320,8 +337,9 @@ def cmd_export(argv: Sequence[str]) -> int:
                         "extra) or torchscript")
     parser.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt); "
                         "never overwritten")
+    add_network_flags(parser)
     args = parser.parse_args(argv)
-    exported = export_run(args.run_dir, args.format, args.out)
+    exported = export_run(args.run_dir, args.format, args.out, networks=named_networks(args))
     print(f"wrote {exported.path} ({exported.fmt}): float32 (N, {', '.join(map(str, exported.input_shape))}) raw "
           f"pixels 0..{exported.input_value_max:g} -> (N, {len(exported.class_names)}) class probabilities")
     return 0

@@ -61,6 +61,14 @@ NON_NEGATIVE = (0.0, math.inf, True, False)
 POSITIVE = (0.0, math.inf, False, False)
 UNIT = (0.0, 1.0, True, False)  # [0, 1): decays, betas, dropout
 PROBABILITY = (0.0, 1.0, True, True)
+# Sane upper bounds of what a run can use (a value beyond them diverges or underflows at once): a loss term's
+# weight, a noise level (std in units of the scaled data), an init scale, a learning rate, Adam's epsilon.
+WEIGHT = (0.0, 1e4, True, True)
+NOISE = (0.0, 100.0, True, True)
+INIT_SCALE = (0.0, 100.0, False, True)
+RATE = (0.0, 10.0, False, True)
+EPSILON = (0.0, 1.0, False, True)
+AT_LEAST_ONE = (1.0, math.inf, True, False)  # train.epochs: zero would write a result for an untrained model
 
 
 def _field(role: str, default: Any, *, test_set: bool = True, refused_by: Sequence[str] = (),
@@ -116,15 +124,15 @@ class ModelConfig:
     # mlp: hidden widths of G; cnn: channels of the 4x4 seed and the two upsampling stages
     g_widths: List[int] = recipe([256, 256])
     z_dim: int = recipe(100)
-    weight_init_std: float = recipe(0.1, bounds=POSITIVE)  # std of the direction parameters v before normalisation
+    weight_init_std: float = recipe(0.1, bounds=INIT_SCALE)  # std of the direction parameters v before normalisation
     # The generator's weights: normal (N(0, weight_init_std)) or glorot (Lasagne's default GlorotUniform, gain 1,
     # as in the official MNIST generator)
     g_init: str = recipe("normal")
-    input_noise: float = recipe(0.3)  # mlp: Gaussian noise std on the input
-    hidden_noise: float = recipe(0.5)  # mlp: Gaussian noise std after each hidden layer
+    input_noise: float = recipe(0.3, bounds=NOISE)  # mlp: Gaussian noise std on the input
+    hidden_noise: float = recipe(0.5, bounds=NOISE)  # mlp: Gaussian noise std after each hidden layer
     input_dropout: float = recipe(0.2, bounds=UNIT)  # cnn: dropout on the input
     hidden_dropout: float = recipe(0.5, bounds=UNIT)  # cnn: dropout after each stride-2 block
-    out_init_std: float = recipe(1.0)  # data-dependent init target std of D's and G's output layers
+    out_init_std: float = recipe(1.0, bounds=INIT_SCALE)  # data-dependent init target std of D's and G's output layers
     # Stabilisers that change the networks (off by default; Salimans et al. 2016, Miyato et al. 2018)
     norm: str = recipe("weight", refused_by=("stacked", "captured"), refused_when="spectral")  # weight | spectral
     minibatch_discrimination: bool = recipe(False)
@@ -144,9 +152,9 @@ class MethodConfig:
     """What the method switches on (docs/method.md sec. 1, 2)."""
 
     name: str = recipe("improved_gan")
-    unl_weight: float = recipe(1.0)  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
-    ct_weight: float = recipe(0.0)  # lambda of the consistency term; 0 disables it
-    ct_feat_weight: float = recipe(0.1)  # weight of the second-to-last-layer term inside CT
+    unl_weight: float = recipe(1.0, bounds=WEIGHT)  # w in L_D = L_sup + w (L_unl + L_fake + ct_weight CT) / 2
+    ct_weight: float = recipe(0.0, bounds=WEIGHT)  # lambda of the consistency term; 0 disables it
+    ct_feat_weight: float = recipe(0.1, bounds=WEIGHT)  # weight of the second-to-last-layer term inside CT
     ct_margin: float = recipe(0.0)  # M'
     # two_pass: CT between two dropout / noise passes of the unlabeled batch (CT_CIFAR.py); temporal: between one
     # pass and per-example targets, a bias-corrected moving average over epochs of each example's earlier
@@ -157,19 +165,19 @@ class MethodConfig:
     # Options from the same family, off by default
     label_smoothing: float = recipe(0.0, bounds=UNIT)  # one-sided: real target 1 - label_smoothing
     # weight of ||theta - mean of past theta||^2
-    historical_averaging: float = recipe(0.0, refused_by=("stacked", "captured"))
+    historical_averaging: float = recipe(0.0, refused_by=("stacked", "captured"), bounds=WEIGHT)
     # weight of (||grad D(x_hat)|| - 1)^2 on real/fake interpolates
-    gradient_penalty: float = recipe(0.0, refused_by=("stacked", "captured"))
+    gradient_penalty: float = recipe(0.0, refused_by=("stacked", "captured"), bounds=WEIGHT)
     # Bad GAN's terms (Dai et al. 2017; docs/method.md sec. 2.5), usable with any method; 0 disables each
-    cond_entropy_weight: float = recipe(0.0)  # D: + weight * conditional entropy of the unlabeled predictions
-    pull_away_weight: float = recipe(0.0)  # G: + weight * pull-away term of the generated batch's features
+    cond_entropy_weight: float = recipe(0.0, bounds=WEIGHT)  # D: + weight * cond. entropy of unlabeled predictions
+    pull_away_weight: float = recipe(0.0, bounds=WEIGHT)  # G: + weight * pull-away term of the generated features
     # G: + weight * Gaussian NLL of z under an encoder q(z | G(z)) (trained with G)
-    vi_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    vi_weight: float = recipe(0.0, refused_by=("stacked", "captured"), bounds=WEIGHT)
     # the encoder's Adam lr; None: G's lr (it follows the same schedule)
-    vi_lr: Optional[float] = recipe(None, bounds=POSITIVE)
+    vi_lr: Optional[float] = recipe(None, bounds=RATE)
     # G: + density_weight * low-density penalty of density_batch generated images under a PixelCNN++ (a file
     # written by `ssgan density`), at iterations > density_start, each with probability density_prob
-    density_weight: float = recipe(0.0, refused_by=("stacked", "captured"))
+    density_weight: float = recipe(0.0, refused_by=("stacked", "captured"), bounds=WEIGHT)
     density_model: Optional[str] = recipe(None)
     density_start: int = recipe(9000)
     density_prob: float = recipe(0.1, bounds=PROBABILITY)
@@ -180,22 +188,22 @@ class MethodConfig:
 class TrainConfig:
     """The optimisation recipe (docs/method.md sec. 3, 6)."""
 
-    epochs: int = schedule(300)
+    epochs: int = schedule(300, bounds=AT_LEAST_ONE)
     iters_per_epoch: Optional[int] = recipe(None)  # None: len(unlabeled pool) // batch_size
     batch_size: int = recipe(100)
-    lr: float = schedule(0.003, bounds=POSITIVE)
-    lr_d: Optional[float] = schedule(None, bounds=POSITIVE)  # separate D / G rates (TTUR); None: lr
-    lr_g: Optional[float] = schedule(None, bounds=POSITIVE)
+    lr: float = schedule(0.003, bounds=RATE)
+    lr_d: Optional[float] = schedule(None, bounds=RATE)  # separate D / G rates (TTUR); None: lr
+    lr_g: Optional[float] = schedule(None, bounds=RATE)
     # Epoch where the linear decay to 0 (at train.epochs) starts; None, or >= train.epochs: constant lr.
     decay_start: Optional[int] = schedule(None)
     beta1: float = recipe(0.5, bounds=UNIT)
     beta2: float = recipe(0.999, bounds=UNIT)
     # G's (and the VI encoder's) beta1 where it differs from D's (Bad GAN: 0)
     beta1_g: Optional[float] = recipe(None, bounds=UNIT)
-    min_lr: float = schedule(0.0)  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
+    min_lr: float = schedule(0.0, bounds=(0.0, 10.0, True, True))  # floor of the decayed lr (Bad GAN's SVHN: 1e-4)
     # official_adam (epsilon inside the sqrt) | torch_adam (its float lr would be baked into a CUDA graph)
     optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
-    adam_eps: float = recipe(1e-8, bounds=POSITIVE)
+    adam_eps: float = recipe(1e-8, bounds=EPSILON)
     ema_decay: float = recipe(0.9999, bounds=UNIT)  # Polyak averaging of D for evaluation
     ema_start: str = recipe("zero")  # the average's start: zero (official) or init (initial weights; digits)
     init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
@@ -403,6 +411,8 @@ def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
     """The optimisation's and the run's values: (ok, message) pairs."""
     return [
         (t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive"),
+        (t.min_lr <= min(t.lr_d or t.lr, t.lr_g or t.lr),
+         f"train.min_lr={t.min_lr}: the floor of the decayed rate must not exceed the rate (train.lr={t.lr})"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
          f"train.iters_per_epoch={t.iters_per_epoch}: must be positive"),
         (t.ema_start in ("zero", "init"), f"train.ema_start={t.ema_start!r}: expected zero or init"),
@@ -523,7 +533,19 @@ def to_config(dict_cfg, check_values: bool = True) -> Config:
         raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
     if check_values:
         validate(cfg)
+    if cfg.model.arch == "custom":  # composed from the user's own overrides and config folders: given
+        for spec in (cfg.model.discriminator, cfg.model.generator):
+            GIVEN_SPECS.add(spec_text(spec))
     return cfg
+
+
+# The network specs (model.arch=custom) given in this process: composed from the user's overrides (to_config) or
+# named by them (trust.networks_for), as spec_text. Hydra instantiates no other spec (trust.is_given).
+GIVEN_SPECS: set = set()
+
+
+def spec_text(spec: Any) -> str:
+    return json.dumps(spec, sort_keys=True, default=repr)
 
 
 def compose(overrides: Sequence[str] = (), **where) -> Config:

@@ -17,13 +17,13 @@ import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DataConfig
+from .config import DataConfig, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -303,15 +303,50 @@ def _load_folder(cfg: DataConfig):
     return x_tr, y_tr, x_te, y_te, class_names, extra, 255.0
 
 
+# The most classes a data set may have: labels are class indices 0..K-1 (class names are built for each).
+MAX_CLASSES = 100_000
+
+
+def read_npz(path: Path, label: str, pick: Optional[Callable[[List[str]], List[str]]] = None
+             ) -> Dict[str, np.ndarray]:
+    """The arrays of an .npz (those ``pick`` chooses of its names), without pickles; each array's declared size
+    is checked against the bytes its file holds before it is read. DataError with one line otherwise."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{label}: not an .npz archive (numpy.savez writes a zip file of arrays)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename[:-4]: info.file_size for info in archive.infolist()
+                     if info.filename.endswith(".npy")}
+            with np.load(path, allow_pickle=False) as arrays:
+                names = arrays.files if pick is None else pick(arrays.files)
+                for name in names:
+                    _check_declared(archive, name, sizes.get(name, 0), label)
+                return {name: arrays[name] for name in names}
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{label}: an array too large for this machine's memory") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{label}: not a readable .npz ({first_line(error)})") from None
+
+
+def _check_declared(archive: zipfile.ZipFile, name: str, stored: int, label: str) -> None:
+    """An .npy member's header (shape, dtype) must not declare more bytes than the member holds."""
+    with archive.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(member, max_header_size=10_000)
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > stored:
+        raise DataError(f"{label}: array {name} declares {shape} {dtype} ({declared:,} bytes), but holds "
+                        f"{stored:,} bytes")
+
+
 def _load_npz(cfg: DataConfig):
     path = Path(os.path.expanduser(cfg.path))
     if not path.is_file():
         raise DataError(f"dataset.path={cfg.path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{path}: not a readable .npz ({error})") from None
+    arrays = read_npz(path, str(path))
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test")
@@ -338,7 +373,10 @@ def _load_npz(cfg: DataConfig):
     if "classes" in arrays:
         names = [c.decode() if isinstance(c, bytes) else str(c) for c in arrays["classes"]]
     else:
-        names = [str(k) for k in range(int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1)]
+        top = int(max(y_tr.max(initial=0), y_te.max(initial=0)))
+        if top >= MAX_CLASSES:  # before a name is built for each class up to it
+            raise DataError(f"{path}: label {top}: labels are class indices 0..K-1 with K <= {MAX_CLASSES:,}")
+        names = [str(k) for k in range(top + 1)]
     extra = images("x_unlabeled") if "x_unlabeled" in arrays else None
     return x_tr, y_tr, x_te, y_te, names, extra, 255.0
 
@@ -403,17 +441,13 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
         if not path.exists():
             raise DataError(f"{item}: no such file or folder")
         if path.suffix.lower() == ".npz":
-            try:
-                with np.load(path, allow_pickle=False) as archive:
-                    key = next((k for k in ("x", "x_test") if k in archive.files),
-                               archive.files[0] if len(archive.files) == 1 else None)
-                    if key is None:
-                        raise DataError(f"{item}: expected an array named x or x_test")
-                    x = archive[key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-                if isinstance(error, DataError):
-                    raise
-                raise DataError(f"{item}: not a readable .npz ({error})") from None
+            def pick(files: List[str]) -> List[str]:
+                key = next((k for k in ("x", "x_test") if k in files), files[0] if len(files) == 1 else None)
+                if key is None:
+                    raise DataError(f"{item}: expected an array named x or x_test")
+                return [key]
+
+            (key, x), = read_npz(path, item, pick).items()
             if not np.issubdtype(x.dtype, np.number):
                 raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
             x = prepare_images(x, cfg, item)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,7 +286,14 @@ def save_density(path: Path | str, model: PixelCNNpp, threshold: float, scaling:
 
 
 def load_density(path, device="cpu") -> Dict:
-    payload = torch.load(path, map_location=device, weights_only=False)
+    """A file of ``save_density``, read with weights-only unpickling: a file that holds more than weights and
+    plain values (code to run on loading) is ConfigError, never unpickled."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = [line for line in str(error).splitlines() if "Unsupported" in line]
+        raise ConfigError(f"method.density_model={path}: refused, the file holds more than weights "
+                          f"({found[0].strip() if found else 'unsupported content'})") from None
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave torch's stream where it was
         model = PixelCNNpp(**payload["hparams"]).to(device)
     model.load_state_dict(payload["state_dict"])

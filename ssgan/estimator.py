@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from .checkpoint import load_networks, load_run
-from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, config_from_dict, resolve_device,
+from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, resolve_device,
                      validate)
 from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
                    source_value_max)
@@ -38,6 +38,7 @@ from .evaluate import predict_proba
 from .records import EstimatorFile
 from .rundir import RunDirError
 from .train import fit as train_fit
+from .trust import UntrustedError, import_path, stored_config
 
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
 
@@ -409,11 +410,16 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         ).write(Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SSGANClassifier":
-        """Read a file written by ``save`` (weights-only unpickling); refuse anything else with one line."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             networks: Optional[Sequence[Any]] = None) -> "SSGANClassifier":
+        """Read a file written by ``save`` (weights-only unpickling); refuse anything else with one line.
+        ``networks``: an estimator of one's own networks is loaded only with them named again (modules, classes
+        or import paths: ``trust.networks_for``); the file's own import paths are never imported."""
         path, device = Path(path), _device(device)
         saved = EstimatorFile.read(path)
         params = dict(saved.params)
+        params["discriminator"], params["generator"] = (None, None) if networks is None else (
+            [n if isinstance(n, torch.nn.Module) else import_path(n, "networks") for n in networks] + [None, None])[:2]
         for key in ("image_shape", "overrides"):
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
@@ -422,10 +428,13 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         except TypeError as error:
             raise RunDirError(f"{path}: parameters do not match this version of ssgan ({error})") from None
         try:
-            cfg = config_from_dict(saved.config)
+            cfg = stored_config(saved.config, path)
+        except UntrustedError:
+            raise
         except ConfigError as error:
-            raise RunDirError(f"{path}: {error}") from None
-        disc, gen = load_networks(cfg, saved.discriminator, saved.generator, path=path, device=device)
+            raise RunDirError(str(error)) from None
+        disc, gen = load_networks(cfg, saved.discriminator, saved.generator, path=path, device=device,
+                                  networks=networks)
         data_min = saved.data_min.numpy().astype(np.float64) if saved.tabular else None
         data_max = saved.data_max.numpy().astype(np.float64) if saved.tabular else None
         estimator._set_fitted(cfg, disc, gen, classes=np.array(saved.classes, dtype=np.dtype(saved.classes_dtype)),
@@ -447,7 +456,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = history
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifier:
+def load(path: str | Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None
+         ) -> SSGANClassifier:
     """A fitted ``SSGANClassifier`` from a run directory of ``ssgan fit`` (or its checkpoint.pt), or from a
     file written by ``SSGANClassifier.save``.
 
@@ -456,11 +466,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSGANClassifie
     ``class_names_`` the class names beside them; inputs are scaled as ``ssgan predict`` scales them
     (``value_max_`` None: decided row by row, see the class), and the parameters name the run's recipe, method, epochs
     and seed; ``clone`` of it trains that recipe afresh, without the run's other overrides.
+
+    ``networks``: a run (or file) of one's own networks (``model.arch=custom``) loads only with them named by
+    the caller, as (discriminator, generator) modules, classes or import paths (``module:Builder``): nothing
+    a file names is ever imported (docs/security.md).
     """
     path, device = Path(path), _device(device)
     if EstimatorFile.is_one(path):
-        return SSGANClassifier.load(path, device)
-    run = load_run(path, device)
+        return SSGANClassifier.load(path, device, networks)
+    run = load_run(path, device, networks)
     cfg = run.config
     estimator = SSGANClassifier(recipe=cfg.dataset.name, method=cfg.method.name, epochs=cfg.train.epochs,
                                 seed=cfg.seed, device=str(device))

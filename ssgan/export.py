@@ -51,7 +51,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,8 @@ class Exported:
     input_value_max: float
 
 
-def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None) -> Exported:
+def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None,
+               networks: Optional[Sequence] = None) -> Exported:
     """Export the averaged discriminator of a run, its input scaling and a softmax included.
 
     Args:
@@ -90,6 +91,7 @@ def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None) 
         fmt: ``"onnx"`` or ``"torchscript"``.
         out: the file to write; default ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.pt``. Its folder must
             exist and its extension must be the format's (``.onnx``, ``.pt``).
+        networks: a run of one's own networks: their builders or modules (``checkpoint.load_run``).
 
     Returns:
         An ``Exported`` record of the file written.
@@ -111,7 +113,7 @@ def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None) 
     _check_target(target, fmt)
     if fmt == "onnx":
         _require_onnx()  # before loading anything: a missing extra is the user's first thing to fix
-    run = load_run(run_path, "cpu")
+    run = load_run(run_path, "cpu", networks)
     model = classifier_of(run)
     metadata = model_metadata(run)
     example = torch.zeros(2, *run.config.dataset.image_shape)  # batch 2: a size-1 batch could be specialised

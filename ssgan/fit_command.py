@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .checkpoint import checkpoint_config, load_checkpoint
+from .checkpoint import check_config_record, checkpoint_config, load_checkpoint
 from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
                      register_configs,
                      resolve_paths, to_config, validate)
@@ -42,6 +42,7 @@ from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clea
 from .seeds import check_seeds, in_key, is_seeds_run, read_plan
 from .table import Progress, fit_seeds
 from .train import TrainingDiverged, TrainingInterrupted, fit
+from .trust import networks_for
 
 PROG = "ssgan"
 class UsageError(Exception):
@@ -58,6 +59,21 @@ class Passthrough(BaseException):
     def __init__(self, error: Exception) -> None:
         super().__init__(error)
         self.error = error
+
+
+def add_network_flags(parser: argparse.ArgumentParser) -> None:
+    """``--discriminator`` / ``--generator``: the builders of a run of one's own networks (``model.arch=custom``),
+    named by the person running the command; a run directory's own specs are never imported (docs/security.md)."""
+    for name in ("discriminator", "generator"):
+        parser.add_argument(f"--{name}", metavar="MODULE:BUILDER", help=f"a run of your own networks: its "
+                            f"{name}'s class or function (the run's stored arguments are passed to it)")
+
+
+def named_networks(args: argparse.Namespace) -> Optional[tuple]:
+    """The (discriminator, generator) builders named on the command line, or None; both or neither."""
+    if (args.discriminator is None) != (args.generator is None):
+        raise UsageError("--discriminator and --generator come together: name both builders")
+    return None if args.discriminator is None else (args.discriminator, args.generator)
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -101,8 +117,7 @@ def fit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
-                        "(KEY=VALUE words then change its saved config, e.g. train.epochs=600)")
+    _resume_flags(parser)
     parser.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over sweeps (a=1,2)")
     hydra_flags = parser.add_argument_group("Hydra's own flags (as in any Hydra app)")
     hydra_flags.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="print the config instead of "
@@ -123,6 +138,12 @@ def fit_parser() -> argparse.ArgumentParser:
                              "your own dataset/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     return parser
+
+
+def _resume_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
+                        "(KEY=VALUE words then change its saved config, e.g. train.epochs=600)")
+    add_network_flags(parser)  # (with --resume: a run of one's own networks)
 
 
 HYDRA_INFO = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
@@ -151,6 +172,10 @@ def fit_overrides(args: argparse.Namespace) -> List[str]:
     for word in args.overrides:
         if "=" not in word:
             raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
+        flag = next((f for f, key in FIT_FLAGS.items() if key == word.split("=", 1)[0].lstrip("+~")), None)
+        if flag is not None and getattr(args, flag) is not None:  # which one wins would be a guess: refuse
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)} and {word} set the same field; "
+                             f"give one")
     return overrides + list(args.overrides)
 
 
@@ -232,14 +257,16 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
+def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple] = None) -> int:
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
-    A seeds run continues with its saved config: finished seeds are kept, the others trained or continued."""
+    A seeds run continues with its saved config: finished seeds are kept, the others trained or continued.
+    ``networks``: the builders of a run of one's own networks (``--discriminator``, ``--generator``)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     if is_seeds_run(path):
         cfg, seeds, command = read_plan(path)
+        cfg, _ = networks_for(cfg, networks, run_dir)
         # only what leaves every seed's config key as it is (how the seeds run and report), so that finished
         # seeds stay valid and unfinished ones continue exactly
         allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
@@ -249,6 +276,8 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
+    check_config_record(path, cfg, overrides, RESUMABLE_FIELDS)
+    cfg, _ = networks_for(cfg, networks, run_dir)
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
@@ -345,6 +374,17 @@ def _completion_line(line: str) -> str:
     return " ".join([PROG, *kept, *partial]) + ending
 
 
+def _resume_args(args: argparse.Namespace, hydra_flags: Sequence[str]) -> int:
+    """``ssgan fit --resume RUN_DIR``: only KEY=VALUE words (and the builders of one's own networks) go with it."""
+    fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
+    fixed += ["--seeds"] if args.seeds is not None else []
+    if fixed or args.multirun or args.overwrite or hydra_flags:
+        raise UsageError(f"--resume continues a run with its saved config; drop "
+                         f"{' '.join(fixed + list(hydra_flags)) or '-m'} (KEY=VALUE overrides such as "
+                         f"train.epochs=N are allowed)")
+    return cmd_resume(args.resume, fit_overrides(args), named_networks(args))
+
+
 def cmd_fit(argv: Sequence[str]) -> int:
     args = fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
     if args.version:
@@ -354,13 +394,10 @@ def cmd_fit(argv: Sequence[str]) -> int:
         check_seeds(0, args.seeds)  # (before anything else; the range once the config gives the first seed)
     hydra_flags = _hydra_flags(args)
     if args.resume:
-        fixed = [f"--{flag.replace('_', '-')}" for flag in FIT_FLAGS if getattr(args, flag) is not None]
-        fixed += ["--seeds"] if args.seeds is not None else []
-        if fixed or args.multirun or args.overwrite or hydra_flags:
-            raise UsageError(f"--resume continues a run with its saved config; drop "
-                             f"{' '.join(fixed + hydra_flags) or '-m'} (KEY=VALUE overrides such as "
-                             f"train.epochs=N are allowed)")
-        return cmd_resume(args.resume, fit_overrides(args))
+        return _resume_args(args, hydra_flags)
+    if named_networks(args) is not None:
+        raise UsageError("--discriminator / --generator name the networks of a run to --resume; a new run names "
+                         "them as model=custom model.discriminator._target_=... model.generator._target_=...")
     if args.shell_completion or args.cfg or args.info or args.hydra_help:  # Hydra answers; nothing runs
         overrides = [o for o in args.overrides] if args.shell_completion else fit_overrides(args)
         if args.shell_completion and "COMP_LINE" in os.environ:

@@ -23,6 +23,7 @@ from .config import Config, ConfigError, DataConfig, ModelConfig, first_line
 from .layers import (GaussianNoise, GeneratorNorm, MinibatchDiscrimination, WNConv2d, WNConvTranspose2d,
                      WNLinear, data_dependent_init, spectral_conv, spectral_linear)
 from .optim import HistoricalAverage, make_optimizer
+from .trust import is_given, refusal
 
 # Number of reference samples of virtual batch norm (Salimans et al. 2016, sec. 3.4).
 VBN_REFERENCE = 64
@@ -282,7 +283,10 @@ class CustomGenerator(nn.Module):
 
 
 def _instantiate(spec: Dict, what: str, **offered) -> nn.Module:
-    """``hydra.utils.instantiate(spec)`` with those of ``offered`` that the target's constructor accepts."""
+    """``hydra.utils.instantiate(spec)`` with those of ``offered`` that the target's constructor accepts; only a
+    spec the person running ssgan gave (``trust.is_given``): one read from a file names code to run."""
+    if not is_given(spec):
+        raise refusal(spec, what)
     import importlib
     import inspect
 

@@ -133,9 +133,9 @@ def ensemble_record(result: SeedsResult, class_names: Sequence[str]) -> Ensemble
 
 
 def evaluate_runs(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
-                  ) -> SeedsResult:
+                  networks: Optional[Sequence] = None) -> SeedsResult:
     """``aggregate`` over finished runs, with their probabilities recomputed from their checkpoints."""
-    probs, y_test, class_names = probs_on_test_set(records, device, data_root)
+    probs, y_test, class_names = probs_on_test_set(records, device, data_root, networks)
     return aggregate(records, probs, y_test, class_names)
 
 
@@ -172,17 +172,18 @@ def check_same_data(records: Sequence[RunRecord]) -> None:
 
 
 def probs_on_test_set(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
-                      ) -> Tuple[List[np.ndarray], np.ndarray, List[str]]:
+                      networks: Optional[Sequence] = None) -> Tuple[List[np.ndarray], np.ndarray, List[str]]:
     """Each run's class probabilities on the test set, from its checkpoint's averaged discriminator.
 
     Checks that the runs share the data set, the class names and the test labels. ``data_root`` replaces
-    the runs' ``dataset.root`` (runs trained on another machine). Returns the (N, K) probabilities of every
+    the runs' ``dataset.root`` (runs trained on another machine); ``networks``: those of runs of one's own
+    networks (``checkpoint.load_run``). Returns the (N, K) probabilities of every
     run, the (N,) test labels and the class names.
     """
     check_same_data(records)
     probs, y_test, class_names, test_sets = [], None, None, {}
     for record in records:
-        run = load_run(record.path, device)
+        run = load_run(record.path, device, networks)
         if class_names is not None and list(run.class_names) != class_names:
             raise RunDirError(f"runs with different classes: {records[0].path} has {class_names}, {record.path} "
                             f"has {list(run.class_names)}")
@@ -395,7 +396,7 @@ def plot_table(path: Path, dataset: str, rows: Sequence[SeedsResult]) -> bool:
 
 
 def group_rows(records: Sequence[RunRecord], device: str = "cpu", data_root: Optional[str] = None,
-               ) -> List[SeedsResult]:
+               networks: Optional[Sequence] = None) -> List[SeedsResult]:
     """Finished runs -> one row per config (without the seed): one label count each, seeds not repeated."""
     check_same_data(records)
     groups: Dict[str, List[RunRecord]] = {}
@@ -415,4 +416,4 @@ def group_rows(records: Sequence[RunRecord], device: str = "cpu", data_root: Opt
             paths = [str(r.path) for r in group if r.seed == repeated[0]]
             raise RunDirError(f"seed {repeated[0]} of {labels} labels appears more than once: {', '.join(paths)}")
         by_labels[labels] = sorted(group, key=lambda r: r.seed)
-    return [evaluate_runs(by_labels[n], device, data_root) for n in sorted(by_labels)]
+    return [evaluate_runs(by_labels[n], device, data_root, networks) for n in sorted(by_labels)]

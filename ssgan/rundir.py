@@ -396,9 +396,34 @@ def read_payload(path: Path) -> Dict[str, Any]:
         lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
         reason = lines[0].split("error: ", 1)[-1].split(" was not")[0] if lines else "unsupported content"
         raise RunDirError(f"{path}: refused, the file holds more than weights ({reason})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # a truncated, corrupt or malformed pickle raises any of many types
         raise RunDirError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                           f"{type(error).__name__})") from None
     if not isinstance(payload, dict):
         raise RunDirError(f"{path}: not an ssgan file (a {type(payload).__name__}, not a dict)")
+    check_payload_size(payload, path)
     return payload
+
+
+# What a payload may hold, counted before anything walks it recursively (the checksum): a run's checkpoint has a
+# few thousand values, nested about 6 deep. Shared lists (a few bytes in a pickle) could stand for 2**64 values.
+MAX_PAYLOAD_VALUES = 1_000_000
+MAX_PAYLOAD_DEPTH = 32
+
+
+def check_payload_size(payload: Any, path: Path) -> None:
+    """Count the values of an unpickled payload without recursion, following every reference as the checksum
+    does; RunDirError at once when they are too many or nested too deep."""
+    stack, seen = [(payload, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PAYLOAD_VALUES:
+            raise RunDirError(f"{path}: refused, too large (more than {MAX_PAYLOAD_VALUES:,} values; shared or "
+                              f"repeated lists)")
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise RunDirError(f"{path}: refused, nested too deep (more than {MAX_PAYLOAD_DEPTH} levels)")
+        if isinstance(value, dict):
+            stack.extend((sub, depth + 1) for sub in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((sub, depth + 1) for sub in value)

@@ -32,9 +32,11 @@ from .records import RunRecord, SeedsPlan
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, clear_outputs, is_used,
                      remove_unstarted)
 from .train import TrainingInterrupted, fit, fit_grid
+from .trust import UntrustedError, stored_config
 
 logger = logging.getLogger(__name__)
 
+MAX_SEEDS = 1000  # seeds in one seeds run or table cell
 NOT_IN_KEY = frozenset(fields_with("keyed", False))  # the schema's execution, reporting and identity fields
 
 
@@ -53,6 +55,8 @@ def check_seeds(first: int, n_seeds: int) -> List[int]:
     least one and all stay below numpy's 2**32."""
     if n_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+    if n_seeds > MAX_SEEDS:  # before a list of them is built, or a folder made
+        raise ConfigError(f"--seeds {n_seeds}: at most {MAX_SEEDS} seeds in one run")
     if first + n_seeds > MAX_SEED:
         raise ConfigError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
     return list(range(first, first + n_seeds))
@@ -119,7 +123,9 @@ def read_plan(run_dir: Path) -> Tuple[Config, List[int], str]:
     """The config, seeds and command of a seeds run (to continue it), from its ``seeds.json``."""
     plan = SeedsPlan.read(run_dir)
     try:
-        return config_from_dict(plan.config), plan.seeds, plan.command
+        return stored_config(plan.config, Path(run_dir) / PLAN_NAME), plan.seeds, plan.command
+    except UntrustedError:
+        raise
     except ConfigError as error:
         raise RunDirError(f"{Path(run_dir) / PLAN_NAME}: not a seeds plan (ConfigError: {error})") from None
 

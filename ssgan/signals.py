@@ -1,5 +1,6 @@
-"""SIGINT / SIGTERM turned into a flag that training, seeds runs and tables check at safe points, so that a
-signal never cuts a write short: the run checkpoints and stops with exit code 128 + N (``cli``)."""
+"""SIGINT / SIGTERM / SIGHUP turned into a flag that training, seeds runs and tables check at safe points, so that
+a signal never cuts a write short: the run checkpoints and stops with exit code 128 + N (``cli``). SIGHUP (a
+closed terminal, a dropped ssh session) is a request to stop like SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import threading
 from typing import Dict, Optional
 
 
+# SIGHUP does not exist on Windows
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class StopSignals:
-    """Turn SIGINT / SIGTERM into a flag checked at safe points (main thread only): between iterations in the
-    loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
+    """Turn SIGINT / SIGTERM / SIGHUP into a flag checked at safe points (main thread only): between iterations in
+    the loop, between seeds and after a table's writes outside it (``table``), so that no write is cut short.
 
     Guards nest: one entered inside another (a seed's training inside a seeds run) takes over a signal the
     outer one has already received (the seed then stops at its first iteration, checkpointed), and hands its
@@ -23,7 +28,7 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
             if self._outer() is not None:
                 self.signum = self._outer().signum

@@ -166,10 +166,12 @@ def _write_table(out_dir: Optional[Path | str], dataset: str, rows: List[SeedsRe
 
 def collect_table(paths: Sequence[Path | str], *, dataset: Optional[str] = None,
                   labels: Optional[Sequence[int]] = None, device: str = "auto", data_root: Optional[str] = None,
-                  out_dir: Optional[Path | str] = "results", command: Optional[str] = None) -> Table:
+                  out_dir: Optional[Path | str] = "results", command: Optional[str] = None,
+                  networks: Optional[Sequence] = None) -> Table:
     """The table of finished runs (run directories or folders of them, e.g. a multirun's sweep directory),
     trained elsewhere: one row per config, their test probabilities recomputed on ``device``; ``data_root``
-    is where the test images are (default: each run's ``dataset.root``)."""
+    is where the test images are (default: each run's ``dataset.root``); ``networks``: those of runs of one's
+    own networks (``checkpoint.load_run``)."""
     _check_out_dir(out_dir)
     records = find_runs(paths)
     found = records[0].dataset
@@ -179,7 +181,7 @@ def collect_table(paths: Sequence[Path | str], *, dataset: Optional[str] = None,
         records = [r for r in records if r.labels in labels]
         if not records:
             raise RunDirError(f"no runs of {','.join(map(str, labels))} labels in --from")
-    rows = group_rows(records, resolve_device(device), data_root)
+    rows = group_rows(records, resolve_device(device), data_root, networks)
     command = command or f"ssgan.collect_table({[str(p) for p in paths]})"
     return Table(found, rows, _write_table(out_dir, found, rows, command))
 

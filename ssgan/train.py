@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .accelerate import Captured, decide_capture, gatherer, numerics, place_data, use_cuda_graph
-from .checkpoint import check_resume_fits, remove_stale_temporaries, restore_rng, rng_state, write_group_checkpoints
+from .checkpoint import (check_resume_fits, load_checkpoint, remove_stale_temporaries, restore_rng, rng_state,
+                         write_group_checkpoints)
 from .concurrent import StackedEngine, check_supported
 from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
@@ -78,7 +79,13 @@ def kept_checkpoint(run_dir: Optional[Path]) -> str:
     if run_dir is None:
         return ""
     kept = Path(run_dir) / CHECKPOINT_NAME
-    return f"; the last good checkpoint is {kept}" if kept.exists() else "; no checkpoint was written yet"
+    if not kept.exists():
+        return "; no checkpoint was written yet"
+    try:  # called good only when it passes the checks a resume makes
+        load_checkpoint(kept)
+    except RunDirError as error:
+        return f"; its checkpoint is refused too ({error})"
+    return f"; the last good checkpoint is {kept}"
 
 
 class TrainingInterrupted(RuntimeError):

@@ -65,3 +65,75 @@ def test_a_cut_group_commit_never_switches_a_finished_member_back(tmp_path):
     recover_group_checkpoints([first, finished])
     assert (first / "checkpoint.pt").read_text() == "staged" and (finished / "checkpoint.pt").read_text() == "newer"
     assert not [p for f in (first, finished) for p in f.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------- a resume takes the run's config, not another's
+
+def _tiny_run(path, *extra):
+    from ssgan.cli import main
+    from tests.conftest import TINY_OVERRIDES
+
+    assert main(["fit", "--run-dir", str(path), *TINY_OVERRIDES, "train.epochs=2", *extra]) == 0
+
+
+def test_a_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
+    """A ct_gan checkpoint put into an improved_gan run: refused with one line naming the fields, and the
+    run's config.yaml and metrics.jsonl are left as they were."""
+    import shutil
+
+    from ssgan.cli import main
+
+    _tiny_run(tmp_path / "improved")
+    _tiny_run(tmp_path / "ct", "method=ct_gan")
+    run = tmp_path / "improved"
+    shutil.copy(tmp_path / "ct" / "checkpoint.pt", run / "checkpoint.pt")
+    (run / "result.json").unlink()
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "method.name" in err and "config.yaml" in err, err
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_a_resume_refuses_edits_to_config_yaml_and_says_how_to_change_a_field(tmp_path, capsys):
+    from ssgan.cli import main
+
+    run = tmp_path / "run"
+    _tiny_run(run)
+    (run / "result.json").unlink()
+    text = (run / "config.yaml").read_text()
+    assert "  lr: 0.003\n" in text
+    (run / "config.yaml").write_text(text.replace("  lr: 0.003\n", "  lr: 0.001\n"))
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lr" in err and "train.lr=0.001" in err, err
+    assert main(["fit", "--resume", str(run), "train.epochs=3", "train.lr=0.001"]) == 0
+
+
+def test_a_nan_optimizer_state_is_refused_and_never_called_good(tmp_path, capsys):
+    """A NaN in Adam's state passed the checks: the resume diverged and the message called that very file "the
+    last good checkpoint". Now the file is refused with one line, and a kept file is called good only if it is."""
+    import io
+
+    from ssgan.cli import main
+    from ssgan.train import kept_checkpoint
+
+    run = tmp_path / "run"
+    _tiny_run(run)
+    (run / "result.json").unlink()
+    path = run / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["opt_d"]["state"][0]["exp_avg_sq"][0, 0] = float("nan")
+    payload["sha256"] = content_digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(RunDirError, match="opt_d.*not finite"):
+        load_checkpoint(path)
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "opt_d" in err, err
+    assert "last good checkpoint" not in kept_checkpoint(run) and "refused" in kept_checkpoint(run)

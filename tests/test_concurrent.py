@@ -6,6 +6,7 @@ import json
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,6 +328,52 @@ def test_a_kill_between_the_seeds_checkpoint_writes_resumes_exactly(uninterrupte
         assert json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] == \
             json.loads((uninterrupted_three / f"seed{s}" / "result.json").read_text())["test_error"]
         assert not list((run_dir / f"seed{s}").glob(".checkpoint.pt.staged")), s
+
+
+def test_a_run_copied_mid_group_commit_resumes_exactly_and_leaves_the_original_alone(uninterrupted_three, tmp_path,
+                                                                                    monkeypatch):
+    """A run directory is relocatable: the group commit record names its members relative to itself, so a copy
+    made while the commit was pending (k=6: seed 0 switched, seeds 1 and 2 staged) resumes to the uninterrupted
+    run's weights, and the original's files stay as they were (no lock of theirs is held by the resume)."""
+    import shutil
+
+    original = tmp_path / "cut"
+    _killed_at(6, monkeypatch)
+    with pytest.raises(_Killed):
+        main(["fit", "--run-dir", str(original), *KILL_ARGS])
+    monkeypatch.undo()
+    record = json.loads((original / "seed0" / ".group-commit.json").read_text())
+    assert not any(Path(m).is_absolute() for m in record["members"]), record
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    assert main(["fit", "--resume", str(copy)]) == 0
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    for s in range(3):
+        a = load_checkpoint(copy / f"seed{s}" / "checkpoint.pt")
+        b = load_checkpoint(uninterrupted_three / f"seed{s}" / "checkpoint.pt")
+        for part in ("discriminator", "discriminator_avg", "generator"):
+            for name in a[part]:
+                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+
+
+def test_a_group_commit_record_touches_no_folder_outside_its_group(tmp_path):
+    """A record naming a folder elsewhere (absolute, or ../ beyond the seeds run or table cache) is refused
+    with one line, and nothing there is switched."""
+    from ssgan.checkpoint import recover_group_checkpoints
+    from ssgan.rundir import RunDirError
+
+    victim = tmp_path / "other" / "run"
+    victim.mkdir(parents=True)
+    (victim / "checkpoint.pt").write_text("theirs")
+    (victim / ".checkpoint.pt.staged").write_text("forged")
+    member = tmp_path / "cache" / "digits" / "key" / "seed0"
+    member.mkdir(parents=True)
+    for named in (str(victim), "../../../../other/run"):
+        (member / ".group-commit.json").write_text(json.dumps({"members": [".", named]}))
+        with pytest.raises(RunDirError, match="outside"):
+            recover_group_checkpoints([member])
+        assert (victim / "checkpoint.pt").read_text() == "theirs"
 
 
 def test_a_cut_group_commit_is_recovered_when_the_seeds_resume_one_at_a_time(tmp_path, monkeypatch, capsys):

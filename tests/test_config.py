@@ -178,3 +178,26 @@ def test_refused_options_follow_the_schema(engine, overrides, expected):
     from ssgan.config import refused_options
 
     assert refused_options(compose(overrides), engine) == expected
+
+
+@pytest.mark.parametrize("override", [
+    "method.unl_weight=1e30", "method.ct_weight=1e30", "method.gradient_penalty=1e30", "method.vi_weight=1e30",
+    "model.input_noise=1e30", "model.hidden_noise=1e30", "model.weight_init_std=1e30", "model.out_init_std=1e30",
+    "train.lr=1e30", "train.lr_d=1e30", "train.lr_g=1e30", "method.vi_lr=1e30", "train.adam_eps=1e30",
+    "train.epochs=0", "train.min_lr=0.01",  # min_lr above the digits recipe's lr of 0.003
+])
+def test_values_no_run_can_use_are_refused(override):
+    """1e30 for a weight, noise level, init scale, rate or epsilon; zero epochs (a result for an untrained model);
+    a floor of the decayed rate above the rate itself."""
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        compose([override])
+
+
+def test_a_flag_and_an_override_of_the_same_field_contradict(tmp_path, monkeypatch, capsys):
+    from ssgan.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--epochs", "1", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--epochs 1" in err and "train.epochs=2" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import ssgan
 LAYERS = [
     ["hydra_state"],
     ["config"],
-    ["data", "layers", "losses", "optim", "plots", "signals"],
+    ["data", "layers", "losses", "optim", "plots", "signals", "trust"],
     ["models"],
     ["evaluate"],
     ["rundir"],

@@ -197,6 +197,34 @@ def test_a_signal_during_the_final_writes_completes_them_first(tmp_path, monkeyp
     assert (tmp_path / "run" / "result.json").is_file() and (tmp_path / "run" / "samples.png").is_file()
 
 
+def test_a_hangup_stops_a_run_as_sigterm_does_with_a_checkpoint_at_the_stop(tmp_path, monkeypatch, capsys):
+    """SIGHUP (a closed terminal, a dropped ssh session) mid-run: a checkpoint of the position, one line saying
+    how to continue, exit code 128 + SIGHUP; the resume finishes the run."""
+    from ssgan.records import MetricsLog
+
+    received = []
+    guard = signal.signal(signal.SIGHUP, lambda signum, frame: received.append(signum))  # if ssgan had none
+    original = MetricsLog.write
+
+    def hung_up(self, record):
+        original(self, record)
+        if record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(MetricsLog, "write", hung_up)
+    run_dir = tmp_path / "run"
+    try:
+        code = main(["fit", "--run-dir", str(run_dir), *TINY_OVERRIDES, "train.epochs=2"])
+    finally:
+        signal.signal(signal.SIGHUP, guard)
+    monkeypatch.undo()
+    assert code == 128 + signal.SIGHUP and not received  # ssgan's handler took it
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"ssgan fit --resume {run_dir}" in err, err
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "result.json").exists()
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+
+
 def test_overwrite_clears_the_old_outputs_before_it_trains(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + ["train.epochs=2"]

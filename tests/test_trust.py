@@ -1,0 +1,196 @@
+"""A run directory is data, never code (docs/security.md): a checkpoint, config, record or plan that names code
+(a forged ``model.arch=custom`` spec, its checksum recomputed with the project's own digest) is refused by every
+command and by ``ssgan.load`` before anything it names is imported or called; a run of one's own networks loads
+when the person running the command names the builders."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import ssgan
+from ssgan import trust
+from ssgan.checkpoint import content_digest
+from ssgan.cli import main
+from ssgan.config import ConfigError
+from tests.conftest import TINY_OVERRIDES
+
+CUSTOM = ["model=custom", "model.discriminator._target_=tests.custom_nets.SmallCNN",
+          "+model.discriminator.width=8", "model.generator._target_=tests.custom_nets.SmallGenerator"]
+TINY = [o for o in TINY_OVERRIDES if not o.startswith("model.")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_given():
+    """Each test starts as a fresh process does: no network spec given yet."""
+    trust.forget_given()
+    yield
+    trust.forget_given()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run of the builtin MLP and one of networks of one's own (tests.custom_nets)."""
+    root = tmp_path_factory.mktemp("trust")
+    assert main(["fit", "--run-dir", str(root / "mlp"), *TINY_OVERRIDES]) == 0
+    assert main(["fit", "--run-dir", str(root / "custom"), *TINY, *CUSTOM]) == 0
+    trust.forget_given()
+    return root
+
+
+def _rewrite(path, change) -> None:
+    """Change a checkpoint's payload and recompute its checksum as anyone can (checkpoint.content_digest)."""
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    payload["sha256"] = content_digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def _forge(run_dir, victim) -> None:
+    """model.arch=custom with both networks builtins.open(victim, "w"), in the checkpoint and the record."""
+    spec = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+
+    def evil(config):
+        config["model"].update(arch="custom", discriminator=dict(spec), generator=dict(spec))
+
+    _rewrite(run_dir / "checkpoint.pt", lambda payload: evil(payload["config"]))
+    record = json.loads((run_dir / "result.json").read_text())
+    evil(record["config"])
+    (run_dir / "result.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def forged(trained, tmp_path):
+    run_dir, victim = tmp_path / "forged", tmp_path / "precious.txt"
+    shutil.copytree(trained / "mlp", run_dir)
+    victim.write_text("a user's file\n")
+    _forge(run_dir, victim)
+    return run_dir, victim
+
+
+def _images(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, x=np.zeros((2, 8, 8), dtype=np.uint8))
+    return str(path)
+
+
+COMMANDS = {
+    "evaluate": lambda run, tmp: ["evaluate", run, "--device", "cpu"],
+    "predict": lambda run, tmp: ["predict", run, _images(tmp), "--device", "cpu"],
+    "sample": lambda run, tmp: ["sample", run, "--device", "cpu", "--out", str(tmp / "grid.png")],
+    "export": lambda run, tmp: ["export", run, "--format", "torchscript", "--out", str(tmp / "m.pt")],
+    "ensemble": lambda run, tmp: ["ensemble", run, "--device", "cpu"],
+    "table --from": lambda run, tmp: ["table", "--from", run, "--out-dir", str(tmp / "results")],
+    "fit --resume": lambda run, tmp: ["fit", "--resume", run, "train.epochs=2"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_forged_checkpoint_runs_no_code_in_any_command(command, forged, tmp_path, capsys):
+    run_dir, victim = forged
+    assert main(COMMANDS[command](str(run_dir), tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "networks of its own" in err and "--discriminator" in err, err
+    assert victim.read_text() == "a user's file\n"
+
+
+def test_ssgan_load_of_a_forged_checkpoint_runs_no_code(forged):
+    run_dir, victim = forged
+    with pytest.raises(ConfigError, match="networks of its own.*networks="):
+        ssgan.load(run_dir)
+    assert victim.read_text() == "a user's file\n"
+
+
+def test_builders_named_for_a_forged_run_never_pass_its_arguments_on(forged, capsys):
+    """The person names the builders; the stored spec's own keywords (_args_ here) are data that must not
+    reach Hydra's instantiate, which would read _args_, _target_ inside them, _partial_ ..."""
+    run_dir, victim = forged
+    assert main(["evaluate", str(run_dir), "--device", "cpu", "--discriminator", "tests.custom_nets:SmallCNN",
+                 "--generator", "tests.custom_nets:SmallGenerator"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "_args_" in err, err
+    assert victim.read_text() == "a user's file\n"
+
+
+def test_a_stored_interpolation_is_refused_not_resolved(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "mlp", run_dir)
+    _rewrite(run_dir / "checkpoint.pt", lambda p: p["config"]["dataset"].update(path="${oc.env:HOME}"))
+    with pytest.raises(ConfigError, match="interpolation"):
+        ssgan.load(run_dir)
+
+
+def test_a_stored_config_never_downloads(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "mlp", run_dir)
+    _rewrite(run_dir / "checkpoint.pt", lambda p: p["config"]["dataset"].update(download=True, root="/elsewhere"))
+    assert ssgan.load(run_dir).config_.dataset.download is False
+
+
+def test_a_run_of_ones_own_networks_loads_only_when_they_are_named(trained, capsys):
+    run_dir = str(trained / "custom")
+    assert main(["evaluate", run_dir, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tests.custom_nets.SmallCNN" in err, err
+    assert "--discriminator MODULE:BUILDER --generator MODULE:BUILDER" in err, err
+    named = ["--discriminator", "tests.custom_nets:SmallCNN", "--generator", "tests.custom_nets:SmallGenerator"]
+    assert main(["evaluate", run_dir, "--device", "cpu", *named]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test error:")
+    assert main(["evaluate", str(trained / "mlp"), "--device", "cpu", *named]) == 2
+    assert "was not made with networks of its own" in capsys.readouterr().err
+
+    from tests.custom_nets import SmallCNN, SmallGenerator
+    trust.forget_given()  # (named above, the specs stay given in this process)
+    with pytest.raises(ConfigError, match="networks of its own"):
+        ssgan.load(run_dir)
+    by_name = ssgan.load(run_dir, networks=("tests.custom_nets:SmallCNN", "tests.custom_nets:SmallGenerator"))
+    by_class = ssgan.load(run_dir, networks=(SmallCNN, SmallGenerator))
+    by_module = ssgan.load(run_dir, networks=(SmallCNN((1, 8, 8), 10, width=8), SmallGenerator((1, 8, 8), 100)))
+    x = np.random.RandomState(0).randint(0, 17, (3, 64))
+    for loaded in (by_class, by_module):
+        np.testing.assert_allclose(loaded.predict_proba(x), by_name.predict_proba(x), atol=1e-6)
+
+
+def test_a_run_of_ones_own_networks_resumes_when_they_are_named(trained, tmp_path, capsys):
+    run_dir = tmp_path / "custom"
+    shutil.copytree(trained / "custom", run_dir)
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=2"]) == 2
+    assert "--discriminator MODULE:BUILDER" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(run_dir), "train.epochs=2", "--discriminator",
+                 "tests.custom_nets:SmallCNN", "--generator", "tests.custom_nets:SmallGenerator"]) == 0
+
+
+def test_a_saved_estimator_of_ones_own_networks_loads_only_when_they_are_named(tmp_path):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    estimator = ssgan.SSGANClassifier(recipe="digits", epochs=1, iters_per_epoch=2, image_shape=(1, 8, 8),
+                                      device="cpu", discriminator="tests.custom_nets.SmallCNN",
+                                      generator="tests.custom_nets.SmallGenerator")
+    estimator.fit(x[:300], np.where(np.arange(300) < 100, y[:300], -1)).save(tmp_path / "e.pt")
+    trust.forget_given()
+    with pytest.raises(ConfigError, match="networks of its own"):
+        ssgan.SSGANClassifier.load(tmp_path / "e.pt")
+    loaded = ssgan.SSGANClassifier.load(tmp_path / "e.pt", networks=("tests.custom_nets.SmallCNN",
+                                                                     "tests.custom_nets.SmallGenerator"))
+    np.testing.assert_allclose(loaded.predict_proba(x[:4]), estimator.predict_proba(x[:4]), atol=1e-6)
+
+
+def test_a_density_model_file_is_read_weights_only(tmp_path):
+    from ssgan.density import load_density
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    path = tmp_path / "density.pt"
+    torch.save({"hparams": Payload()}, path)
+    with pytest.raises(ConfigError, match="holds more than weights"):
+        load_density(path)
