@@ -8,7 +8,7 @@ random data of the recipe's shape:
 1. one untimed warm-up run of the row's exact config (lazy CUDA modules, cuDNN / cuBLAS plans, the first
    vmap, the CUDA-graph capture: every one-time cost lands here);
 2. one run of ``--warmup`` + ``--iters`` iterations in one epoch, timed *inside the loop*: hooks on
-   ``engines.Batches.get`` / ``record`` mark the start of iteration ``--warmup`` and the end of the last one
+   ``feed.Batches.get`` / ``record`` mark the start of iteration ``--warmup`` and the end of the last one
    (CUDA events on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the
    capture) and the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
    spread;
@@ -50,7 +50,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ssgan import engines
+from ssgan import feed
 from ssgan.accelerate import WARMUP_ITERATIONS
 from ssgan.config import compose, resolve_device
 from ssgan.data import ImageData
@@ -78,7 +78,7 @@ def random_data(cfg, n_models: int) -> ImageData:
 
 
 class LoopClock:
-    """Marks two points inside the real loop through ``engines.Batches``: before iteration ``start`` runs
+    """Marks two points inside the real loop through ``feed.Batches``: before iteration ``start`` runs
     and after iteration ``stop - 1`` has run (CUDA events on a GPU; on a CPU the wall clock, the work being
     synchronous there). ``profiler``: anything with ``start`` and ``stop`` (a torch.profiler, ``Traffic``) run between the same two points."""
 
@@ -91,7 +91,7 @@ class LoopClock:
     def installed(self):
         """Hooks on the loop's per-iteration calls: ``Batches.get`` (before an iteration's step) and
         ``Batches.record`` (after it)."""
-        get, record = engines.Batches.get, engines.Batches.record
+        get, record = feed.Batches.get, feed.Batches.record
         clock = self
 
         def timed_get(batches, *args):
@@ -105,11 +105,11 @@ class LoopClock:
             if clock.count == clock.stop:
                 clock._mark_stop()
 
-        engines.Batches.get, engines.Batches.record = timed_get, timed_record
+        feed.Batches.get, feed.Batches.record = timed_get, timed_record
         try:
             yield self
         finally:
-            engines.Batches.get, engines.Batches.record = get, record
+            feed.Batches.get, feed.Batches.record = get, record
 
     def _mark_start(self) -> None:
         if self.cuda:

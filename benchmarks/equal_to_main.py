@@ -147,6 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"equal_to_main: unknown config {unknown[0]!r}" if unknown else
               f"equal_to_main: {reference} has no .venv/bin/python", file=sys.stderr)
         return 2
+    from ssgan.rundir import atomic_write
+
     commit = reference_commit(reference)
     ref_out = Path(args.cache) / (commit or "uncommitted") / f"threads{args.threads}"
     if commit is None and ref_out.exists():
@@ -158,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 shutil.rmtree(ref_out / n, ignore_errors=True)
         run_checkout(reference, reference / ".venv/bin/python", todo, ref_out, args.threads)
         for n in todo:
-            (ref_out / n / "done").write_text("")
+            atomic_write(ref_out / n / "done", "")
     with tempfile.TemporaryDirectory(prefix="ssgan_equal_") as tmp:
         mine = Path(tmp)
         run_checkout(HERE, Path(sys.executable), names, mine, args.threads)
