@@ -48,6 +48,9 @@ class _Bound:
     def __call__(self, *inputs: Tensor):
         return functional_call(self.module, (self.params, self.buffers), inputs)
 
+    def modules(self):
+        return self.module.modules()
+
 
 class Stacked:
     """S models' parameters stacked along a leading dimension, (S, ...) each, as ``engines.train_step`` sees a

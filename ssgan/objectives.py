@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from . import losses
 from .config import MethodConfig
+from .layers import weights_once
 from .optim import HistoricalAverage
 
 
@@ -94,9 +95,10 @@ def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tenso
     Bad GAN's generator entropy terms where their weights are set: the pull-away term on the generated
     features (svhn_trainer.py:116-124) and the encoder's Gaussian NLL of z (cifar_trainer.py:113-123)."""
     x_gen = gen(z)  # (B, C, H, W)
-    with torch.no_grad():
-        _, feats_real = disc(x_unl)
-    _, feats_gen = disc(x_gen)
+    with weights_once(disc):  # D is not trained here: its weights once, as constants, for both passes
+        with torch.no_grad():
+            _, feats_real = disc(x_unl)
+        _, feats_gen = disc(x_gen)
     loss = losses.feature_matching_loss(feats_real, feats_gen, method.fm_norm)
     if method.pull_away_weight > 0:
         loss = loss + method.pull_away_weight * losses.pull_away_term(feats_gen)
