@@ -2,7 +2,8 @@
 vectorised step for all of them (``torch.func.vmap`` over ``functional_call``), ``StackedEngine``.
 
 Only what vectorising needs lives here: stacking the members' networks and optimizer states, the vectorised
-step (the objectives of ``objectives.py`` under vmap, run by ``engines.train_step``) and unstacking a member back into single-model modules.
+step (the objectives of ``objectives.py`` under vmap, run by ``engines.train_step``) and unstacking a member
+back into single-model modules.
 Everything else (the seeds' draws, the epoch loop, the data order and z, evaluation, logs, checkpoints,
 signals, outputs) is ``train.py``'s loop, the same for one model and for several, so every ``train.*`` option
 means the same in both paths; those the vectorised step cannot take are declared in the schema
@@ -135,7 +136,7 @@ class StackedEngine:
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
-                                       method=method)
+                                       method=method, one_pass=t.step == "lean")
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
         d_vmapped = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
@@ -146,7 +147,7 @@ class StackedEngine:
             return d_vmapped(disc.params, disc.buffer_dict, gen.detached(), gen.buffer_dict, x_lab, y_lab, x_unl, z,
                              targets)
 
-        def g_objective(disc: Stacked, gen: Stacked, x_unl, z, *, method, encoder=None):
+        def g_objective(disc: Stacked, gen: Stacked, x_unl, z, *, method, encoder=None, one_pass=False):
             return g_vmapped(disc.detached(), disc.buffer_dict, gen.params, gen.buffer_dict, x_unl, z)
 
         self.models = StepModels(Stacked(self.params_d, self.buffers_d), Stacked(self.params_g, self.buffers_g),

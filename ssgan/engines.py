@@ -105,7 +105,8 @@ def generator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.Optim
     Returns the loss (0-d).
     """
     with autocast(x_unl.device, AMP_DTYPES[train.precision]):
-        loss = (objective or generator_objective)(disc, gen, x_unl, z, method=method, encoder=encoder)
+        loss = (objective or generator_objective)(disc, gen, x_unl, z, method=method, encoder=encoder,
+                                                  one_pass=train.step == "lean")
     if history is not None:
         loss = loss + history_penalty(history, method)
     if density_z is not None:  # Bad GAN's low-density penalty on this iteration (density.DensityPenalty)

@@ -90,15 +90,23 @@ def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_la
 
 
 def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tensor, *, method: MethodConfig,
-                        encoder: Optional[nn.Module] = None) -> Tensor:
+                        encoder: Optional[nn.Module] = None, one_pass: bool = False) -> Tensor:
     """Feature matching of G(z) against a real batch, both through D in training mode (the official code);
     Bad GAN's generator entropy terms where their weights are set: the pull-away term on the generated
-    features (svhn_trainer.py:116-124) and the encoder's Gaussian NLL of z (cifar_trainer.py:113-123)."""
+    features (svhn_trainer.py:116-124) and the encoder's Gaussian NLL of z (cifar_trainer.py:113-123).
+
+    ``one_pass`` (``train.step=lean``): D's two passes, over the real and the generated batch, as one pass
+    over both concatenated (``_forward_parts``; two passes where D is batch-dependent). The same distribution
+    of features (dropout and noise are drawn per example), not the same random numbers as two passes."""
     x_gen = gen(z)  # (B, C, H, W)
-    with weights_once(disc):  # D is not trained here: its weights once, as constants, for both passes
-        with torch.no_grad():
-            _, feats_real = disc(x_unl)
-        _, feats_gen = disc(x_gen)
+    if one_pass and not getattr(disc, "batch_dependent", False):
+        (_, feats_real), (_, feats_gen) = _forward_parts(disc, [x_unl, x_gen])
+        feats_real = feats_real.detach()  # the target: no gradient through the real batch's rows
+    else:
+        with weights_once(disc):  # D is not trained here: its weights once, as constants, for both passes
+            with torch.no_grad():
+                _, feats_real = disc(x_unl)
+            _, feats_gen = disc(x_gen)
     loss = losses.feature_matching_loss(feats_real, feats_gen, method.fm_norm)
     if method.pull_away_weight > 0:
         loss = loss + method.pull_away_weight * losses.pull_away_term(feats_gen)
