@@ -139,6 +139,16 @@ class Batches:
     def _z(self, member, rows: Tensor) -> Tensor:
         return sample_z(self.t.batch_size, self.z_dim, self.device, member.z_rng)  # (B, z_dim)
 
+    def _z_pair(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
+        """z of D's and of G's step, ([S,] B, z_dim) each: each member's two draws from its own stream, or with
+        ``train.step=lean`` one draw for every model and both steps from the first member's stream (one kernel
+        instead of 2 S; stacked models then draw other numbers than each alone: the same distribution)."""
+        if self.t.step != "lean":
+            return self._each(self._z, rows), self._each(self._z, rows)
+        lead = (len(self.members),) if self.stacked else ()
+        z = sample_z(2 * len(self.members) * self.t.batch_size, self.z_dim, self.device, self.members[0].z_rng)
+        return z.view(2, *lead, self.t.batch_size, self.z_dim).unbind(0)
+
     def get(self, it: int, iteration: int) -> Batch:
         """Iteration ``it`` of the epoch (``iteration``: its index in the whole run)."""
         t, rows = self.t, self.rows.select(-2, it)  # (3, [S,] B): labeled, unlabeled, feature-matching
@@ -146,8 +156,7 @@ class Batches:
         if t.augment:  # ([S,] B, C, H, W) each
             x_lab, x_unl, x_fm = (augment(x.flatten(0, -4), t.translate, t.flip).view_as(x)
                                   for x in (x_lab, x_unl, x_fm))
-        z_d = self._each(self._z, rows[0])
-        z_g = self._each(self._z, rows[0])
+        z_d, z_g = self._z_pair(rows[0])
         targets = self._each(lambda m, r: m.te.targets(r), rows[1]) if self.temporal else None
         self.unl_rows = rows[1]
         return Batch(x_lab, self.y_all[rows[0]], x_unl, x_fm, z_d, z_g, targets, iteration)

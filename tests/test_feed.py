@@ -38,3 +38,27 @@ def test_a_stacked_batch_is_each_member_s_own_batch(tiny_config):
                 assert torch.equal(getattr(both, name)[s], tensor), name
     assert together[0].x_lab.shape == (2, 4, 1, 2, 2) and together[0].z_d.shape == (2, 4, cfg.model.z_dim)
     assert not torch.equal(together[0].z_d[0], together[0].z_d[1])
+
+
+def test_the_lean_step_draws_every_model_s_z_at_once(tiny_config):
+    """Equivalence kind of ``train.step=lean``'s z: the same distribution (each entry Uniform[0, 1) from the
+    first member's stream, independent across models and steps), one draw instead of 2 S. On the CPU a
+    single model's z are even the same numbers (the generator fills a tensor in order); stacked members but
+    the first draw other numbers than they would alone."""
+    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=4, iters_per_epoch=2))
+    lean = replace(cfg, train=replace(cfg.train, step="lean"))
+    x, y = torch.rand(30, 1, 2, 2), np.arange(30) % 3
+
+    def first_batch(config, seeds):
+        members = [_member(config, s, [1, 4, 7, 9, 11]) for s in seeds]
+        feed = Batches(members, x, y, torch.device("cpu"), stacked=len(seeds) > 1, gather=x.__getitem__)
+        feed.begin_epoch(2, torch.zeros(*([len(seeds)] if len(seeds) > 1 else []), 2, len(STAT_NAMES)))
+        return feed.get(0, 0)
+
+    faithful, one = first_batch(cfg, [0]), first_batch(lean, [0])
+    assert torch.equal(faithful.z_d, one.z_d) and torch.equal(faithful.z_g, one.z_g)
+    stacked_faithful, stacked = first_batch(cfg, [0, 1]), first_batch(lean, [0, 1])
+    assert stacked.z_d.shape == stacked_faithful.z_d.shape == (2, 4, cfg.model.z_dim)
+    assert torch.equal(stacked.z_d[0], stacked_faithful.z_d[0])  # member 0's stream, in order
+    assert not torch.equal(stacked.z_d[1], stacked_faithful.z_d[1])
+    assert ((stacked.z_g >= 0) & (stacked.z_g < 1)).all() and not torch.equal(stacked.z_d, stacked.z_g)
