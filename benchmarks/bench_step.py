@@ -8,7 +8,7 @@ random data of the recipe's shape:
 1. one untimed warm-up run of the row's exact config (lazy CUDA modules, cuDNN / cuBLAS plans, the first
    vmap, the CUDA-graph capture: every one-time cost lands here);
 2. one run of ``--warmup`` + ``--iters`` iterations in one epoch, timed *inside the loop*: hooks on
-   ``engines.Batches.get`` / ``record`` mark the start of iteration ``--warmup`` and the end of the last one
+   ``feed.Batches.get`` / ``record`` mark the start of iteration ``--warmup`` and the end of the last one
    (CUDA events on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the
    capture) and the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
    spread;
@@ -50,7 +50,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ssgan import engines
+from ssgan import feed
 from ssgan.accelerate import WARMUP_ITERATIONS
 from ssgan.config import compose, resolve_device
 from ssgan.data import ImageData
@@ -78,9 +78,9 @@ def random_data(cfg, n_models: int) -> ImageData:
 
 
 class LoopClock:
-    """Marks two points inside the real loop through ``engines.Batches``: before iteration ``start`` runs
+    """Marks two points inside the real loop through ``feed.Batches``: before iteration ``start`` runs
     and after iteration ``stop - 1`` has run (CUDA events on a GPU; on a CPU the wall clock, the work being
-    synchronous there). ``profiler``: a torch.profiler started and stopped at the same two points."""
+    synchronous there). ``profiler``: anything with ``start`` and ``stop`` (a torch.profiler, ``Traffic``) run between the same two points."""
 
     def __init__(self, start: int, stop: int, device: torch.device, profiler=None) -> None:
         self.start, self.stop, self.device, self.profiler = start, stop, device, profiler
@@ -91,7 +91,7 @@ class LoopClock:
     def installed(self):
         """Hooks on the loop's per-iteration calls: ``Batches.get`` (before an iteration's step) and
         ``Batches.record`` (after it)."""
-        get, record = engines.Batches.get, engines.Batches.record
+        get, record = feed.Batches.get, feed.Batches.record
         clock = self
 
         def timed_get(batches, *args):
@@ -105,11 +105,11 @@ class LoopClock:
             if clock.count == clock.stop:
                 clock._mark_stop()
 
-        engines.Batches.get, engines.Batches.record = timed_get, timed_record
+        feed.Batches.get, feed.Batches.record = timed_get, timed_record
         try:
             yield self
         finally:
-            engines.Batches.get, engines.Batches.record = get, record
+            feed.Batches.get, feed.Batches.record = get, record
 
     def _mark_start(self) -> None:
         if self.cuda:
@@ -151,32 +151,147 @@ def ms_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageDat
 
 def launches_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageData,
                            device: torch.device) -> Dict[str, Optional[float]]:
-    """Operators (and on CUDA kernels) per iteration of the eager form of ``cfg``, from torch.profiler over
-    ``iters`` iterations after ``warmup``: the innermost aten operators that compute, and the GPU kernels."""
+    """What one iteration of the row's uncaptured form runs, over ``iters`` iterations after ``warmup``:
+    ``ops_per_iteration`` (``compute_operators`` of a torch.profiler trace), ``kernels_per_iteration`` on
+    CUDA (the GPU kernels the profiler saw), and ``bytes_per_iteration`` / ``flops_per_iteration``
+    (``Traffic``, a second run)."""
     from torch.profiler import ProfilerActivity, profile
 
+    eager = replace(cfg, train=replace(cfg.train, cuda_graph="off"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     profiler = profile(activities=activities)
-    clock = LoopClock(warmup, warmup + iters, device, profiler)
-    eager = replace(cfg, train=replace(cfg.train, cuda_graph="off"))
-    run_loop(eager, n_models, warmup + iters, data, clock)
-    ops = kernels = 0
-    for event in profiler.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels += 1
-        elif event.name.startswith("aten::") and event.name not in NO_KERNEL and not any(
-                child.name.startswith("aten::") for child in event.cpu_children):
-            ops += 1
+    with _kernel_events(eager):
+        run_loop(eager, n_models, warmup + iters, data, LoopClock(warmup, warmup + iters, device, profiler))
+    events = profiler.events()
+    ops = compute_operators(events)
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    traffic = Traffic()
+    run_loop(eager, n_models, warmup + iters, data, LoopClock(warmup, warmup + iters, device, traffic))
     return {"ops_per_iteration": round(ops / iters, 1),
-            "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None}
+            "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None,
+            "mb_per_iteration": round(traffic.bytes / iters / 1e6, 2),
+            "mflops_per_iteration": round(traffic.flops / iters / 1e6, 2),
+            "bytes_counted_by": "analytic" if cfg.train.compile == "off" else "analytic, outside compiled code"}
 
 
-# Operators that compute nothing (views, allocations, metadata): left out of the count of those that run a kernel
+# Operators that launch nothing: views, allocations, metadata and no-op conversions (a conversion that copies
+# has a copy_ below it, which is counted). ``aten::resolve_conj`` sits below every ``aten::mm``.
 NO_KERNEL = {f"aten::{name}" for name in (
-    "view", "_unsafe_view", "as_strided", "empty", "empty_strided", "empty_like", "resize_", "detach", "alias",
-    "expand", "t", "transpose", "permute", "unsqueeze", "squeeze", "reshape", "_reshape_alias", "select", "slice",
-    "split", "split_with_sizes", "unbind", "narrow", "chunk", "lift_fresh", "result_type", "set_", "is_nonzero",
-    "item", "_local_scalar_dense", "view_as", "numpy_T", "flatten", "unflatten", "contiguous", "to", "type_as")}
+    "view", "_unsafe_view", "as_strided", "empty", "empty_strided", "empty_like", "resize_", "detach", "detach_",
+    "alias", "expand", "expand_as", "t", "transpose", "permute", "unsqueeze", "squeeze", "reshape",
+    "_reshape_alias", "select", "slice", "split", "split_with_sizes", "unbind", "narrow", "chunk", "lift_fresh",
+    "result_type", "set_", "is_nonzero", "item", "_local_scalar_dense", "view_as", "numpy_T", "flatten",
+    "unflatten", "contiguous", "to", "type_as", "resolve_conj", "resolve_neg", "conj", "_conj", "real", "imag",
+    "_to_copy", "clone", "lift", "requires_grad_", "retain_grad", "_has_compatible_shallow_copy_type",
+    "is_same_size", "size", "stride", "dim", "_nested_tensor_from_mask_left_aligned", "matmul", "linear",
+    "zeros", "ones", "zeros_like", "ones_like", "new_zeros", "new_empty", "new_empty_strided", "_unsafe_split",
+    "_unsafe_split_with_sizes", "movedim", "moveaxis", "diagonal", "as_strided_", "_make_dual", "_unpack_dual")}
+# Kernels of compiled code (inductor's C++ kernels, with ``cpp.enable_kernel_profile``; Triton launches)
+COMPILED_KERNEL = ("cpp_fused", "triton_", "cpp_")
+
+
+def _is_compute(event) -> bool:
+    name = event.name
+    if name.startswith("aten::"):
+        return name not in NO_KERNEL
+    return name.startswith(COMPILED_KERNEL)
+
+
+def compute_operators(events) -> int:
+    """The compute operators of a profiler trace with no compute operator below them (about the kernels a
+    GPU launches): an operator that only dispatches to others (``aten::linear`` -> ``aten::mm``) counts
+    through them, views, allocations and no-ops (``NO_KERNEL``) not at all, a foreach operator once (one
+    multi-tensor launch on a GPU, though the CPU runs it tensor by tensor), and every kernel of compiled
+    code. Unlike a count of innermost aten events, an ``aten::mm`` whose only child is the no-op
+    ``aten::resolve_conj`` is counted."""
+
+    def below(event) -> int:
+        if event.name.startswith("aten::_foreach_"):
+            return 1
+        n = sum(below(child) for child in event.cpu_children)
+        return n if n else int(_is_compute(event))
+
+    return sum(below(e) for e in events if e.cpu_parent is None)
+
+
+class Traffic:
+    """Bytes moved and FLOPs of the operators an iteration dispatches, counted between ``start`` and ``stop``
+    by a dispatch mode (below autograd and vmap: the physical tensors of stacked models).
+
+    Bytes are analytic: each compute operator (views, allocations and ``NO_KERNEL`` left out) reads each
+    distinct tensor input once and writes its outputs and the inputs it mutates once; a tensor broadcast by
+    stride 0 counts its stored elements. An unfused eager step moves about this much; a fused kernel moves
+    less (its intermediates stay in registers), and caches may serve a re-read. FLOPs are
+    ``torch.utils.flop_counter``'s (matrix products and convolutions, forward and backward; elementwise
+    operators are not counted). Inside compiled code only the extern kernels (products) are seen."""
+
+    def __init__(self) -> None:
+        self.bytes = self.flops = 0
+
+    def start(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import FlopCounterMode
+
+        traffic = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                traffic._count(func, args, kwargs or {}, out)
+                return out
+
+        self.flop_mode = FlopCounterMode(display=False)
+        self.mode = Mode()
+        self.flop_mode.__enter__()
+        self.mode.__enter__()
+
+    def stop(self) -> None:
+        self.mode.__exit__(None, None, None)
+        self.flop_mode.__exit__(None, None, None)
+        self.flops = self.flop_mode.get_total_flops()
+
+    @staticmethod
+    def _stored_bytes(t: torch.Tensor) -> int:
+        elements = 1
+        for size, stride in zip(t.shape, t.stride()):
+            if stride != 0:
+                elements *= size
+        return elements * t.element_size()
+
+    def _count(self, func, args, kwargs, out) -> None:
+        from torch.utils._pytree import tree_leaves
+
+        name = func._schema.name
+        if func.is_view or name in NO_KERNEL:
+            return
+        written = set()
+        schema_args = func._schema.arguments
+        for i, arg in enumerate(schema_args):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                written.update(id(t) for t in tree_leaves(value) if torch.is_tensor(t))
+        seen, total = set(), 0
+        for t in tree_leaves((args, kwargs)):
+            if torch.is_tensor(t) and id(t) not in seen:
+                seen.add(id(t))
+                total += self._stored_bytes(t) * (2 if id(t) in written else 1)
+        for t in tree_leaves(out):
+            if torch.is_tensor(t) and id(t) not in seen:  # an in-place result is its input, counted above
+                total += self._stored_bytes(t)
+        self.bytes += total
+
+
+@contextlib.contextmanager
+def _kernel_events(cfg):
+    """Inductor's C++ kernels as profiler events (``cpp.enable_kernel_profile``), while a compiled row is
+    profiled; nothing for an eager row."""
+    if cfg.train.compile == "off":
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        yield
 
 
 def device_name(device: torch.device) -> str:
@@ -201,13 +316,16 @@ def bench_rows(recipe: str, models: List[int], modes: List[str], device: torch.d
             if mode == "graph_bf16" and n_models == 1 and base.model.arch == "cnn":
                 options["channels_last"] = True
             cfg = replace(base, train=replace(base.train, **options))
-            run_loop(cfg, n_models, warmup + 2, data)  # untimed: every one-time cost, the capture included
-            runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
+            runs = []
+            if repeats:  # --repeats 0: the counts only
+                run_loop(cfg, n_models, warmup + 2, data)  # untimed: every one-time cost, the capture included
+                runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
             counts = launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device)
-            ms = statistics.median(runs)
+            ms = statistics.median(runs) if runs else None
             row = {"recipe": recipe, "device": device_name(device), "mode": mode, "models": n_models,
-                   "ms_per_iteration": round(ms, 3), "ms_runs": [round(r, 3) for r in runs],
-                   "spread_pct": round(100.0 * (max(runs) - min(runs)) / ms, 1), "iterations_timed": iters,
+                   "ms_per_iteration": None if ms is None else round(ms, 3), "ms_runs": [round(r, 3) for r in runs],
+                   "spread_pct": round(100.0 * (max(runs) - min(runs)) / ms, 1) if runs else None,
+                   "iterations_timed": iters if runs else 0,
                    **counts, "channels_last": options.get("channels_last", False), "torch": torch.__version__,
                    "date": str(date.today()), "command": command}
             rows.append(row)
@@ -231,7 +349,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--modes", default="eager_fp32,graph_fp32,graph_tf32,graph_bf16", help=", ".join(MODES))
     parser.add_argument("--warmup", type=int, default=10, help="untimed iterations before the timed stretch")
     parser.add_argument("--iters", type=int, default=200, help="iterations timed in each run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median and spread)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per row (median and spread); 0: the counts only")
     parser.add_argument("--profile-iters", type=int, default=2, help="iterations profiled for the counts")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
@@ -239,7 +358,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", default="results/benchmarks.json")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides (e.g. smaller batches)")
     args = parser.parse_args(argv)
-    if args.warmup <= WARMUP_ITERATIONS:
+    if args.repeats and args.warmup <= WARMUP_ITERATIONS:
         parser.error(f"--warmup must exceed the {WARMUP_ITERATIONS} iterations before the capture")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,8 @@
 vectorised step for all of them (``torch.func.vmap`` over ``functional_call``), ``StackedEngine``.
 
 Only what vectorising needs lives here: stacking the members' networks and optimizer states, the vectorised
-step (the objectives of ``engines.py`` under vmap) and unstacking a member back into single-model modules.
+step (the objectives of ``objectives.py`` under vmap, run by ``engines.train_step``) and unstacking a member
+back into single-model modules.
 Everything else (the seeds' draws, the epoch loop, the data order and z, evaluation, logs, checkpoints,
 signals, outputs) is ``train.py``'s loop, the same for one model and for several, so every ``train.*`` option
 means the same in both paths; those the vectorised step cannot take are declared in the schema
@@ -25,9 +26,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config, ConfigError, refused_options
-from .engines import AMP_DTYPES, STAT_NAMES, Batch, autocast, discriminator_objective, generator_objective, update
+from .engines import Batch, StepModels, train_step
 from .models import Networks, g_betas
-from .optim import make_optimizer, polyak_update
+from .objectives import discriminator_objective, generator_objective
+from .optim import make_optimizer
 
 def check_supported(cfg: Config) -> None:
     """Refuse, with one line, the options the vectorised step does not cover (the schema's
@@ -38,7 +40,7 @@ def check_supported(cfg: Config) -> None:
 
 
 class _Bound:
-    """A module called with given (stacked-slice) parameters and buffers, as the steps call a network."""
+    """A module called with given (stacked-slice) parameters and buffers, as the objectives call a network."""
 
     def __init__(self, module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor]) -> None:
         self.module, self.params, self.buffers = module, params, buffers
@@ -46,6 +48,28 @@ class _Bound:
 
     def __call__(self, *inputs: Tensor):
         return functional_call(self.module, (self.params, self.buffers), inputs)
+
+    def modules(self):
+        return self.module.modules()
+
+
+class Stacked:
+    """S models' parameters stacked along a leading dimension, (S, ...) each, as ``engines.train_step`` sees a
+    network: ``parameters()`` for the optimizer and the Polyak update, ``buffers()`` for what the Polyak update
+    copies (none for the average: the stacked buffers are the networks', shared)."""
+
+    def __init__(self, params: Dict[str, Tensor], buffers: Dict[str, Tensor], *, own_buffers: bool = True) -> None:
+        self.params, self.buffer_dict, self.own_buffers = params, buffers, own_buffers
+
+    def parameters(self):
+        return iter(self.params.values())
+
+    def buffers(self):
+        return iter(self.buffer_dict.values() if self.own_buffers else ())
+
+    def detached(self) -> Dict[str, Tensor]:
+        """The parameters as constants (the network that the other's step does not train)."""
+        return {k: v.detach() for k, v in self.params.items()}
 
 
 def _stack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer) -> None:
@@ -79,9 +103,10 @@ def _load_slice(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str,
 class StackedEngine:
     """The members' networks stacked along a leading dimension S, and one vectorised step for all of them.
 
-    The loop (``train.py``) hands it batches (S, B, ...) and z (S, B, z_dim); the objectives are ``engines``',
-    called on ``_Bound`` modules under ``vmap``; ``engines.update`` runs backward and the optimizer steps on
-    the stacked parameters (each model's gradient lands in its own slice).
+    The loop (``train.py``) hands it batches (S, B, ...) and z (S, B, z_dim); its step is ``engines.train_step``,
+    the one step body, handed ``Stacked`` networks and the objectives of ``objectives.py`` called on ``_Bound``
+    modules under ``vmap``; ``engines.update`` runs backward and the optimizer steps on the stacked parameters
+    (each model's gradient lands in its own slice).
     """
 
     name, stacked = "stacked", True
@@ -89,9 +114,7 @@ class StackedEngine:
     def __init__(self, networks: Sequence[Networks], cfg: Config, *, capturable: bool = False) -> None:
         t, method = cfg.train, cfg.method
         self.members = list(networks)  # single-model holders, refilled by ``networks(s)``
-        self.ema_decay = t.ema_decay
-        self.train = t  # the recipe, for engines.update
-        self.amp_dtype = AMP_DTYPES[t.precision]
+        self.train = t  # the recipe, for engines.train_step
         self.params_d, self.buffers_d = stack_module_state([n.disc for n in networks])  # each (S, ...)
         self.params_g, self.buffers_g = stack_module_state([n.gen for n in networks])
         avg, _ = stack_module_state([n.disc_avg for n in networks])
@@ -104,6 +127,7 @@ class StackedEngine:
         _stack_optimizer_state([n.opt_d for n in networks], self.opt_d)
         _stack_optimizer_state([n.opt_g for n in networks], self.opt_g)
         self.optimizers = (self.opt_d, self.opt_g)
+        self.method = method
         template_d, template_g = copy.deepcopy(first.disc).train(), copy.deepcopy(first.gen).train()
 
         def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z, targets):
@@ -112,28 +136,28 @@ class StackedEngine:
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
-                                       method=method)
+                                       method=method, one_pass=t.step == "lean")
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
-        self.d_loss = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
-        self.g_loss = vmap(g_loss, randomness="different")
+        d_vmapped = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
+        g_vmapped = vmap(g_loss, randomness="different")
+
+        # The objectives' signatures over Stacked holders: the network a step does not train enters as constants.
+        def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None):
+            return d_vmapped(disc.params, disc.buffer_dict, gen.detached(), gen.buffer_dict, x_lab, y_lab, x_unl, z,
+                             targets)
+
+        def g_objective(disc: Stacked, gen: Stacked, x_unl, z, *, method, encoder=None, one_pass=False):
+            return g_vmapped(disc.detached(), disc.buffer_dict, gen.params, gen.buffer_dict, x_unl, z)
+
+        self.models = StepModels(Stacked(self.params_d, self.buffers_d), Stacked(self.params_g, self.buffers_g),
+                                 Stacked(self.avg_d, self.buffers_d, own_buffers=False), self.opt_d, self.opt_g,
+                                 d_objective, g_objective)
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
-        """One D step, one G step and the Polyak update of every member, on batches (S, B, ...); the stats
-        rows (S, len(STAT_NAMES)) and the unlabeled pass's logits and features (S, B, K + F)."""
-        b = batch
-        frozen_g = {k: v.detach() for k, v in self.params_g.items()}
-        with autocast(b.x_lab.device, self.amp_dtype):
-            loss_d, stats, outputs = self.d_loss(self.params_d, self.buffers_d, frozen_g, self.buffers_g, b.x_lab,
-                                                 b.y_lab, b.x_unl, b.z_d, b.targets)
-        update(loss_d, self.opt_d, train=self.train)  # (S,) losses of independent models
-        frozen_d = {k: v.detach() for k, v in self.params_d.items()}
-        with autocast(b.x_lab.device, self.amp_dtype):
-            loss_g = self.g_loss(frozen_d, self.buffers_d, self.params_g, self.buffers_g, b.x_fm, b.z_g)
-        update(loss_g, self.opt_g, train=self.train)
-        polyak_update(self.avg_d.values(), self.params_d.values(), self.ema_decay)
-        stats = {**stats, "loss_g": loss_g}
-        return torch.stack([stats[k].detach().float() for k in STAT_NAMES], dim=1), outputs
+        """``engines.train_step`` of every member at once, on batches (S, B, ...); the stats rows
+        (S, len(STAT_NAMES)) and the unlabeled pass's logits and features (S, B, K + F)."""
+        return train_step(self.models, batch, method=self.method, train=self.train)
 
     def state_dict(self, index: int = 0) -> Dict:
         return self.networks(index).state_dict()

@@ -231,6 +231,9 @@ class TrainConfig:
     # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
     compile: str = numerics("off", refused_by=("stacked", "captured"))
     compile_mode: Optional[str] = numerics(None)
+    # faithful: the official step, pass by pass; lean: fewer passes and kernels for the same distribution of
+    # results (G's step runs D once over the real and generated batches; docs/method.md, "the lean step")
+    step: str = numerics("faithful")
     deterministic: bool = numerics(False)  # torch.use_deterministic_algorithms (exactly reproducible resume)
     # With several seeds (--seeds K): train them at once, parameters stacked and the step vectorised over seeds
     # (ssgan/concurrent.py); false: one after another.
@@ -432,6 +435,7 @@ def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
         (t.compile_mode in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
          f"train.compile_mode={t.compile_mode!r}: expected default, reduce-overhead, max-autotune or "
          f"max-autotune-no-cudagraphs"),
+        (t.step in ("faithful", "lean"), f"train.step={t.step!r}: expected faithful or lean"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every}: must be positive"),
         (t.cuda_graph in ("auto", "on", "off"), f"train.cuda_graph={t.cuda_graph!r}: expected auto, on or off"),
         (t.init_batch > 0, f"train.init_batch={t.init_batch}: must be positive"),

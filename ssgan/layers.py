@@ -53,15 +53,25 @@ class _WeightNormBase(nn.Module):
     def _unit_view(self, t: Tensor, ndim: int) -> Tensor:
         return t.view(1, -1, *([1] * (ndim - 2)))
 
+    def _current_weight(self) -> Tensor:
+        """``weight()``, or inside ``weights_once`` the one computed on this layer's first pass there."""
+        cache = self.__dict__.get("_weight_cache")
+        if cache is None:
+            return self.weight()
+        if "w" not in cache:
+            cache["w"] = self.weight()
+        return cache["w"]
+
     def forward(self, x: Tensor) -> Tensor:
         if self.init_mode:
             return self.init_from_batch(x, self.target_std)
+        weight = self._current_weight()
         if torch.is_autocast_enabled(x.device.type):
             # bf16: the bias inside the product (autocast casts it too). Added afterwards, a float32 bias would
             # turn every activation back into float32 (and the next layer cast it down again); inside, the
             # output stays bf16 and the separate add goes (one operator fewer per layer and pass).
-            return self._apply_op(x, self.weight(), self.b)
-        out = self._apply_op(x, self.weight())  # float32: the official order, product then bias (bit-identical)
+            return self._apply_op(x, weight, self.b)
+        out = self._apply_op(x, weight)  # float32: the official order, product then bias (bit-identical)
         return out + self._unit_view(self.b, out.dim())
 
     @torch.no_grad()
@@ -141,6 +151,23 @@ def init_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.init_mode = False
+
+
+@contextlib.contextmanager
+def weights_once(module) -> Iterator[None]:
+    """Within this context each weight-normalised layer of ``module`` (anything with ``modules()``) computes
+    w = g v / ||v|| on its first pass and reuses it on the next ones: 5 operators per layer and pass fewer.
+    The parameters must not change inside. A first pass under ``torch.no_grad`` gives a constant w (the
+    network that a step does not train); the values, and the gradients into the other network, are the
+    same as recomputing w for every pass (bit-identical)."""
+    layers = list(weight_norm_layers(module))
+    for layer in layers:
+        layer.__dict__["_weight_cache"] = {}
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("_weight_cache", None)
 
 
 @torch.no_grad()

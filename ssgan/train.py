@@ -6,19 +6,17 @@ the tables, the benchmarks and the estimator call.
 the end of the epoch the finite check, the temporal ensemble, evaluation, the log and the checkpoint. The
 same loop trains one model (``engines.SingleEngine``, batches (B, ...)) or several stacked and vectorised
 (``concurrent.StackedEngine``, batches (S, B, ...)); ``accelerate.Captured`` wraps the step as a CUDA graph.
-A ``Member`` is one model's share of a training: its config, run directory, labeled subset, random streams,
-position and log.
+The loop's feed (``Member``, one model's share of a training; ``Batches``; the temporal ensemble) is
+``feed.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -30,20 +28,19 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .accelerate import Captured, decide_capture, gatherer, numerics, place_data, use_cuda_graph
-from .checkpoint import (check_resume_fits, load_checkpoint, remove_stale_temporaries, restore_rng, rng_state,
-                         write_group_checkpoints)
+from .checkpoint import check_resume_fits, load_checkpoint, remove_stale_temporaries, write_group_checkpoints
 from .concurrent import StackedEngine, check_supported
 from .config import Config, ConfigError, first_line, resolve_device, validate
 from .data import DataError, ImageData, balanced_labeled_subset, epoch_order, load_data
-from .engines import STAT_NAMES, Batches, Engine, SingleEngine, TemporalEnsemble
+from .engines import STAT_NAMES, Engine, SingleEngine
+from .feed import Batches, Member, TemporalEnsemble
 from .evaluate import class_report, error_rate, error_rates, predict_proba, sample_grid_png
 from .models import ModelError, Networks, build_networks, init_images
 from .optim import set_lr
-from .records import MetricsLog, RunFigures, RunRecord
+from .records import RunFigures, RunRecord
 from .rundir import CHECKPOINT_NAME, RunDirError, environment, locked, write_config
 from .signals import StopSignals
 
-logger = logging.getLogger(__name__)  # one DEBUG record per finished epoch (the CLI shows a progress bar)
 
 
 def lr_at(epoch: int, base_lr: float, decay_start: Optional[int], epochs: int) -> float:
@@ -130,83 +127,6 @@ class FitResult:
 
 
 # ----------------------------------------------------------------------------------------- a member
-
-@dataclass
-class Member:
-    """One model of a training (one seed): its config, run directory, labeled subset, random streams and
-    position. ``epoch`` counts finished epochs and ``iteration`` the finished iterations of the current one;
-    mid-epoch (after an interrupt) ``batches`` holds that epoch's data order and ``stats`` its statistics."""
-
-    cfg: Config
-    run_dir: Optional[Path]
-    labeled_indices: np.ndarray
-    class_names: List[str]
-    order_rng: np.random.RandomState
-    z_rng: torch.Generator
-    epoch: int = 0
-    iteration: int = 0
-    batches: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
-    stats: Optional[Tensor] = None  # (iteration, len(STAT_NAMES)) of the interrupted epoch
-    resumed: bool = False
-    log: Optional[MetricsLog] = None
-    test_error: float = float("nan")
-    class_values: List = field(default_factory=list)  # each class's label value in the data (ImageData)
-    te: Optional[TemporalEnsemble] = None  # method.ct_mode=temporal: the per-example targets
-    clock: float = 0.0  # time.time() at the start of training, less the seconds of the epochs before a resume
-
-    def open_log(self) -> None:
-        """Start the metrics log; a resumed member keeps the records of its finished epochs."""
-        self.log = MetricsLog(self.run_dir, resume_epoch=self.epoch if self.resumed else None,
-                              tensorboard=self.cfg.train.tensorboard)
-        history = self.log.history
-        self.test_error = history[-1].get("test_error", float("nan")) if history else float("nan")
-        self.clock = time.time() - (history[-1]["seconds"] if history else 0.0)
-
-    def begin_epoch(self, n_unlabeled: int, iters: int, stats: Tensor) -> Tensor:
-        """This epoch's data order as rows of the unlabeled pool, (3, iters, B): labeled, unlabeled and
-        feature-matching batches (drawn now, unless a resumed epoch brought its own); a resumed epoch's
-        statistics go into ``stats`` (iters, len(STAT_NAMES))."""
-        if self.batches is None:
-            self.batches = epoch_order(self.order_rng, len(self.labeled_indices), n_unlabeled, iters,
-                                       self.cfg.train.batch_size)
-        if self.stats is not None:
-            stats[:self.iteration] = self.stats.to(stats.device)
-            self.stats = None
-        lab, unl, unl_fm = (torch.from_numpy(b) for b in self.batches)
-        # The labeled batches index the labeled subset; as rows of the pool they are the subset's train indices.
-        return torch.stack([torch.from_numpy(self.labeled_indices)[lab], unl, unl_fm])
-
-    def end_epoch(self) -> None:
-        self.epoch, self.iteration, self.batches = self.epoch + 1, 0, None
-        if self.te is not None:
-            self.te.end_epoch()
-
-    def log_epoch(self, record: Dict[str, float]) -> None:
-        """Append a finished epoch's record, with the training seconds so far, to the metrics log."""
-        record["seconds"] = round(time.time() - self.clock, 3)
-        self.log.write(record)
-        logger.debug("%s: epoch %d of %d: %s", self.run_dir or f"seed {self.cfg.seed}", record["epoch"],
-                     self.cfg.train.epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-
-    def state_dict(self, stats: Tensor) -> Dict:
-        """The member's part of a checkpoint; ``stats`` (iteration, len(STAT_NAMES)): this epoch's so far."""
-        return {"epoch": self.epoch, "iteration": self.iteration, "rng": rng_state(self.order_rng, self.z_rng),
-                "batches": None if self.batches is None else [torch.from_numpy(b) for b in self.batches],
-                "stats": {k: stats[:, i].cpu().clone() for i, k in enumerate(STAT_NAMES)} if self.iteration else None,
-                "labeled_indices": torch.from_numpy(self.labeled_indices), "class_names": list(self.class_names),
-                "class_values": list(self.class_values),
-                "temporal_ensemble": None if self.te is None else self.te.state_dict()}
-
-    def load_state_dict(self, payload: Dict) -> None:
-        self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
-        self.batches = None if payload["batches"] is None else tuple(b.numpy() for b in payload["batches"])
-        if payload["stats"] and self.iteration:
-            self.stats = torch.stack([payload["stats"][k][:self.iteration].float() for k in STAT_NAMES], dim=1)
-        restore_rng(payload["rng"], self.order_rng, self.z_rng)
-        if self.te is not None:
-            self.te.load_state_dict(payload["temporal_ensemble"])
-        self.resumed = True
-
 
 def start_member(cfg: Config, data: ImageData, x_all: Tensor, device: torch.device, run_dir: Optional[Path], *,
                  labeled_indices: Optional[np.ndarray] = None, resume: Optional[Dict] = None,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ssgan import losses
 from ssgan.config import ConfigError, MethodConfig, TrainConfig, compose
-from ssgan.engines import discriminator_objective, generator_objective, generator_step
+from ssgan.engines import generator_step
+from ssgan.objectives import discriminator_objective, generator_objective
 from ssgan.models import build_encoder
 from ssgan.train import fit, fit_grid, lr_at
 from tests.test_train import _tiny_models

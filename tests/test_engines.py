@@ -49,3 +49,15 @@ def test_the_stacked_engine_loads_a_member_s_state_into_its_slice(tiny_config):
             assert torch.equal(engine.state_dict(1)[key][name], value)
             assert torch.equal(engine.state_dict(0)[key][name], value)
     assert not all(torch.equal(a, b) for a, b in zip(first["discriminator"].values(), second.values()))
+
+
+def test_the_lean_step_trains_one_model_and_stacked_models(tiny_config):
+    """train.step=lean runs through the one step body for one model and for stacked ones, and changes the
+    random numbers D's noise draws in G's step (so the weights differ from the faithful step's); its
+    equivalence in distribution is tests/test_objectives.py's and docs/method.md's."""
+    lean = replace(tiny_config, train=replace(tiny_config.train, step="lean"))
+    faithful_result, lean_result = fit(tiny_config), fit(lean)
+    assert torch.isfinite(torch.tensor(lean_result.history[-1]["loss_g"]))
+    assert not torch.equal(next(faithful_result.generator.parameters()), next(lean_result.generator.parameters()))
+    stacked = fit_grid([replace(lean, seed=s) for s in (0, 1)])
+    assert all(torch.isfinite(torch.tensor(r.history[-1]["loss_g"])) for r in stacked)

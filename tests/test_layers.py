@@ -211,3 +211,38 @@ def test_weight_normalised_layers_stay_in_bf16_under_autocast(make):
     out = layer(x)
     assert out.dtype == torch.float32
     assert torch.equal(out, layer._apply_op(x, layer.weight()) + layer._unit_view(layer.b, out.dim()))
+
+
+def test_weights_once_is_bit_identical_and_computes_each_weight_once(monkeypatch):
+    """Equivalence kind: bit-identical. Inside ``weights_once`` a network not trained by the step (D in G's
+    step: a no_grad pass, then a pass that carries gradients back to its input) gives the same outputs and
+    the same input gradients, with w = g v / ||v|| computed once per layer instead of once per pass."""
+    from ssgan.config import DataConfig, ModelConfig
+    from ssgan.layers import _WeightNormBase, data_dependent_init, weight_norm_layers, weights_once
+    from ssgan.models import build_models
+
+    torch.manual_seed(0)
+    disc, _ = build_models(DataConfig(image_shape=[1, 8, 8]), ModelConfig(d_widths=[32, 16], g_widths=[32], z_dim=8))
+    data_dependent_init(disc, torch.rand(40, 1, 8, 8))
+    disc.eval()  # no noise: both forms see the same passes
+    x_real, x_gen = torch.rand(20, 1, 8, 8), torch.rand(20, 1, 8, 8)
+    calls, weight = [], _WeightNormBase.weight
+    monkeypatch.setattr(_WeightNormBase, "weight", lambda self: calls.append(self) or weight(self))
+
+    def two_passes():
+        x = x_gen.clone().requires_grad_(True)
+        with torch.no_grad():
+            _, feats_real = disc(x_real)
+        _, feats_gen = disc(x)
+        loss = (feats_real.mean(0) - feats_gen.mean(0)).pow(2).sum()
+        return loss, torch.autograd.grad(loss, x)[0]
+
+    loss, grad = two_passes()
+    per_pass = len(calls)
+    calls.clear()
+    with weights_once(disc):
+        loss_once, grad_once = two_passes()
+    assert torch.equal(loss, loss_once) and torch.equal(grad, grad_once)
+    n_layers = len(list(weight_norm_layers(disc)))
+    assert per_pass == 2 * n_layers and len(calls) == n_layers
+    assert all("_weight_cache" not in layer.__dict__ for layer in weight_norm_layers(disc))  # nothing kept

@@ -193,8 +193,8 @@ def test_the_batches_of_a_mid_epoch_start(tiny_config, placement):
     """A resumed epoch starts at its iteration; each batch holds the rows of the epoch's order (labeled
     positions mapped to the subset's rows); from host memory they come through pinned buffers."""
     from ssgan.accelerate import PinnedGather
-    from ssgan.engines import STAT_NAMES, Batches
-    from ssgan.train import Member
+    from ssgan.engines import STAT_NAMES
+    from ssgan.feed import Batches, Member
 
     x = torch.arange(10.0)[:, None, None, None]  # (10, 1, 1, 1): image k has value k
     cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2, iters_per_epoch=3))
@@ -300,7 +300,7 @@ def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypa
 
 
 def test_temporal_ensemble_targets_against_a_direct_computation():
-    from ssgan.engines import TemporalEnsemble
+    from ssgan.feed import TemporalEnsemble
 
     te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
     rows = torch.tensor([2, 0, 1])
@@ -322,7 +322,7 @@ def test_temporal_ensemble_targets_against_a_direct_computation():
 
 
 def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
-    from ssgan.engines import discriminator_objective
+    from ssgan.objectives import discriminator_objective
 
     disc, gen, x = _tiny_models()
     method = MethodConfig(ct_weight=1.0, ct_feat_weight=0.1, ct_mode="temporal")

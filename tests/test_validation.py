@@ -116,6 +116,7 @@ CASES = [
     (["fit", "--labels", "-10"], "dataset.labels=-10"),
     (["fit", "--labels", "ten"], "invalid int"),
     (["fit", "--epochs", "-1"], "train.epochs=-1"),
+    (["fit", "train.step=fast"], "train.step='fast': expected faithful or lean"),
     (["fit", "train.lr=0"], "train.lr=0"),
     (["fit", "train.lr=-0.1"], "train.lr=-0.1"),
     (["fit", "train.lr=fast"], "train.lr"),
