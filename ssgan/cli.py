@@ -17,27 +17,23 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-import numpy as np
-import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from . import __version__, quality
-from .checkpoint import load_run
+from . import __version__
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
-from .data import DataError, load_data, read_inputs
-from .density import fit_density
-from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
-                       predict_proba, sample_grid_png, sample_score)
-from .export import FORMATS, export_run
-from .fit_command import BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, cmd_fit
-from .records import find_runs
-from .reports import aggregate, ensemble_record, probs_on_test_set
+from .fit_command import PROG, CommandParser, Passthrough, UsageError, cmd_fit, is_bad_input
 from .rundir import atomic_create, check_new_file
-from .table import Progress, collect_table, make_table
-from .train import TrainingDiverged, TrainingInterrupted
+
+if TYPE_CHECKING:
+    import torch
+
+EXPORT_FORMATS = ("onnx", "torchscript")  # export.FORMATS' keys (tests/test_cli_startup.py), without its torch
+
+# Each command imports the library it runs (torch, torchvision, ...) in its own body: `ssgan --help`, a
+# command's --help and a usage error answer without loading them (tests/test_cli_startup.py).
 
 COMMANDS = {
     "fit": "train a semi-supervised GAN; the averaged discriminator is the classifier",
@@ -65,6 +61,10 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    from .checkpoint import load_run
+    from .data import DataError, load_data
+    from .evaluate import class_report, predict_proba
+
     run = load_run(args.run_dir, resolve_device(args.device))
     data = load_data(run.config.dataset, run.config.seed)
     if len(data.y_test) == 0:
@@ -101,6 +101,12 @@ def cmd_predict(argv: Sequence[str]) -> int:
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size={args.batch_size}: must be positive")
     _check_out(args.out, ".csv")
+    import numpy as np
+
+    from .checkpoint import load_run
+    from .data import read_inputs
+    from .evaluate import predict_proba
+
     run = load_run(args.run_dir, resolve_device(args.device))
     names, x = read_inputs(args.inputs, run.config.dataset)
     probs = predict_proba(run.discriminator, x, args.batch_size, tf32=run.config.train.tf32)
@@ -129,6 +135,8 @@ def _check_sample_args(args) -> Optional[str]:
         raise UsageError("--fid comes with --score")
     if args.score and args.splits > args.n_score:
         raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
+    from . import quality
+
     reason = quality.unavailable_reason()
     if reason is not None and (args.fid or args.classifier == "inception"):
         raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
@@ -165,6 +173,11 @@ def cmd_sample(argv: Sequence[str]) -> int:
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
     if not args.no_grid:
         _check_out(str(out), ".png")
+    import torch
+
+    from .checkpoint import load_run
+    from .evaluate import sample_grid_png
+
     device = resolve_device(args.device)
     run = load_run(run_path, device)
     batch_size = args.batch_size or run.config.train.batch_size
@@ -182,6 +195,12 @@ def _print_scores(args: argparse.Namespace, run, device: str, batch_size: int, n
                   reason: Optional[str]) -> None:
     """``ssgan sample --score``: the Inception Score (and FID) through torch-fidelity when its weights are here,
     else torchvision's Inception-v3 or the run's own discriminator, each named as such."""
+    import torch
+
+    from . import quality
+    from .data import load_data
+    from .evaluate import discriminator_classifier, inception_classifier, inception_weights_path, sample_score
+
     scaling = run.config.dataset.scaling
     if args.classifier in ("auto", "inception") and reason is None:
         real = load_data(run.config.dataset, run.config.seed).x_train if args.fid else None
@@ -257,19 +276,23 @@ def cmd_table(argv: Sequence[str]) -> int:
     published numbers (``table.make_table``, ``table.collect_table``); a rerun trains only the seeds that have
     not finished."""
     args = _table_parser().parse_intermixed_args(argv)
-    command = shlex.join([PROG, "table", *argv])
     if args.from_dirs:
         given = [f"--{name}" for name in ("seeds", "method") if getattr(args, name) is not None]
         if given or args.overrides:
             raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
-        table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
-                              data_root=args.data_root, out_dir=args.out_dir, command=command)
     else:
         if args.dataset is None:
             raise UsageError("--dataset is needed (or --from DIR... to aggregate finished runs)")
         for word in args.overrides:
             if "=" not in word:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
+    from .table import Progress, collect_table, make_table
+
+    command = shlex.join([PROG, "table", *argv])
+    if args.from_dirs:
+        table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
+                              data_root=args.data_root, out_dir=args.out_dir, command=command)
+    else:
         table = make_table(args.dataset, labels=args.labels, seeds=10 if args.seeds is None else args.seeds,
                            method=args.method, overrides=args.overrides, device=args.device,
                            data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir,
@@ -293,6 +316,9 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     parser.add_argument("--data-root", help="where the test images are (default: each run's dataset.root)")
     args = parser.parse_args(argv)
     _check_out(args.out, ".json")
+    from .records import find_runs
+    from .reports import aggregate, ensemble_record, probs_on_test_set
+
     records = find_runs(args.run_dirs)
     probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root)
     result = aggregate(records, probs, y_test, class_names)
@@ -316,11 +342,13 @@ def cmd_export(argv: Sequence[str]) -> int:
                      "(N, C, H, W) of raw pixel values (0..255; 0..16 for the builtin digits) and returns (N, K) "
                      "class probabilities; the class names travel inside it.")
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
-    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (needs the export "
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the export "
                         "extra) or torchscript")
     parser.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt); "
                         "never overwritten")
     args = parser.parse_args(argv)
+    from .export import export_run
+
     exported = export_run(args.run_dir, args.format, args.out)
     print(f"wrote {exported.path} ({exported.fmt}): float32 (N, {', '.join(map(str, exported.input_shape))}) raw "
           f"pixels 0..{exported.input_value_max:g} -> (N, {len(exported.class_names)}) class probabilities")
@@ -349,6 +377,8 @@ def cmd_density(argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: exists; choose another file (no file is overwritten)")
+    from .density import fit_density
+
     fitted = fit_density(compose([f"dataset={args.dataset}", *args.overrides]), epochs=args.epochs,
                          filters=args.filters, resnet=args.resnet, mix=args.mix, stages=args.stages,
                          batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
@@ -405,8 +435,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return HANDLERS[command](rest)
     except Passthrough as carried:
         return _exit_code(carried.error)
-    except (*BAD_INPUT, TrainingDiverged, TrainingInterrupted) as error:
-        return _exit_code(error)
     except (HydraException, OmegaConfBaseException) as error:  # Hydra's own errors (HYDRA_FULL_ERROR)
         return _fail(first_line(error))
     except SystemExit as stop:  # argparse and Hydra exit this way
@@ -414,21 +442,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up): nothing was left behind
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as error:  # bad input, divergence, a signal; anything else is re-raised (a bug)
+        return _exit_code(error)
     finally:
         library_log.removeHandler(console)
         library_log.setLevel(level)
 
 
 def _exit_code(error: Exception) -> int:
-    """One line on stderr and the exit code of a library exception."""
+    """One line on stderr and the exit code of a library exception; any other exception is re-raised."""
+    if is_bad_input(error):
+        return _fail(str(error))
+    from .train import TrainingDiverged, TrainingInterrupted  # (loaded already by a run that raised them)
+
     if isinstance(error, TrainingInterrupted):
         print(f"{PROG}: {error}", file=sys.stderr)
         return 128 + error.signum
     if isinstance(error, TrainingDiverged):
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 3
-    if isinstance(error, BAD_INPUT):
-        return _fail(str(error))
     raise error
 
 

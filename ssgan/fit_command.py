@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -30,25 +29,32 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .checkpoint import checkpoint_config, load_checkpoint
-from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
-                     register_configs,
-                     resolve_paths, to_config, validate)
-from .data import DataError
+from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, check_seeds, compose,
+                     first_line, register_configs, resolve_paths, to_config, validate)
 from .hydra_state import hydra_globals
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
                      write_overrides)
-from .seeds import check_seeds, in_key, is_seeds_run, read_plan
-from .table import Progress, fit_seeds
-from .train import TrainingDiverged, TrainingInterrupted, fit
+
+# torch and the modules that load it (checkpoint, data, seeds, table, train) are imported where a run needs them,
+# so that `ssgan fit --help` and a usage error answer in well under a second
 
 PROG = "ssgan"
+
+
 class UsageError(Exception):
     """Bad input on the command line: one line on stderr, exit code 2."""
 
 
-BAD_INPUT = (UsageError, ConfigError, DataError, RunDirError)
+def is_bad_input(error: BaseException) -> bool:
+    """Bad input (one line, exit code 2): a ``UsageError``, ``ConfigError``, ``RunDirError`` or ``DataError``.
+    ``data`` is imported only when the error is none of the first three (it loads torch; a ``DataError`` can only
+    come from a process that has loaded it)."""
+    if isinstance(error, (UsageError, ConfigError, RunDirError)):
+        return True
+    from .data import DataError
+
+    return isinstance(error, DataError)
 
 
 class Passthrough(BaseException):
@@ -189,6 +195,11 @@ def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
 def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
     """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
     K seeds into sub-directories of it. Errors travel to ``main`` past Hydra (``Passthrough``)."""
+    import torch
+
+    from .table import Progress, fit_seeds
+    from .train import TrainingDiverged, TrainingInterrupted
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)  # however it was named: run_dir=, hydra.run.dir=, a sweep
     created = not is_used(run_dir)
@@ -209,18 +220,22 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
                 return fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
                                  progress=Progress(print)).mean
             return _fit_and_print(cfg, run_dir).test_error
-    except (*BAD_INPUT, KeyboardInterrupt) as error:
+    except (TrainingDiverged, TrainingInterrupted) as error:
+        raise Passthrough(error) from None
+    except (Exception, KeyboardInterrupt) as error:
+        if not (isinstance(error, KeyboardInterrupt) or is_bad_input(error)):
+            raise
         if created:
             remove_unstarted(run_dir)  # bad input or Ctrl-C at start-up: no trace left
         if isinstance(error, KeyboardInterrupt):
             raise
         raise Passthrough(error) from None
-    except (TrainingDiverged, TrainingInterrupted) as error:
-        raise Passthrough(error) from None
 
 
 def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     """``train.fit`` into ``run_dir``; the last line printed is the test error of the averaged weights."""
+    from .train import fit
+
     result = fit(cfg, run_dir=run_dir, resume=resume)
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
@@ -235,6 +250,10 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
 def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
     A seeds run continues with its saved config: finished seeds are kept, the others trained or continued."""
+    from .checkpoint import checkpoint_config, load_checkpoint
+    from .seeds import in_key, is_seeds_run, read_plan
+    from .table import Progress, fit_seeds
+
     path = Path(run_dir)
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")

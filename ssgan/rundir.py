@@ -39,12 +39,14 @@ import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
-import torch
 from omegaconf import OmegaConf
 
 from .config import Config
+
+if TYPE_CHECKING:
+    import torch  # (loaded where a checkpoint is read, not on import)
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +352,8 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
     import subprocess
     from importlib import metadata
 
+    import torch
+
     from . import __version__
 
     versions = {"ssgan": __version__, "torch": torch.__version__}  # torch's own: it names the CUDA build
@@ -383,6 +387,8 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
 
 def read_payload(path: Path) -> Dict[str, Any]:
     """torch.load with weights-only unpickling; a missing, corrupt or code-carrying file is one clear line."""
+    import torch  # here: the run directory's checks (and the command line's usage errors) load no torch
+
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"no checkpoint at {path}")

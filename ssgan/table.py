@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .config import Config, ConfigError, compose, resolve_device, resolve_paths
+from .config import Config, ConfigError, check_seeds, compose, resolve_device, resolve_paths
 from .data import load_data
 from .records import find_runs
 from .reports import PUBLISHED, SeedsResult, aggregate, group_rows, write_summary, write_table
 from .rundir import RunDirError, removed_on_failure
-from .seeds import SeedOutcome, cell_directory, check_seeds, prepare_cell, train_seeds, train_together
+from .seeds import SeedOutcome, cell_directory, prepare_cell, train_seeds, train_together
 from .signals import StopSignals
 from .train import TrainingInterrupted
 
