@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import __version__
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
 from .fit_command import PROG, CommandParser, Passthrough, UsageError, cmd_fit, is_bad_input
-from .rundir import atomic_create, check_new_file
+from .rundir import TABLE_DIR, atomic_create, check_new_file
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ COMMANDS = {
     "evaluate": "recompute the test error of a trained run from its checkpoint",
     "predict": "predict the classes of image files, folders or an .npz with a trained run",
     "sample": "write a grid of generator samples; --score: Inception Score (or the discriminator's score)",
-    "table": "train the seeds x labels grid of a data set (resuming) and write results/<dataset>.md, .json, .png",
+    "table": "train the seeds x labels grid of a data set (resuming) and write runs/table/<dataset>.md, .json, .png",
     "ensemble": "evaluate trained runs together: each one's test error, mean +- std and the ensemble's error",
     "export": "write a run's classifier (input scaling and softmax inside) as an ONNX or TorchScript file",
     "density": "train Bad GAN's PixelCNN++ density model on a data set's unlabeled images (method.density_model)",
@@ -262,8 +262,9 @@ def _table_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
     parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
                         "(default: each run's own dataset.root)")
-    parser.add_argument("--out-dir", default="results", help="where the table goes (default results/)")
-    parser.add_argument("--cache-dir", default="runs/table", help="where the runs go (default runs/table/)")
+    parser.add_argument("--out-dir", default=TABLE_DIR, help=f"where the table goes (default {TABLE_DIR}/, beside "
+                        f"its runs; the maintainers' tables: --out-dir results)")
+    parser.add_argument("--cache-dir", default=TABLE_DIR, help=f"where the runs go (default {TABLE_DIR}/)")
     parser.add_argument("--from", dest="from_dirs", nargs="+", metavar="DIR",
                         help="train nothing: aggregate the finished runs in these directories (run directories "
                              "or folders of them, e.g. a multirun's sweep directory)")

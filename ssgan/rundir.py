@@ -152,6 +152,10 @@ def make_dir(path: Path) -> None:
         raise RunDirError(f"cannot create the directory {path}: {error.strerror or error}") from None
 
 
+TABLE_DIR = "runs/table"  # a table's runs and its .md / .json / .png by default: with the user's runs, never the
+# checkout's results/ (the maintainers write those with an explicit --out-dir results)
+
+
 def default_name(cfg: Config, n_seeds: Optional[int] = None) -> str:
     """``runs/<dataset>-<labels>-<method>-seed<N>-<timestamp>`` (``-seeds<first>-<last>-`` for a seeds run);
     the timestamp is to the microsecond, so runs never collide."""
