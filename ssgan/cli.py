@@ -24,7 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
-from .fit_command import PROG, CommandParser, Passthrough, UsageError, cmd_fit, is_bad_input
+from .fit_command import (PROG, CommandParser, Passthrough, UsageError, add_threads_flag, cmd_fit, is_bad_input,
+                          use_threads)
 from .rundir import TABLE_DIR, atomic_create, check_new_file
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ def _table_parser() -> argparse.ArgumentParser:
                         "(default: each run's own dataset.root)")
     parser.add_argument("--out-dir", default=TABLE_DIR, help=f"where the table goes (default {TABLE_DIR}/, beside "
                         f"its runs; the maintainers' tables: --out-dir results)")
+    add_threads_flag(parser)
     parser.add_argument("--cache-dir", default=TABLE_DIR, help=f"where the runs go (default {TABLE_DIR}/)")
     parser.add_argument("--from", dest="from_dirs", nargs="+", metavar="DIR",
                         help="train nothing: aggregate the finished runs in these directories (run directories "
@@ -289,6 +291,7 @@ def cmd_table(argv: Sequence[str]) -> int:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
     from .table import Progress, collect_table, make_table
 
+    use_threads(args.threads)
     command = shlex.join([PROG, "table", *argv])
     if args.from_dirs:
         table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -79,6 +80,36 @@ class CommandParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, the torch threads of a command that trains (``use_threads``)."""
+    parser.add_argument("--threads", type=_at_least_one, metavar="N", help="torch threads on the CPU (default 1: on 2 "
+                        "cores the small recipes gain little from a second, and lose most of their speed when "
+                        "another process is busy; see benchmarks/threads.py)")
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, at least 1")
+    return int(text)
+
+
+def use_threads(requested: Optional[int]) -> int:
+    """Set torch's thread count for a run and say so on stderr: ``requested`` (``--threads N``), else 1.
+
+    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), a
+    second thread gains little on the default job, and with torch's default (one thread per core) one other busy
+    process brought ``ssgan fit`` from 17 to 1.2 iterations a second (threads spinning for a core they do not
+    get). A user with free cores and a larger recipe passes ``--threads N``."""
+    import torch
+
+    threads = requested or 1
+    torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
+          f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
+    return threads
+
+
 def fit_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog=f"{PROG} fit", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -105,6 +136,7 @@ def fit_parser() -> argparse.ArgumentParser:
                         "each seed's test error, the ensemble's, then the mean +- sample std as the last line")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
+    add_threads_flag(parser)
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
@@ -379,6 +411,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
             raise UsageError(f"--resume continues a run with its saved config; drop "
                              f"{' '.join(fixed + hydra_flags) or '-m'} (KEY=VALUE overrides such as "
                              f"train.epochs=N are allowed)")
+        use_threads(args.threads)
         return cmd_resume(args.resume, fit_overrides(args))
     if args.shell_completion or args.cfg or args.info or args.hydra_help:  # Hydra answers; nothing runs
         overrides = [o for o in args.overrides] if args.shell_completion else fit_overrides(args)
@@ -390,6 +423,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     if args.multirun:
         for combo in _expand_sweeps(overrides):
             compose(combo, **_where(args))
+        use_threads(args.threads)  # after the checks: a usage error loads no torch
         if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
             overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
         sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
@@ -406,6 +440,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
+    use_threads(args.threads)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")

@@ -423,3 +423,18 @@ def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
     done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_fit_says_its_thread_count_and_threads_changes_it(tmp_path, capsys):
+    import torch
+
+    try:
+        assert main(["fit", "--run-dir", str(tmp_path / "a"), *TINY_OVERRIDES]) == 0
+        assert "ssgan: 1 torch thread on " in capsys.readouterr().err and torch.get_num_threads() == 1
+        assert main(["fit", "--threads", "2", "--run-dir", str(tmp_path / "b"), *TINY_OVERRIDES]) == 0
+        assert "ssgan: 2 torch threads on " in capsys.readouterr().err and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest.one_thread)
+    assert main(["fit", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("ssgan: error: ssgan fit: argument --threads: '0': expected a whole "
+                                               "number, at least 1")
