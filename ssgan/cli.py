@@ -120,7 +120,8 @@ def cmd_predict(argv: Sequence[str]) -> int:
         atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
     else:  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv), so rows stay rows
-        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(rows)
+        # (with --proba a header first, naming the class of each probability column)
+        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows([header] * args.proba + rows)
     return 0
 
 
@@ -172,7 +173,11 @@ def cmd_sample(argv: Sequence[str]) -> int:
     reason = _check_sample_args(args)
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
-    if not args.no_grid:
+    draw = not args.no_grid
+    if draw and args.score and args.out is None and out.exists():  # a score of a run that has its grid already
+        print(f"{out} exists; scoring without drawing a new grid (--out FILE draws one)", file=sys.stderr)
+        draw = False
+    if draw:
         _check_out(str(out), ".png")
     import torch
 
@@ -183,7 +188,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     run = load_run(run_path, device)
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
-    if not args.no_grid:
+    if draw:
         grid = sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise)
         atomic_create(out, grid)  # drawn first, then written whole; never over another file
         print(f"wrote {args.n} samples to {out}")
@@ -253,13 +258,14 @@ def _table_parser() -> argparse.ArgumentParser:
                     "only the seeds that have no result.json yet, and an interrupted seed continues from its "
                     "checkpoint. KEY=VALUE words are overrides of every cell (part of the key).",
         epilog="examples:  ssgan table --dataset mnist dataset.root=data          (4 x 10 runs of 300 epochs)\n"
-               "           ssgan table --dataset mnist --labels 100 --seeds 3 train.epochs=10\n"
+               "           ssgan table --dataset mnist --labels 100 --seeds 3 --epochs 10\n"
                "           ssgan table --from runs/multirun-*/   (the jobs of a multirun, trained elsewhere)")
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=_label_counts, help="label counts, e.g. 20,50,100 (default: those "
                         "with published numbers)")
     parser.add_argument("--seeds", type=int, metavar="K", help="seeds per label count (default 10)")
     parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan, ct_gan_te (CT with the temporal ensemble) or bad_gan")
+    parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N (as in ssgan fit)")
     parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
     parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
                         "(default: each run's own dataset.root)")
@@ -280,7 +286,7 @@ def cmd_table(argv: Sequence[str]) -> int:
     not finished."""
     args = _table_parser().parse_intermixed_args(argv)
     if args.from_dirs:
-        given = [f"--{name}" for name in ("seeds", "method") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("seeds", "method", "epochs") if getattr(args, name) is not None]
         if given or args.overrides:
             raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
     else:
@@ -291,14 +297,16 @@ def cmd_table(argv: Sequence[str]) -> int:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
     from .table import Progress, collect_table, make_table
 
-    use_threads(args.threads)
+    use_threads(args.threads, say=args.from_dirs is None and compose(
+        [f"dataset={args.dataset}", *args.overrides]).train.progress)  # (beside the progress bar)
     command = shlex.join([PROG, "table", *argv])
     if args.from_dirs:
         table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
                               data_root=args.data_root, out_dir=args.out_dir, command=command)
     else:
+        epochs = [] if args.epochs is None else [f"train.epochs={args.epochs}"]  # (KEY=VALUE words win)
         table = make_table(args.dataset, labels=args.labels, seeds=10 if args.seeds is None else args.seeds,
-                           method=args.method, overrides=args.overrides, device=args.device,
+                           method=args.method, overrides=[*epochs, *args.overrides], device=args.device,
                            data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir,
                            command=command, progress=Progress(print))
     for row in table.rows:

@@ -93,20 +93,22 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
-def use_threads(requested: Optional[int]) -> int:
-    """Set torch's thread count for a run and say so on stderr: ``requested`` (``--threads N``), else 1.
+def use_threads(requested: Optional[int], say: bool = True) -> int:
+    """Set torch's thread count for a run: ``requested`` (``--threads N``), else 1; with ``say`` (a run that shows
+    its progress bar, ``train.progress``), one line on stderr saying so.
 
-    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), a
-    second thread gains little on the default job, and with torch's default (one thread per core) one other busy
-    process brought ``ssgan fit`` from 17 to 1.2 iterations a second (threads spinning for a core they do not
-    get). A user with free cores and a larger recipe passes ``--threads N``."""
+    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), the
+    default job ran at 48-82 iterations a second with one thread and 1-6 with two while other processes were
+    busy (torch's default, one thread per core, spins threads for cores they do not get). A user with free
+    cores and a larger recipe passes ``--threads N``."""
     import torch
 
     threads = requested or 1
     torch.set_num_threads(threads)
-    cores = os.cpu_count() or 1
-    print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
-          f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
+    if say:
+        cores = os.cpu_count() or 1
+        print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
+              f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
     return threads
 
 
@@ -122,6 +124,8 @@ def fit_parser() -> argparse.ArgumentParser:
                "examples:  ssgan fit\n"
                "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
                "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
+               "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
+               "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
                "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
                "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
                "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
@@ -216,6 +220,15 @@ def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
+def _swept_keys(overrides: Sequence[str]) -> List[str]:
+    """The keys a multirun sweeps over (``seed=0,1`` -> ``seed``)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # (reported by Hydra itself)
+        return []
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+
+
 def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
     """``train.device=auto`` in a multirun job on a machine with several GPUs: GPU (job number mod GPUs), so
     that a joblib launcher with ``n_jobs`` = the number of GPUs spreads the jobs over them. Else unchanged."""
@@ -224,7 +237,7 @@ def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
     return f"cuda:{job_num % n_gpus}"
 
 
-def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
+def _fit_task(dict_cfg, n_seeds: Optional[int] = None, swept: Sequence[str] = ()) -> float:
     """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
     K seeds into sub-directories of it. Errors travel to ``main`` past Hydra (``Passthrough``)."""
     import torch
@@ -249,9 +262,15 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
             write_overrides(run_dir, hydra_cfg.overrides.task)
             if n_seeds is not None:  # (already cleared above: no second clearing by the seeds run)
                 command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
-                return fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
-                                 progress=Progress(print)).mean
-            return _fit_and_print(cfg, run_dir).test_error
+                error = fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
+                                  progress=Progress(print)).mean
+            else:
+                error = _fit_and_print(cfg, run_dir).test_error
+            if multirun:  # one line per job naming its swept values, so the sweep's output reads as a table
+                values = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+                print(f"job {hydra_cfg.job.num} ({' '.join(values)}): test error "
+                      f"{'(mean) ' * (n_seeds is not None)}{error:.2f} %, {run_dir}")
+            return error
     except (TrainingDiverged, TrainingInterrupted) as error:
         raise Passthrough(error) from None
     except (Exception, KeyboardInterrupt) as error:
@@ -279,7 +298,7 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
+def cmd_resume(run_dir: str, overrides: Sequence[str], threads: Optional[int] = None) -> int:
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
     A seeds run continues with its saved config: finished seeds are kept, the others trained or continued."""
     from .checkpoint import checkpoint_config, load_checkpoint
@@ -296,6 +315,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
         allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
+        use_threads(threads, cfg.train.progress)
         fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
@@ -303,6 +323,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str]) -> int:
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
+    use_threads(threads, cfg.train.progress)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
     if finished and (path / RESULT_NAME).is_file():
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
@@ -333,14 +354,16 @@ def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = No
                hydra_flags: Sequence[str] = ()) -> None:
     """Run ``ssgan fit`` as the Hydra app it is, with Hydra's own flags passed on. Hydra's errors come back as
     exceptions (HYDRA_FULL_ERROR), for ``main`` to report in one line."""
-    def fit_seeds_task(dict_cfg) -> float:
-        return _fit_task(dict_cfg, n_seeds)
+    swept = _swept_keys(overrides) if multirun else []
+
+    def task(dict_cfg) -> float:
+        return _fit_task(dict_cfg, n_seeds, swept)
 
     register_configs()
     argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: shell completion
     with hydra_globals(argv):
         hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
-            _fit_task if n_seeds is None else fit_seeds_task)()
+            task)()
 
 
 def _hydra_flags(args: argparse.Namespace) -> List[str]:
@@ -411,8 +434,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
             raise UsageError(f"--resume continues a run with its saved config; drop "
                              f"{' '.join(fixed + hydra_flags) or '-m'} (KEY=VALUE overrides such as "
                              f"train.epochs=N are allowed)")
-        use_threads(args.threads)
-        return cmd_resume(args.resume, fit_overrides(args))
+        return cmd_resume(args.resume, fit_overrides(args), args.threads)
     if args.shell_completion or args.cfg or args.info or args.hydra_help:  # Hydra answers; nothing runs
         overrides = [o for o in args.overrides] if args.shell_completion else fit_overrides(args)
         if args.shell_completion and "COMP_LINE" in os.environ:
@@ -421,9 +443,8 @@ def cmd_fit(argv: Sequence[str]) -> int:
         return 0
     overrides = fit_overrides(args)
     if args.multirun:
-        for combo in _expand_sweeps(overrides):
-            compose(combo, **_where(args))
-        use_threads(args.threads)  # after the checks: a usage error loads no torch
+        jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
+        use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
         if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
             overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
         sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
@@ -440,7 +461,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
-    use_threads(args.threads)
+    use_threads(args.threads, cfg.train.progress)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")

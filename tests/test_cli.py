@@ -99,6 +99,7 @@ def test_help_lists_commands_and_options(capsys):
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--labels" in out and "--dataset" in out and "svhn" in out
+    assert "train.iters_per_epoch=" in out  # how to make a quick smoke run of a long recipe
 
 
 def test_multirun_runs_every_job(tmp_path, monkeypatch, capsys):
@@ -322,6 +323,10 @@ def test_a_sweep_over_any_key_gives_each_job_its_own_folder(tmp_path, capsys):
     assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
     assert sorted(json.loads((job / "result.json").read_text())["config"]["train"]["lr"] for job in jobs) == \
         [0.001, 0.003]
+    # each job's lines say which override it had (the sweep prints them one after another)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("job ")]
+    assert [line.split(":")[0] for line in lines] == ["job 0 (train.lr=0.001)", "job 1 (train.lr=0.003)"]
+    assert all("test error" in line for line in lines), lines
 
 
 # ------------------------------------------------------------ full and read-only disks: one line, no trace
@@ -429,10 +434,11 @@ def test_fit_says_its_thread_count_and_threads_changes_it(tmp_path, capsys):
     import torch
 
     try:
-        assert main(["fit", "--run-dir", str(tmp_path / "a"), *TINY_OVERRIDES]) == 0
+        # the line stands beside the progress bar (train.progress, off in the other tests: their stderr stays empty)
+        assert main(["fit", "--run-dir", str(tmp_path / "a"), *TINY_OVERRIDES, "train.progress=true"]) == 0
         assert "ssgan: 1 torch thread on " in capsys.readouterr().err and torch.get_num_threads() == 1
         assert main(["fit", "--threads", "2", "--run-dir", str(tmp_path / "b"), *TINY_OVERRIDES]) == 0
-        assert "ssgan: 2 torch threads on " in capsys.readouterr().err and torch.get_num_threads() == 2
+        assert "torch thread" not in capsys.readouterr().err and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)  # the suite's setting (conftest.one_thread)
     assert main(["fit", "--threads", "0"]) == 2

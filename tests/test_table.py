@@ -163,3 +163,13 @@ def test_a_table_goes_where_the_users_runs_go_unless_told_results(tmp_path, monk
     assert not (tmp_path / "results").exists()
     assert main(["table", "--from", "runs/table/digits", "--device", "cpu", "--out-dir", "results"]) == 0
     assert (tmp_path / "results" / "digits.md").is_file()
+
+
+def test_table_epochs_is_train_epochs(tmp_path, capsys):
+    tiny = [o for o in TINY_SEEDS if not o.startswith("train.epochs=")]
+    assert main(["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--epochs", "2", "--cache-dir",
+                 str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out"), *tiny]) == 0
+    (result,) = (tmp_path / "cache").rglob("result.json")
+    assert json.loads(result.read_text())["config"]["train"]["epochs"] == 2
+    assert main(["table", "--from", str(tmp_path / "cache"), "--epochs", "3"]) == 2  # --from trains nothing
+    assert "drop --epochs" in capsys.readouterr().err
