@@ -17,35 +17,31 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-import numpy as np
-import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from . import __version__, quality
-from .checkpoint import load_run
+from . import __version__
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
-from .data import DataError, load_data, read_inputs
-from .density import fit_density
-from .evaluate import (class_report, discriminator_classifier, inception_classifier, inception_weights_path,
-                       predict_proba, sample_grid_png, sample_score)
-from .export import FORMATS, export_run
-from .fit_command import (BAD_INPUT, PROG, CommandParser, Passthrough, UsageError, add_network_flags, cmd_fit,
-                          named_networks)
-from .records import find_runs
-from .reports import aggregate, ensemble_record, probs_on_test_set
-from .rundir import atomic_create, check_new_file
-from .table import Progress, collect_table, make_table
-from .train import TrainingDiverged, TrainingInterrupted
+from .fit_command import (PROG, CommandParser, Passthrough, UsageError, add_network_flags, add_threads_flag, cmd_fit,
+                          is_bad_input, named_networks, use_threads)
+from .rundir import TABLE_DIR, atomic_create, check_new_file
+
+if TYPE_CHECKING:
+    import torch
+
+EXPORT_FORMATS = ("onnx", "torchscript")  # export.FORMATS' keys (tests/test_cli_startup.py), without its torch
+
+# Each command imports the library it runs (torch, torchvision, ...) in its own body: `ssgan --help`, a
+# command's --help and a usage error answer without loading them (tests/test_cli_startup.py).
 
 COMMANDS = {
     "fit": "train a semi-supervised GAN; the averaged discriminator is the classifier",
     "evaluate": "recompute the test error of a trained run from its checkpoint",
     "predict": "predict the classes of image files, folders or an .npz with a trained run",
     "sample": "write a grid of generator samples; --score: Inception Score (or the discriminator's score)",
-    "table": "train the seeds x labels grid of a data set (resuming) and write results/<dataset>.md, .json, .png",
+    "table": "train the seeds x labels grid of a data set (resuming) and write runs/table/<dataset>.md, .json, .png",
     "ensemble": "evaluate trained runs together: each one's test error, mean +- std and the ensemble's error",
     "export": "write a run's classifier (input scaling and softmax inside) as an ONNX or TorchScript file",
     "density": "train Bad GAN's PixelCNN++ density model on a data set's unlabeled images (method.density_model)",
@@ -70,6 +66,10 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--device", default="auto")
     add_network_flags(parser)
     args = parser.parse_args(argv)
+    from .checkpoint import load_run
+    from .data import DataError, load_data
+    from .evaluate import class_report, predict_proba
+
     run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     data = load_data(run.config.dataset, run.config.seed)
     if len(data.y_test) == 0:
@@ -107,6 +107,12 @@ def cmd_predict(argv: Sequence[str]) -> int:
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size={args.batch_size}: must be positive")
     _check_out(args.out, ".csv")
+    import numpy as np
+
+    from .checkpoint import load_run
+    from .data import read_inputs
+    from .evaluate import predict_proba
+
     run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     names, x = read_inputs(args.inputs, run.config.dataset)
     probs = predict_proba(run.discriminator, x, args.batch_size, tf32=run.config.train.tf32)
@@ -119,7 +125,8 @@ def cmd_predict(argv: Sequence[str]) -> int:
         atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
     else:  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv), so rows stay rows
-        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(rows)
+        # (with --proba a header first, naming the class of each probability column)
+        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows([header] * args.proba + rows)
     return 0
 
 
@@ -138,6 +145,8 @@ def _check_sample_args(args) -> Optional[str]:
         raise UsageError("--fid comes with --score")
     if args.score and args.splits > args.n_score:
         raise UsageError(f"--splits {args.splits}: more splits than the {args.n_score} samples scored")
+    from . import quality
+
     reason = quality.unavailable_reason()
     if reason is not None and (args.fid or args.classifier == "inception"):
         raise UsageError(f"{'--fid' if args.fid else '--classifier inception'} needs the Inception weights: "
@@ -173,13 +182,22 @@ def cmd_sample(argv: Sequence[str]) -> int:
     reason = _check_sample_args(args)
     run_path = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "grid.png"
-    if not args.no_grid:
+    draw = not args.no_grid
+    if draw and args.score and args.out is None and out.exists():  # a score of a run that has its grid already
+        print(f"{out} exists; scoring without drawing a new grid (--out FILE draws one)", file=sys.stderr)
+        draw = False
+    if draw:
         _check_out(str(out), ".png")
+    import torch
+
+    from .checkpoint import load_run
+    from .evaluate import sample_grid_png
+
     device = resolve_device(args.device)
     run = load_run(run_path, device, named_networks(args))
     batch_size = args.batch_size or run.config.train.batch_size
     noise = torch.Generator(device=device).manual_seed(args.seed)
-    if not args.no_grid:
+    if draw:
         grid = sample_grid_png(run.generator, run.config.dataset.scaling, args.n, batch_size, noise)
         atomic_create(out, grid)  # drawn first, then written whole; never over another file
         print(f"wrote {args.n} samples to {out}")
@@ -192,6 +210,12 @@ def _print_scores(args: argparse.Namespace, run, device: str, batch_size: int, n
                   reason: Optional[str]) -> None:
     """``ssgan sample --score``: the Inception Score (and FID) through torch-fidelity when its weights are here,
     else torchvision's Inception-v3 or the run's own discriminator, each named as such."""
+    import torch
+
+    from . import quality
+    from .data import load_data
+    from .evaluate import discriminator_classifier, inception_classifier, inception_weights_path, sample_score
+
     scaling = run.config.dataset.scaling
     if args.classifier in ("auto", "inception") and reason is None:
         real = load_data(run.config.dataset, run.config.seed).x_train if args.fid else None
@@ -243,18 +267,21 @@ def _table_parser() -> argparse.ArgumentParser:
                     "only the seeds that have no result.json yet, and an interrupted seed continues from its "
                     "checkpoint. KEY=VALUE words are overrides of every cell (part of the key).",
         epilog="examples:  ssgan table --dataset mnist dataset.root=data          (4 x 10 runs of 300 epochs)\n"
-               "           ssgan table --dataset mnist --labels 100 --seeds 3 train.epochs=10\n"
+               "           ssgan table --dataset mnist --labels 100 --seeds 3 --epochs 10\n"
                "           ssgan table --from runs/multirun-*/   (the jobs of a multirun, trained elsewhere)")
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=_label_counts, help="label counts, e.g. 20,50,100 (default: those "
                         "with published numbers)")
     parser.add_argument("--seeds", type=int, metavar="K", help="seeds per label count (default 10)")
     parser.add_argument("--method", choices=METHODS, help="improved_gan (default), ct_gan, ct_gan_te (CT with the temporal ensemble) or bad_gan")
+    parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N (as in ssgan fit)")
     parser.add_argument("--device", help="train.device for training; the device that evaluates --from runs")
     parser.add_argument("--data-root", help="dataset.root for training; where --from runs' test images are "
                         "(default: each run's own dataset.root)")
-    parser.add_argument("--out-dir", default="results", help="where the table goes (default results/)")
-    parser.add_argument("--cache-dir", default="runs/table", help="where the runs go (default runs/table/)")
+    parser.add_argument("--out-dir", default=TABLE_DIR, help=f"where the table goes (default {TABLE_DIR}/, beside "
+                        f"its runs; the maintainers' tables: --out-dir results)")
+    add_threads_flag(parser)
+    parser.add_argument("--cache-dir", default=TABLE_DIR, help=f"where the runs go (default {TABLE_DIR}/)")
     parser.add_argument("--from", dest="from_dirs", nargs="+", metavar="DIR",
                         help="train nothing: aggregate the finished runs in these directories (run directories "
                              "or folders of them, e.g. a multirun's sweep directory)")
@@ -268,14 +295,10 @@ def cmd_table(argv: Sequence[str]) -> int:
     published numbers (``table.make_table``, ``table.collect_table``); a rerun trains only the seeds that have
     not finished."""
     args = _table_parser().parse_intermixed_args(argv)
-    command = shlex.join([PROG, "table", *argv])
     if args.from_dirs:
-        given = [f"--{name}" for name in ("seeds", "method") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("seeds", "method", "epochs") if getattr(args, name) is not None]
         if given or args.overrides:
             raise UsageError(f"--from aggregates finished runs as they are; drop {' '.join(given + args.overrides)}")
-        table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
-                              data_root=args.data_root, out_dir=args.out_dir, command=command,
-                              networks=named_networks(args))
     else:
         if named_networks(args) is not None:
             raise UsageError("--discriminator / --generator name the networks of --from runs; cells to train "
@@ -285,8 +308,19 @@ def cmd_table(argv: Sequence[str]) -> int:
         for word in args.overrides:
             if "=" not in word:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
+    from .table import Progress, collect_table, make_table
+
+    use_threads(args.threads, say=args.from_dirs is None and compose(
+        [f"dataset={args.dataset}", *args.overrides]).train.progress)  # (beside the progress bar)
+    command = shlex.join([PROG, "table", *argv])
+    if args.from_dirs:
+        table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
+                              data_root=args.data_root, out_dir=args.out_dir, command=command,
+                              networks=named_networks(args))
+    else:
+        epochs = [] if args.epochs is None else [f"train.epochs={args.epochs}"]  # (KEY=VALUE words win)
         table = make_table(args.dataset, labels=args.labels, seeds=10 if args.seeds is None else args.seeds,
-                           method=args.method, overrides=args.overrides, device=args.device,
+                           method=args.method, overrides=[*epochs, *args.overrides], device=args.device,
                            data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir,
                            command=command, progress=Progress(print))
     for row in table.rows:
@@ -309,6 +343,9 @@ def cmd_ensemble(argv: Sequence[str]) -> int:
     add_network_flags(parser)
     args = parser.parse_args(argv)
     _check_out(args.out, ".json")
+    from .records import find_runs
+    from .reports import aggregate, ensemble_record, probs_on_test_set
+
     records = find_runs(args.run_dirs)
     probs, y_test, class_names = probs_on_test_set(records, resolve_device(args.device), args.data_root,
                                                    networks=named_networks(args))
@@ -333,12 +370,14 @@ def cmd_export(argv: Sequence[str]) -> int:
                      "(N, C, H, W) of raw pixel values (0..255; 0..16 for the builtin digits) and returns (N, K) "
                      "class probabilities; the class names travel inside it.")
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
-    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (needs the export "
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the export "
                         "extra) or torchscript")
     parser.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt); "
                         "never overwritten")
     add_network_flags(parser)
     args = parser.parse_args(argv)
+    from .export import export_run
+
     exported = export_run(args.run_dir, args.format, args.out, networks=named_networks(args))
     print(f"wrote {exported.path} ({exported.fmt}): float32 (N, {', '.join(map(str, exported.input_shape))}) raw "
           f"pixels 0..{exported.input_value_max:g} -> (N, {len(exported.class_names)}) class probabilities")
@@ -367,6 +406,8 @@ def cmd_density(argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: exists; choose another file (no file is overwritten)")
+    from .density import fit_density
+
     fitted = fit_density(compose([f"dataset={args.dataset}", *args.overrides]), epochs=args.epochs,
                          filters=args.filters, resnet=args.resnet, mix=args.mix, stages=args.stages,
                          batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
@@ -423,8 +464,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return HANDLERS[command](rest)
     except Passthrough as carried:
         return _exit_code(carried.error)
-    except (*BAD_INPUT, TrainingDiverged, TrainingInterrupted) as error:
-        return _exit_code(error)
     except (HydraException, OmegaConfBaseException) as error:  # Hydra's own errors (HYDRA_FULL_ERROR)
         return _fail(first_line(error))
     except SystemExit as stop:  # argparse and Hydra exit this way
@@ -432,21 +471,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up): nothing was left behind
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as error:  # bad input, divergence, a signal; anything else is re-raised (a bug)
+        return _exit_code(error)
     finally:
         library_log.removeHandler(console)
         library_log.setLevel(level)
 
 
 def _exit_code(error: Exception) -> int:
-    """One line on stderr and the exit code of a library exception."""
+    """One line on stderr and the exit code of a library exception; any other exception is re-raised."""
+    if is_bad_input(error):
+        return _fail(str(error))
+    from .train import TrainingDiverged, TrainingInterrupted  # (loaded already by a run that raised them)
+
     if isinstance(error, TrainingInterrupted):
         print(f"{PROG}: {error}", file=sys.stderr)
         return 128 + error.signum
     if isinstance(error, TrainingDiverged):
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 3
-    if isinstance(error, BAD_INPUT):
-        return _fail(str(error))
     raise error
 
 

@@ -17,13 +17,15 @@ import math
 import os
 import typing
 from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf, open_dict
 
 from .hydra_state import hydra_globals
+
+if TYPE_CHECKING:
+    import torch  # (loaded where a device is resolved, not on import)
 
 DATASETS = ("digits", "mnist", "cifar10", "svhn")
 SOURCES = ("builtin", "torchvision", "folder", "npz")
@@ -312,10 +314,23 @@ def register_configs() -> None:
 
 
 MAX_SEED = 2 ** 32  # numpy.random.RandomState takes 32-bit seeds
+MAX_SEEDS = 1000  # seeds in one seeds run or table cell
 
 
 class ConfigError(ValueError):
     """A configuration that parses but cannot run: reported as one line, exit code 2."""
+
+
+def check_seeds(first: int, n_seeds: int) -> List[int]:
+    """The seeds ``first .. first + n_seeds - 1`` of a seeds run or table cell; ConfigError unless there is at
+    least one and all stay below numpy's 2**32."""
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
+    if n_seeds > MAX_SEEDS:  # before a list of them is built, or a folder made
+        raise ConfigError(f"--seeds {n_seeds}: at most {MAX_SEEDS} seeds in one run")
+    if first + n_seeds > MAX_SEED:
+        raise ConfigError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
+    return list(range(first, first + n_seeds))
 
 
 # ------------------------------------------------------------------ numbers, checked from the schema
@@ -579,6 +594,8 @@ def resolve_paths(cfg: Config) -> Config:
 def resolve_device(name: str) -> torch.device:
     """``train.device`` as a torch device: auto picks CUDA when there is one. A CUDA device always carries its
     index (``cuda`` -> ``cuda:0``), as the tensors placed on it do, so that devices compare equal."""
+    import torch  # here, not at the top: the command line's help and usage errors load no torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -175,12 +175,18 @@ def sample_images(gen: nn.Module, n: int, batch_size: int = 100,
     return torch.cat(list(generate(gen, n, batch_size, generator)))
 
 
+SAMPLE_PIXELS = 48  # the smallest side of one sample in a grid (a 10 x 10 grid of 8 x 8 digits was 91 pixels wide)
+
+
 def sample_grid_png(gen: nn.Module, scaling: str, n: int = 100, batch_size: int = 100,
                     generator: Optional[torch.Generator] = None) -> bytes:
-    """``n`` generator samples as a square grid, mapped back from the recipe's scale to [0, 1]: a PNG file's
-    bytes (the caller writes them, atomically where it matters)."""
+    """``n`` generator samples as a square grid, mapped back from the recipe's scale to [0, 1], each drawn an
+    integer number of times larger (nearest neighbour) so that it is at least ``SAMPLE_PIXELS`` on a side: a PNG
+    file's bytes (the caller writes them, atomically where it matters)."""
     images = sample_images(gen, n, batch_size, generator).float().cpu().numpy()
     grid = torch.from_numpy(unscale_images(images, scaling))  # (n, C, H, W) in [0, 1]
+    factor = math.ceil(SAMPLE_PIXELS / min(grid.shape[-2:]))  # 8 x 8 digits: 6 (48 x 48); MNIST, CIFAR: 2
+    grid = grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     buffer = io.BytesIO()
     vutils.save_image(grid, buffer, format="png", nrow=math.ceil(math.sqrt(n)), padding=1)
     return buffer.getvalue()

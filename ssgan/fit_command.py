@@ -17,11 +17,11 @@ import math
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -30,26 +30,32 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .checkpoint import check_config_record, checkpoint_config, load_checkpoint
-from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, compose, first_line,
-                     register_configs,
-                     resolve_paths, to_config, validate)
-from .data import DataError
+from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, check_seeds, compose,
+                     first_line, register_configs, resolve_paths, to_config, validate)
 from .hydra_state import hydra_globals
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
                      write_overrides)
-from .seeds import check_seeds, in_key, is_seeds_run, read_plan
-from .table import Progress, fit_seeds
-from .train import TrainingDiverged, TrainingInterrupted, fit
-from .trust import networks_for
+
+# torch and the modules that load it (checkpoint, data, seeds, table, train) are imported where a run needs them,
+# so that `ssgan fit --help` and a usage error answer in well under a second
 
 PROG = "ssgan"
+
+
 class UsageError(Exception):
     """Bad input on the command line: one line on stderr, exit code 2."""
 
 
-BAD_INPUT = (UsageError, ConfigError, DataError, RunDirError)
+def is_bad_input(error: BaseException) -> bool:
+    """Bad input (one line, exit code 2): a ``UsageError``, ``ConfigError``, ``RunDirError`` or ``DataError``.
+    ``data`` is imported only when the error is none of the first three (it loads torch; a ``DataError`` can only
+    come from a process that has loaded it)."""
+    if isinstance(error, (UsageError, ConfigError, RunDirError)):
+        return True
+    from .data import DataError
+
+    return isinstance(error, DataError)
 
 
 class Passthrough(BaseException):
@@ -89,6 +95,38 @@ class CommandParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, the torch threads of a command that trains (``use_threads``)."""
+    parser.add_argument("--threads", type=_at_least_one, metavar="N", help="torch threads on the CPU (default 1: on 2 "
+                        "cores the small recipes gain little from a second, and lose most of their speed when "
+                        "another process is busy; see benchmarks/threads.py)")
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, at least 1")
+    return int(text)
+
+
+def use_threads(requested: Optional[int], say: bool = True) -> int:
+    """Set torch's thread count for a run: ``requested`` (``--threads N``), else 1; with ``say`` (a run that shows
+    its progress bar, ``train.progress``), one line on stderr saying so.
+
+    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), the
+    default job ran at 48-82 iterations a second with one thread and 1-6 with two while other processes were
+    busy (torch's default, one thread per core, spins threads for cores they do not get). A user with free
+    cores and a larger recipe passes ``--threads N``."""
+    import torch
+
+    threads = requested or 1
+    torch.set_num_threads(threads)
+    if say:
+        cores = os.cpu_count() or 1
+        print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
+              f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
+    return threads
+
+
 def fit_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog=f"{PROG} fit", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -101,6 +139,8 @@ def fit_parser() -> argparse.ArgumentParser:
                "examples:  ssgan fit\n"
                "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
                "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
+               "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
+               "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
                "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
                "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
                "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
@@ -115,6 +155,7 @@ def fit_parser() -> argparse.ArgumentParser:
                         "each seed's test error, the ensemble's, then the mean +- sample std as the last line")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
+    add_threads_flag(parser)
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
     _resume_flags(parser)
@@ -203,6 +244,15 @@ def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
+def _swept_keys(overrides: Sequence[str]) -> List[str]:
+    """The keys a multirun sweeps over (``seed=0,1`` -> ``seed``)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # (reported by Hydra itself)
+        return []
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+
+
 def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
     """``train.device=auto`` in a multirun job on a machine with several GPUs: GPU (job number mod GPUs), so
     that a joblib launcher with ``n_jobs`` = the number of GPUs spreads the jobs over them. Else unchanged."""
@@ -211,9 +261,14 @@ def job_device(device: str, job_num: Optional[int], n_gpus: int) -> str:
     return f"cuda:{job_num % n_gpus}"
 
 
-def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
+def _fit_task(dict_cfg, n_seeds: Optional[int] = None, swept: Sequence[str] = ()) -> float:
     """The Hydra task: one training run into Hydra's output directory, or with ``n_seeds`` (``--seeds K``)
     K seeds into sub-directories of it. Errors travel to ``main`` past Hydra (``Passthrough``)."""
+    import torch
+
+    from .table import Progress, fit_seeds
+    from .train import TrainingDiverged, TrainingInterrupted
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)  # however it was named: run_dir=, hydra.run.dir=, a sweep
     created = not is_used(run_dir)
@@ -231,21 +286,31 @@ def _fit_task(dict_cfg, n_seeds: Optional[int] = None) -> float:
             write_overrides(run_dir, hydra_cfg.overrides.task)
             if n_seeds is not None:  # (already cleared above: no second clearing by the seeds run)
                 command = shlex.join([PROG, "fit", "--seeds", str(n_seeds), *hydra_cfg.overrides.task])
-                return fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
-                                 progress=Progress(print)).mean
-            return _fit_and_print(cfg, run_dir).test_error
-    except (*BAD_INPUT, KeyboardInterrupt) as error:
+                error = fit_seeds(cfg, check_seeds(cfg.seed, n_seeds), run_dir, command=command,
+                                  progress=Progress(print)).mean
+            else:
+                error = _fit_and_print(cfg, run_dir).test_error
+            if multirun:  # one line per job naming its swept values, so the sweep's output reads as a table
+                values = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+                print(f"job {hydra_cfg.job.num} ({' '.join(values)}): test error "
+                      f"{'(mean) ' * (n_seeds is not None)}{error:.2f} %, {run_dir}")
+            return error
+    except (TrainingDiverged, TrainingInterrupted) as error:
+        raise Passthrough(error) from None
+    except (Exception, KeyboardInterrupt) as error:
+        if not (isinstance(error, KeyboardInterrupt) or is_bad_input(error)):
+            raise
         if created:
             remove_unstarted(run_dir)  # bad input or Ctrl-C at start-up: no trace left
         if isinstance(error, KeyboardInterrupt):
             raise
         raise Passthrough(error) from None
-    except (TrainingDiverged, TrainingInterrupted) as error:
-        raise Passthrough(error) from None
 
 
 def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     """``train.fit`` into ``run_dir``; the last line printed is the test error of the averaged weights."""
+    from .train import fit
+
     result = fit(cfg, run_dir=run_dir, resume=resume)
     print(f"run directory: {run_dir}")
     if result.val_error is not None:
@@ -257,10 +322,16 @@ def _fit_and_print(cfg: Config, run_dir: Path, resume=None):
     return result
 
 
-def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple] = None) -> int:
+def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple] = None,
+               threads: Optional[int] = None) -> int:
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
     A seeds run continues with its saved config: finished seeds are kept, the others trained or continued.
     ``networks``: the builders of a run of one's own networks (``--discriminator``, ``--generator``)."""
+    from .checkpoint import check_config_record, checkpoint_config, load_checkpoint
+    from .seeds import in_key, is_seeds_run, read_plan
+    from .table import Progress, fit_seeds
+    from .trust import networks_for
+
     path = Path(run_dir)
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
@@ -272,6 +343,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
         allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
+        use_threads(threads, cfg.train.progress)
         fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
@@ -281,6 +353,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
+    use_threads(threads, cfg.train.progress)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
     if finished and (path / RESULT_NAME).is_file():
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
@@ -311,14 +384,16 @@ def _run_hydra(overrides: List[str], multirun: bool, n_seeds: Optional[int] = No
                hydra_flags: Sequence[str] = ()) -> None:
     """Run ``ssgan fit`` as the Hydra app it is, with Hydra's own flags passed on. Hydra's errors come back as
     exceptions (HYDRA_FULL_ERROR), for ``main`` to report in one line."""
-    def fit_seeds_task(dict_cfg) -> float:
-        return _fit_task(dict_cfg, n_seeds)
+    swept = _swept_keys(overrides) if multirun else []
+
+    def task(dict_cfg) -> float:
+        return _fit_task(dict_cfg, n_seeds, swept)
 
     register_configs()
     argv = [PROG, *(["--multirun"] if multirun else []), *hydra_flags, *overrides]  # PROG: shell completion
     with hydra_globals(argv):
         hydra.main(config_path=PRIMARY_CONFIGS, config_name="config", version_base=None)(
-            _fit_task if n_seeds is None else fit_seeds_task)()
+            task)()
 
 
 def _hydra_flags(args: argparse.Namespace) -> List[str]:
@@ -382,7 +457,7 @@ def _resume_args(args: argparse.Namespace, hydra_flags: Sequence[str]) -> int:
         raise UsageError(f"--resume continues a run with its saved config; drop "
                          f"{' '.join(fixed + list(hydra_flags)) or '-m'} (KEY=VALUE overrides such as "
                          f"train.epochs=N are allowed)")
-    return cmd_resume(args.resume, fit_overrides(args), named_networks(args))
+    return cmd_resume(args.resume, fit_overrides(args), named_networks(args), args.threads)
 
 
 def cmd_fit(argv: Sequence[str]) -> int:
@@ -406,8 +481,8 @@ def cmd_fit(argv: Sequence[str]) -> int:
         return 0
     overrides = fit_overrides(args)
     if args.multirun:
-        for combo in _expand_sweeps(overrides):
-            compose(combo, **_where(args))
+        jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
+        use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
         if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
             overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
         sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
@@ -424,6 +499,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
+    use_threads(args.threads, cfg.train.progress)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")

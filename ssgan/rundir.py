@@ -39,12 +39,14 @@ import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
-import torch
 from omegaconf import OmegaConf
 
 from .config import Config
+
+if TYPE_CHECKING:
+    import torch  # (loaded where a checkpoint is read, not on import)
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,10 @@ def make_dir(path: Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirError(f"cannot create the directory {path}: {error.strerror or error}") from None
+
+
+TABLE_DIR = "runs/table"  # a table's runs and its .md / .json / .png by default: with the user's runs, never the
+# checkout's results/ (the maintainers write those with an explicit --out-dir results)
 
 
 def default_name(cfg: Config, n_seeds: Optional[int] = None) -> str:
@@ -350,6 +356,8 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
     import subprocess
     from importlib import metadata
 
+    import torch
+
     from . import __version__
 
     versions = {"ssgan": __version__, "torch": torch.__version__}  # torch's own: it names the CUDA build
@@ -383,6 +391,8 @@ def environment(device: torch.device | str = "cpu") -> Dict[str, str]:
 
 def read_payload(path: Path) -> Dict[str, Any]:
     """torch.load with weights-only unpickling; a missing, corrupt or code-carrying file is one clear line."""
+    import torch  # here: the run directory's checks (and the command line's usage errors) load no torch
+
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"no checkpoint at {path}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, load_run, recover_group_checkpoints
 from .concurrent import check_supported
-from .config import MAX_SEED, Config, ConfigError, config_from_dict, fields_with, resolve_device
+from .config import Config, ConfigError, config_from_dict, fields_with, resolve_device
 from .data import DataError, ImageData, load_data
 from .evaluate import predict_proba
 from .records import RunRecord, SeedsPlan
@@ -36,7 +36,6 @@ from .trust import UntrustedError, stored_config
 
 logger = logging.getLogger(__name__)
 
-MAX_SEEDS = 1000  # seeds in one seeds run or table cell
 NOT_IN_KEY = frozenset(fields_with("keyed", False))  # the schema's execution, reporting and identity fields
 
 
@@ -48,18 +47,6 @@ def in_key(name: str) -> bool:
     stacked, how many at once) and how it reports are left out, so that moving the data or switching the
     progress bar off retrains nothing, and a table can be continued on another machine or another way."""
     return name not in NOT_IN_KEY
-
-
-def check_seeds(first: int, n_seeds: int) -> List[int]:
-    """The seeds ``first .. first + n_seeds - 1`` of a seeds run or table cell; ConfigError unless there is at
-    least one and all stay below numpy's 2**32."""
-    if n_seeds < 1:
-        raise ConfigError(f"--seeds {n_seeds}: the number of seeds must be at least 1")
-    if n_seeds > MAX_SEEDS:  # before a list of them is built, or a folder made
-        raise ConfigError(f"--seeds {n_seeds}: at most {MAX_SEEDS} seeds in one run")
-    if first + n_seeds > MAX_SEED:
-        raise ConfigError(f"--seeds {n_seeds} from seed {first}: seeds must stay below {MAX_SEED}")
-    return list(range(first, first + n_seeds))
 
 
 def config_key(config: Dict[str, Any]) -> str:

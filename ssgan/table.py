@@ -2,7 +2,7 @@
 Python (a notebook, the benchmarks) with the same files and numbers.
 
     fit_seeds(cfg, seeds, out_dir)        one config over several seeds into one folder (summary.json, .md)
-    make_table("digits", labels=[20])     one seeds run per label count, then results/<dataset>.md, .json, .png
+    make_table("digits", labels=[20])     one seeds run per label count, then runs/table/<dataset>.md, .json, .png
     collect_table(["runs/multirun-..."])  the same table from finished runs trained elsewhere
 
 Each cell of a table is kept in ``cache_dir/<dataset>/<key>/`` (``seeds.cell_directory``), so that a rerun
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .config import Config, ConfigError, compose, resolve_device, resolve_paths
+from .config import Config, ConfigError, check_seeds, compose, resolve_device, resolve_paths
 from .data import load_data
 from .records import find_runs
 from .reports import PUBLISHED, SeedsResult, aggregate, group_rows, write_summary, write_table
-from .rundir import RunDirError, removed_on_failure
-from .seeds import SeedOutcome, cell_directory, check_seeds, prepare_cell, train_seeds, train_together
+from .rundir import TABLE_DIR, RunDirError, removed_on_failure
+from .seeds import SeedOutcome, cell_directory, prepare_cell, train_seeds, train_together
 from .signals import StopSignals
 from .train import TrainingInterrupted
 
@@ -97,8 +97,8 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], out_dir: Path, *, command: str,
 
 def make_table(dataset: str, *, labels: Optional[Sequence[int]] = None, seeds: int = 10,
                method: Optional[str] = None, overrides: Sequence[str] = (), device: Optional[str] = None,
-               data_root: Optional[str] = None, cache_dir: Path | str = "runs/table",
-               out_dir: Optional[Path | str] = "results", command: Optional[str] = None,
+               data_root: Optional[str] = None, cache_dir: Path | str = TABLE_DIR,
+               out_dir: Optional[Path | str] = TABLE_DIR, command: Optional[str] = None,
                progress: Optional[Progress] = None) -> Table:
     """Train ``seeds`` seeds for each label count of ``dataset`` (default: those with published numbers) and
     write ``out_dir/<dataset>.md``, ``.json`` and ``.png`` (none with ``out_dir=None``).
@@ -166,7 +166,7 @@ def _write_table(out_dir: Optional[Path | str], dataset: str, rows: List[SeedsRe
 
 def collect_table(paths: Sequence[Path | str], *, dataset: Optional[str] = None,
                   labels: Optional[Sequence[int]] = None, device: str = "auto", data_root: Optional[str] = None,
-                  out_dir: Optional[Path | str] = "results", command: Optional[str] = None,
+                  out_dir: Optional[Path | str] = TABLE_DIR, command: Optional[str] = None,
                   networks: Optional[Sequence] = None) -> Table:
     """The table of finished runs (run directories or folders of them, e.g. a multirun's sweep directory),
     trained elsewhere: one row per config, their test probabilities recomputed on ``device``; ``data_root``

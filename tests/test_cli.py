@@ -99,6 +99,7 @@ def test_help_lists_commands_and_options(capsys):
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--labels" in out and "--dataset" in out and "svhn" in out
+    assert "train.iters_per_epoch=" in out  # how to make a quick smoke run of a long recipe
 
 
 def test_multirun_runs_every_job(tmp_path, monkeypatch, capsys):
@@ -322,6 +323,10 @@ def test_a_sweep_over_any_key_gives_each_job_its_own_folder(tmp_path, capsys):
     assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
     assert sorted(json.loads((job / "result.json").read_text())["config"]["train"]["lr"] for job in jobs) == \
         [0.001, 0.003]
+    # each job's lines say which override it had (the sweep prints them one after another)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("job ")]
+    assert [line.split(":")[0] for line in lines] == ["job 0 (train.lr=0.001)", "job 1 (train.lr=0.003)"]
+    assert all("test error" in line for line in lines), lines
 
 
 # ------------------------------------------------------------ full and read-only disks: one line, no trace
@@ -370,11 +375,11 @@ def test_an_output_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tr
 
 
 def test_sample_interrupted_while_drawing_leaves_no_empty_png(trained_run, tmp_path, monkeypatch):
-    from ssgan import cli
+    from ssgan import evaluate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "sample_grid_png", interrupted)
+    monkeypatch.setattr(evaluate, "sample_grid_png", interrupted)  # (cli imports it when sample runs)
     assert main(["sample", str(trained_run), "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 130
     assert list(tmp_path.iterdir()) == []
 
@@ -409,11 +414,12 @@ def test_predict_to_stdout_keeps_one_row_per_image_whatever_the_names(trained_ru
 
 
 def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
-    """KeyboardInterrupt raised by the import of torch stands for Ctrl-C during start-up."""
+    """KeyboardInterrupt raised by the import of Hydra (what every command loads at start; torch comes later, inside
+    the command, where main reports Ctrl-C) stands for Ctrl-C during start-up."""
     code = ("import builtins\n"
             "original = builtins.__import__\n"
             "def interrupted(name, *args, **kwargs):\n"
-            "    if name == 'torch':\n"
+            "    if name.split('.')[0] == 'hydra':\n"
             "        raise KeyboardInterrupt\n"
             "    return original(name, *args, **kwargs)\n"
             "builtins.__import__ = interrupted\n"
@@ -422,3 +428,19 @@ def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
     done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_fit_says_its_thread_count_and_threads_changes_it(tmp_path, capsys):
+    import torch
+
+    try:
+        # the line stands beside the progress bar (train.progress, off in the other tests: their stderr stays empty)
+        assert main(["fit", "--run-dir", str(tmp_path / "a"), *TINY_OVERRIDES, "train.progress=true"]) == 0
+        assert "ssgan: 1 torch thread on " in capsys.readouterr().err and torch.get_num_threads() == 1
+        assert main(["fit", "--threads", "2", "--run-dir", str(tmp_path / "b"), *TINY_OVERRIDES]) == 0
+        assert "torch thread" not in capsys.readouterr().err and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest.one_thread)
+    assert main(["fit", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("ssgan: error: ssgan fit: argument --threads: '0': expected a whole "
+                                               "number, at least 1")

@@ -48,8 +48,27 @@ def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", str(run_dir), "--n", "16", "--out", str(out), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote 16 samples to {out}"
-    with Image.open(out) as image:
-        assert image.size == (4 * (8 + 1) + 1,) * 2  # 4 x 4 images of 8 x 8 with 1-pixel padding
+    with Image.open(out) as image:  # 4 x 4 images of 8 x 8 drawn 6 times larger (48 x 48), 1-pixel padding
+        assert image.size == (4 * (48 + 1) + 1,) * 2
+
+
+def test_the_run_shows_its_samples_at_a_size_a_person_can_see(run_dir):
+    with Image.open(run_dir / "samples.png") as image:  # 100 digits of 8 x 8 pixels: 91 pixels before
+        assert min(image.size) >= 400
+
+
+def test_score_beside_an_existing_grid_keeps_the_grid(run_dir, empty_hub, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["sample", str(run), "--n", "4", "--device", "cpu"]) == 0  # RUN/grid.png
+    grid = (run / "grid.png").read_bytes()
+    capsys.readouterr()
+    assert main(["sample", str(run), "--score", "--n-score", "20", "--splits", "2", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith(CLASSIFIER_SCORE)
+    assert "grid.png exists" in captured.err and (run / "grid.png").read_bytes() == grid
 
 
 def test_sample_never_overwrites(run_dir, capsys):
@@ -188,7 +207,9 @@ def test_predict_npz_of_raw_digit_values(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(tmp_path / "raw.npz"), "--proba"]) == 0
     assert main(["predict", str(run_dir), str(tmp_path / "unit.npz"), "--proba"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[1:] for line in lines[:6]] == [line.split("\t")[1:] for line in lines[6:]]
+    header = "\t".join(["input", "class", *(f"p_{k}" for k in range(10))])  # --proba names the classes
+    assert lines[0] == lines[7] == header
+    assert [line.split("\t")[1:] for line in lines[1:7]] == [line.split("\t")[1:] for line in lines[8:]]
 
 
 @pytest.mark.parametrize("make, fragment", [

@@ -151,3 +151,25 @@ def test_sigterm_during_the_table_writes_completes_them_first(tmp_path, monkeypa
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted by SIGTERM" in err
     assert json.loads((out / "digits.json").read_text())["rows"][0]["labels"] == 20
     assert (out / "digits.md").is_file() and _stray_temporaries(tmp_path) == []
+
+
+def test_a_table_goes_where_the_users_runs_go_unless_told_results(tmp_path, monkeypatch, capsys):
+    """ssgan table never writes into the checkout's results/ by default (a 5-epoch table once overwrote the
+    committed one): runs/table/<dataset>.* beside its runs; the maintainers' results/ only with --out-dir."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", *TINY_SEEDS]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "table").glob("digits.*")) == [
+        "digits.json", "digits.md", "digits.png"]
+    assert not (tmp_path / "results").exists()
+    assert main(["table", "--from", "runs/table/digits", "--device", "cpu", "--out-dir", "results"]) == 0
+    assert (tmp_path / "results" / "digits.md").is_file()
+
+
+def test_table_epochs_is_train_epochs(tmp_path, capsys):
+    tiny = [o for o in TINY_SEEDS if not o.startswith("train.epochs=")]
+    assert main(["table", "--dataset", "digits", "--labels", "20", "--seeds", "1", "--epochs", "2", "--cache-dir",
+                 str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out"), *tiny]) == 0
+    (result,) = (tmp_path / "cache").rglob("result.json")
+    assert json.loads(result.read_text())["config"]["train"]["epochs"] == 2
+    assert main(["table", "--from", str(tmp_path / "cache"), "--epochs", "3"]) == 2  # --from trains nothing
+    assert "drop --epochs" in capsys.readouterr().err
