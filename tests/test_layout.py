@@ -18,6 +18,7 @@ LAYERS = [
     ["models"],
     ["evaluate"],
     ["rundir"],
+    ["ood"],
     ["records", "checkpoint", "density"],
     ["engines"],
     ["accelerate", "concurrent"],
