@@ -217,3 +217,25 @@ def test_estimator_score_samples_and_calibrated_predict_proba(calibrated_run):
     plain = estimator.predict_proba(x)
     assert np.allclose(calibrated.sum(axis=1), 1) and not np.allclose(calibrated, plain)
     assert (calibrated.argmax(axis=1) == plain.argmax(axis=1)).all()
+
+
+def test_the_estimator_fits_a_temperature_on_a_validation_split_and_saves_it(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from ssgan import SSGANClassifier
+
+    digits = load_digits()
+    x, y = digits.images[:300], digits.target[:300].copy()
+    y[100:] = -1  # 100 labeled rows, 20 of them held out for the temperature
+    tiny = dict(epochs=1, iters_per_epoch=2, batch_size=20, device="cpu",
+                overrides=("model.d_widths=[32,16]", "model.g_widths=[32]", "model.z_dim=8", "train.init_batch=50",
+                           "dataset.val_size=20"))
+    estimator = SSGANClassifier(calibrated=True, **tiny).fit(x, y)
+    assert ood.TEMPERATURE_BOUNDS[0] <= estimator.temperature_ <= ood.TEMPERATURE_BOUNDS[1]
+    probs = estimator.predict_proba(x[:5])
+    estimator.save(tmp_path / "e.pt")
+    loaded = SSGANClassifier.load(tmp_path / "e.pt")
+    assert loaded.temperature_ == estimator.temperature_ and np.allclose(loaded.predict_proba(x[:5]), probs)
+    assert estimator.score_samples(x[:5]).shape == (5,)
+    with pytest.raises(ValueError, match="val_size"):
+        SSGANClassifier(calibrated=True, **{**tiny, "overrides": tiny["overrides"][:-1]}).fit(x, y).predict_proba(x)
