@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import tempfile
 import time
@@ -152,10 +153,19 @@ def main() -> None:
     write(args, lines, summary, records, tasks, seeds)
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return f"{platform.machine()} CPU"
+
+
 def write(args, lines, summary, records, tasks, seeds) -> None:
     command = (f"python benchmarks/ood_table.py --tasks {args.tasks} --seeds {args.seeds} --mnist-epochs "
                f"{args.mnist_epochs} --mnist-iters {args.mnist_iters} --mnist-ema-decay {args.mnist_ema_decay}")
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), {platform.platform()}"
+    machine = (f"{cpu_model()} ({os.cpu_count()} cores, shared with other jobs), {torch.get_num_threads()} torch "
+               f"thread(s) per process, {platform.platform()}")
     header = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "machine": machine, "seeds": seeds, "tasks": tasks}
     out = Path(args.out)
