@@ -63,13 +63,21 @@ def _check_out(out: Optional[str], suffix: str) -> None:
 def cmd_evaluate(argv: Sequence[str]) -> int:
     parser = CommandParser(prog=f"{PROG} evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
+    parser.add_argument("--ood", nargs="+", metavar="DATA", help="foreign sets (an .npz, an image folder, a data "
+                        "set's name or uniform): per score (msp, log_z) AUROC, AUPR-in and FPR95 against the test "
+                        "set, written to RUN_DIR/ood.json and ood_scores.png; dataset.resize=true among them "
+                        "resizes images of another size (docs/ood.md)")
+    parser.add_argument("--convert-channels", action="store_true", help="convert foreign colour images to grey "
+                        "(the channel mean) or grey ones to colour, as training data are; else refused")
     parser.add_argument("--device", default="auto")
     add_network_flags(parser)
     args = parser.parse_args(argv)
+    from . import ood
     from .checkpoint import load_run
     from .data import DataError, load_data
     from .evaluate import class_report, predict_proba
 
+    resize, foreign = ood.split_resize(args.ood or [])
     run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     data = load_data(run.config.dataset, run.config.seed)
     if len(data.y_test) == 0:
@@ -78,7 +86,11 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
                           tf32=run.config.train.tf32)
     report = class_report(probs, data.y_test, run.class_names)
     _print_report(report, "its")
-    print(f"test error: {report['test_error']:.2f} %")
+    print("\n".join(ood.evaluate_calibration(run, data)))
+    if foreign:
+        print("\n".join(ood.evaluate_foreign(run, data.x_test, foreign, resize=resize,
+                                              convert_channels=args.convert_channels)))
+    print(f"test error: {report['test_error']:.2f} %")  # the last line, as scripts read it
     return 0
 
 
@@ -88,7 +100,7 @@ def _print_report(report: dict, whose: str) -> None:
     errors = ", ".join(f"{name}: {error:.2f}" for name, error in report["per_class_error"].items())
     print(f"per-class test error (%), {whose} predictions: {errors}")
     width = max(5, *(len(str(n)) for n in names), *(len(str(c)) for row in report["confusion_matrix"] for c in row))
-    print(f"confusion matrix (rows: true class, columns: predicted class):")
+    print("confusion matrix (rows: true class, columns: predicted class):")
     print(" " * (width + 1) + " ".join(f"{str(n)[:width]:>{width}}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]):
         print(f"{str(name)[:width]:>{width}} " + " ".join(f"{c:>{width}}" for c in row))
@@ -99,6 +111,10 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("inputs", nargs="+", help="image files, folders or .npz files")
     parser.add_argument("--proba", action="store_true", help="also print the class probabilities")
+    parser.add_argument("--ood-score", nargs="?", const="log_z", choices=("log_z", "msp"), help="add a column of "
+                        "the out-of-distribution score (default log_z; higher = more like the training data)")
+    parser.add_argument("--calibrated", action="store_true", help="probabilities at the temperature fitted on "
+                        "the run's validation split (calibration.json; needs dataset.val_size > 0)")
     parser.add_argument("--out", help="write a CSV file instead of printing")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="auto")
@@ -111,14 +127,19 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
     from .checkpoint import load_run
     from .data import read_inputs
-    from .evaluate import predict_proba
 
     run = load_run(args.run_dir, resolve_device(args.device), named_networks(args))
     names, x = read_inputs(args.inputs, run.config.dataset)
-    probs = predict_proba(run.discriminator, x, args.batch_size, tf32=run.config.train.tf32)
+    from . import ood
+
+    probs, scores = ood.predict_with_scores(run, x, args.batch_size, calibrated=args.calibrated,
+                                            score=args.ood_score)
     header = ["input", "class"] + ([f"p_{c}" for c in run.class_names] if args.proba else [])
     rows = [[name, run.class_names[int(np.argmax(p))]] + ([f"{v:.6f}" for v in p] if args.proba else [])
             for name, p in zip(names, probs)]
+    if scores is not None:
+        header.append(args.ood_score)
+        rows = [row + [f"{v:.6f}"] for row, v in zip(rows, scores)]
     if args.out:
         out, table = Path(args.out), io.StringIO(newline="")
         csv.writer(table).writerows([header] + rows)
@@ -374,11 +395,14 @@ def cmd_export(argv: Sequence[str]) -> int:
                         "extra) or torchscript")
     parser.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt); "
                         "never overwritten")
+    parser.add_argument("--calibrated", action="store_true", help="softmax(l / T) at the temperature fitted on "
+                        "the run's validation split (calibration.json)")
     add_network_flags(parser)
     args = parser.parse_args(argv)
     from .export import export_run
 
-    exported = export_run(args.run_dir, args.format, args.out, networks=named_networks(args))
+    exported = export_run(args.run_dir, args.format, args.out, networks=named_networks(args),
+                          calibrated=args.calibrated)
     print(f"wrote {exported.path} ({exported.fmt}): float32 (N, {', '.join(map(str, exported.input_shape))}) raw "
           f"pixels 0..{exported.input_value_max:g} -> (N, {len(exported.class_names)}) class probabilities")
     return 0

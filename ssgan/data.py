@@ -98,8 +98,9 @@ def unscale_images(x: np.ndarray, scaling: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- sources
 
-def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
-    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W)."""
+def _to_nchw(x: np.ndarray, channels: int, what: str, convert: bool = True) -> np.ndarray:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W). ``convert=False``: grey images for a colour
+    recipe, or colour ones for a grey recipe, are refused rather than converted (an alpha channel is dropped)."""
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -109,6 +110,8 @@ def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
     else:
         raise DataError(f"{what}: expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
     if x.shape[1] != channels:
+        if not convert and (x.shape[1] == 1) != (channels == 1):
+            raise _channel_error(what, x.shape[1], channels)
         if x.shape[1] == 1 and channels == 3:
             x = np.repeat(x, 3, axis=1)
         elif x.shape[1] in (3, 4) and channels == 1:
@@ -120,10 +123,15 @@ def _to_nchw(x: np.ndarray, channels: int, what: str) -> np.ndarray:
     return x
 
 
-def prepare_images(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
+def _channel_error(what: str, found: int, channels: int) -> DataError:
+    return DataError(f"{what}: images have {found} channel{'s' * (found != 1)}, the recipe's have {channels}; "
+                     f"they are converted only when asked (ssgan evaluate --convert-channels)")
+
+
+def prepare_images(x: np.ndarray, cfg: DataConfig, what: str, *, convert_channels: bool = True) -> np.ndarray:
     """Any accepted layout -> (N, C, H, W) with the recipe's channels and size (resized only with
     ``dataset.resize=true``); ``what`` names the input in error messages."""
-    return _check_size(_to_nchw(np.asarray(x), cfg.image_shape[0], what), cfg, what)
+    return _check_size(_to_nchw(np.asarray(x), cfg.image_shape[0], what, convert_channels), cfg, what)
 
 
 def check_pixels(x: np.ndarray, value_max: float, what: str) -> None:
@@ -159,8 +167,10 @@ def source_value_max(cfg: DataConfig) -> float:
 
 def _resize(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: arrays read by PIL are not writable
-    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True,
-                                           align_corners=False).numpy()
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+    # each output pixel is a weighted mean of input pixels: clipped to their range, which float rounding
+    # would leave by ~1e-5 (255.00002 is refused as out of 0..255)
+    return out.clamp(float(t.min()), float(t.max())).numpy() if t.numel() else out.numpy()
 
 
 def _check_size(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
@@ -225,11 +235,14 @@ def _load_torchvision(cfg: DataConfig):
                     f"or svhn, or dataset.source=folder|npz")
 
 
-def _read_image(path: Path, channels: int) -> np.ndarray:
+def _read_image(path: Path, channels: int, convert: bool = True) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            grey = image.mode in ("1", "L", "LA", "F") or image.mode.startswith("I")
+            if not convert and grey != (channels == 1):
+                raise _channel_error(str(path), 1 if grey else len(image.getbands()), channels)
             if image.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs)
                 return _from_16_bit(np.asarray(image), channels, path)
             if image.mode == "F":
@@ -257,10 +270,10 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_images(paths: List[Path], cfg: DataConfig) -> np.ndarray:
+def read_images(paths: List[Path], cfg: DataConfig, *, convert_channels: bool = True) -> np.ndarray:
     """Read image files into (N, C, H, W) uint8 at the recipe's size (resized only with resize=true)."""
     channels = cfg.image_shape[0]
-    images = [_read_image(p, channels) for p in paths]
+    images = [_read_image(p, channels, convert_channels) for p in paths]
     shapes = {im.shape for im in images}
     if len(shapes) > 1 and not cfg.resize:
         raise DataError(f"images of different sizes {sorted(shapes)[:3]} ...: pass dataset.resize=true")
@@ -432,9 +445,11 @@ def hold_out_validation(data: ImageData, val_size: float, seed: int) -> ImageDat
                      data.class_values)
 
 
-def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.ndarray]:
+def read_inputs(inputs: Sequence[str], cfg: DataConfig, *,
+                convert_channels: bool = True) -> Tuple[List[str], np.ndarray]:
     """Image files, folders of images, or .npz files (array x, x_test or the only array) -> names and
-    (N, C, H, W) images scaled as the run's recipe scales them."""
+    (N, C, H, W) images scaled as the run's recipe scales them (``convert_channels=False``: grey images for
+    a colour recipe, or colour ones for a grey recipe, are refused)."""
     names, batches = [], []
     for item in inputs:
         path = Path(item)
@@ -450,10 +465,11 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
             (key, x), = read_npz(path, item, pick).items()
             if not np.issubdtype(x.dtype, np.number):
                 raise DataError(f"{item}: array {key} has dtype {x.dtype}, expected pixel values")
-            x = prepare_images(x, cfg, item)
-            names += [f"{item}[{i}]" for i in range(len(x))]
-            # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits)
+            # uint8: 0..255; floats in [0, 1]; else the source's range (0..16 for the builtin digits), read
+            # before a resize or a channel mean turns uint8 into floats
             value_max = input_value_max(x, cfg)
+            x = prepare_images(x, cfg, item, convert_channels=convert_channels)
+            names += [f"{item}[{i}]" for i in range(len(x))]
             check_pixels(x, value_max, f"{item}: images")
             batches.append(scale_images(x, cfg.scaling, value_max))
             continue
@@ -462,7 +478,7 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig) -> Tuple[List[str], np.n
         if not files:
             raise DataError(f"{item}: no images found")
         names += [str(p) for p in files]
-        batches.append(scale_images(read_images(files, cfg), cfg.scaling))
+        batches.append(scale_images(read_images(files, cfg, convert_channels=convert_channels), cfg.scaling))
     return names, np.concatenate(batches)
 
 

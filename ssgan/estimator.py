@@ -32,8 +32,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 from .checkpoint import load_networks, load_run
 from .config import (DATASETS, METHODS, Config, ConfigError, DataConfig, compose, resolve_device,
                      validate)
-from .data import (DataError, ImageData, check_pixels, input_value_max, prepare_images, scale_images,
-                   source_value_max)
+from .data import (DataError, ImageData, check_pixels, hold_out_validation, input_value_max, prepare_images,
+                   scale_images, source_value_max)
+from . import ood
 from .evaluate import predict_proba
 from .records import EstimatorFile
 from .rundir import RunDirError
@@ -180,7 +181,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
                  lr: Optional[float] = None, ema_decay: Optional[float] = None, seed: int = 0,
                  device: str = "auto", image_shape: Optional[Sequence[int]] = None,
                  value_max: Optional[float] = None, overrides: Sequence[str] = (), progress: bool = False,
-                 discriminator: Any = None, generator: Any = None) -> None:
+                 discriminator: Any = None, generator: Any = None, calibrated: bool = False) -> None:
         # scikit-learn's rule: store the parameters unchanged; they are checked in fit.
         self.recipe = recipe
         self.method = method
@@ -197,6 +198,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         self.progress = progress
         self.discriminator = discriminator
         self.generator = generator
+        self.calibrated = calibrated
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()  # a classifier (ClassifierMixin): y required, multiclass
@@ -332,14 +334,18 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         # Labeled rows first, so that they are the labeled subset 0..L-1; the unlabeled pool is every row.
         data = ImageData(x_scaled[~unlabeled], y_lab.astype(np.int64), empty, np.zeros(0, dtype=np.int64),
                          [str(c) for c in classes], x_extra=x_scaled[unlabeled] if unlabeled.any() else None)
+        if cfg.dataset.val_size > 0:  # a stratified part of the labeled rows, for the temperature only
+            data = hold_out_validation(data, cfg.dataset.val_size, cfg.seed)
         modules = None
         if isinstance(self.discriminator, torch.nn.Module):  # copies of them are trained, not the parameters
             modules = (self.discriminator, self.generator)
-        result = train_fit(cfg, data=data, labeled_indices=np.arange(len(y_lab)), modules=modules)
+        result = train_fit(cfg, data=data, labeled_indices=np.arange(len(data.y_train)), modules=modules)
 
         self._set_fitted(cfg, result.discriminator, result.generator, classes=classes,
                          n_features_in=int(math.prod(x.shape[1:])), value_max=value_max, history=result.history,
                          data_min=data_min, data_max=data_max)
+        if data.x_val is not None:
+            self.temperature_ = ood.calibrate(self._logits(data.x_val), data.y_val).temperature
         return self
 
     # ------------------------------------------------------------------------------------------ predict
@@ -360,9 +366,30 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
                             f"{self.n_features_in_})")
         return min_max_rows(x.astype(np.float64), self.data_min_, self.data_max_)
 
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """The K class logits of prepared rows or images (float64 for tabular rows, as predict_proba)."""
+        t = self.config_.train
+        if getattr(self, "data_min_", None) is not None:
+            return ood.predict_logits(copy.deepcopy(self.discriminator_).double(), x.astype(np.float64),
+                                      t.eval_batch_size, tf32=t.tf32, dtype=torch.float64)
+        return ood.predict_logits(self.discriminator_, x, t.eval_batch_size, tf32=t.tf32)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """log Z(x) = logsumexp_k l_k(x), the discriminator's "real" log-odds (docs/ood.md): higher = more
+        like the training data, as scikit-learn's outlier detectors. (N,)."""
+        return ood.log_z(self._logits(self._check_input(X)))
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """p(y = k | x, real) = softmax(l(x))_k over the K classes of ``classes_``, from the averaged
-        discriminator in eval mode (no dropout or noise). Returns (N, K) float64 rows that sum to 1."""
+        discriminator in eval mode (no dropout or noise); with ``calibrated=True``, softmax(l(x) / T) at the
+        temperature fitted on a validation split (``overrides=("dataset.val_size=0.2",)``, or a run trained
+        with dataset.val_size > 0). Returns (N, K) float64 rows that sum to 1."""
+        if self.calibrated:
+            check_is_fitted(self)
+            if getattr(self, "temperature_", None) is None:
+                raise DataError("calibrated=True needs a temperature fitted on a validation split: fit with "
+                                "overrides=('dataset.val_size=0.2',) (or load a run trained with dataset.val_size > 0)")
+            return ood.softmax(self._logits(self._check_input(X)), self.temperature_)
         x = self._check_input(X)
         if getattr(self, "data_min_", None) is not None:
             # tabular rows: a float64 copy of the (small) classifier, since float32 products round differently
@@ -407,6 +434,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
             history=_plain(self.history_, "history_"),
             data_min=torch.from_numpy(np.asarray(self.data_min_, dtype=np.float64)) if tabular else None,
             data_max=torch.from_numpy(np.asarray(self.data_max_, dtype=np.float64)) if tabular else None,
+            temperature=getattr(self, "temperature_", None),
         ).write(Path(path))
 
     @classmethod
@@ -440,6 +468,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         estimator._set_fitted(cfg, disc, gen, classes=np.array(saved.classes, dtype=np.dtype(saved.classes_dtype)),
                               n_features_in=int(saved.n_features_in), value_max=saved.value_max,
                               history=saved.history, data_min=data_min, data_max=data_max)
+        estimator.temperature_ = saved.temperature
         return estimator
 
     def _set_fitted(self, cfg: Config, disc: torch.nn.Module, gen: torch.nn.Module, *, classes: np.ndarray,
@@ -454,6 +483,7 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         self.data_min_ = data_min
         self.data_max_ = data_max
         self.history_ = history
+        self.temperature_ = None  # set by fit with a validation split, or from the run's calibration.json
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None
@@ -481,6 +511,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", networks: Optiona
     estimator._set_fitted(cfg, run.discriminator, run.generator, classes=np.array(run.class_values),
                           n_features_in=int(math.prod(cfg.dataset.image_shape)), value_max=None, history=[])
     estimator.class_names_ = list(run.class_names)
+    estimator.temperature_ = ood.read_temperature(path)
     return estimator
 
 

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from . import __version__
 from .checkpoint import Run, load_run
 from .data import CENTRED_DIVISORS, source_value_max
+from .ood import read_temperature
 from .rundir import CHECKPOINT_NAME, RunDirError, atomic_write, check_new_file
 
 # format -> (file extension, default file name in the run directory)
@@ -82,8 +83,8 @@ class Exported:
     input_value_max: float
 
 
-def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None,
-               networks: Optional[Sequence] = None) -> Exported:
+def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None, *,
+               networks: Optional[Sequence] = None, calibrated: bool = False) -> Exported:
     """Export the averaged discriminator of a run, its input scaling and a softmax included.
 
     Args:
@@ -92,6 +93,8 @@ def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None,
         out: the file to write; default ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.pt``. Its folder must
             exist and its extension must be the format's (``.onnx``, ``.pt``).
         networks: a run of one's own networks: their builders or modules (``checkpoint.load_run``).
+        calibrated: softmax(l / T) with the temperature fitted on the run's validation split
+            (``calibration.json``, ``ood.read_temperature``); the metadata's ``temperature`` says which.
 
     Returns:
         An ``Exported`` record of the file written.
@@ -113,9 +116,10 @@ def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None,
     _check_target(target, fmt)
     if fmt == "onnx":
         _require_onnx()  # before loading anything: a missing extra is the user's first thing to fix
+    temperature = read_temperature(run_path, required=True) if calibrated else 1.0
     run = load_run(run_path, "cpu", networks)
-    model = classifier_of(run)
-    metadata = model_metadata(run)
+    model = classifier_of(run, temperature)
+    metadata = {**model_metadata(run), "temperature": f"{temperature!r}"}
     example = torch.zeros(2, *run.config.dataset.image_shape)  # batch 2: a size-1 batch could be specialised
     content = _onnx_bytes(model, example, metadata) if fmt == "onnx" else _torchscript_bytes(model, example,
                                                                                                metadata)
@@ -127,17 +131,18 @@ def export_run(run_dir: str | Path, fmt: str, out: Optional[str | Path] = None,
                     source_value_max(run.config.dataset))
 
 
-def classifier_of(run: Run) -> nn.Module:
+def classifier_of(run: Run, temperature: float = 1.0) -> nn.Module:
     """The run's averaged discriminator behind its input scaling, in eval mode, gradients off.
 
     Args:
         run: a run loaded by ``checkpoint.load_run``.
+        temperature: T of softmax(l / T) (1: the run's own probabilities).
 
     Returns:
         A ``ScaledClassifier``: raw pixels (N, C, H, W) float32 -> (N, K) class probabilities.
     """
     cfg = run.config.dataset
-    model = ScaledClassifier(run.discriminator, cfg.scaling, source_value_max(cfg)).to("cpu").eval()
+    model = ScaledClassifier(run.discriminator, cfg.scaling, source_value_max(cfg), temperature).to("cpu").eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -235,13 +240,14 @@ class ScaledClassifier(nn.Module):
         value_max: the raw value that stands for white (``data.source_value_max``).
     """
 
-    def __init__(self, discriminator: nn.Module, scaling: str, value_max: float) -> None:
+    def __init__(self, discriminator: nn.Module, scaling: str, value_max: float, temperature: float = 1.0) -> None:
         super().__init__()
         if scaling != "unit" and scaling not in CENTRED_DIVISORS:
             raise RunDirError(f"unknown scaling {scaling!r} in the run's config")
         self.discriminator = discriminator
         self.scaling = scaling
         self.value_max = float(value_max)
+        self.temperature = float(temperature)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) float32 raw pixels -> (N, K) float32 class probabilities."""
@@ -251,4 +257,6 @@ class ScaledClassifier(nn.Module):
             x = x * (255.0 / self.value_max) - 127.5
             x = x / CENTRED_DIVISORS[self.scaling]
         logits, _ = self.discriminator(x)
+        if self.temperature != 1.0:  # calibrated (--calibrated): softmax(l / T)
+            logits = logits / self.temperature
         return torch.softmax(logits, dim=1)

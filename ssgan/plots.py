@@ -12,6 +12,8 @@ import io
 import logging
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'ssgan[plots]'"
@@ -83,4 +85,49 @@ def confusion_matrix_png(matrix: List[List[int]], class_names: Sequence[str], ti
                 axis.text(j, i, str(count), ha="center", va="center", fontsize="x-small",
                           color="white" if count > high / 2 else "black")
     axis.set_title(title)
+    return png_bytes(figure)
+
+
+def reliability_png(curves: Dict[str, Sequence], title: str) -> Optional[bytes]:
+    """Reliability diagram: accuracy against mean confidence per equal-width confidence bin, one line per
+    ``curves`` entry ({label: (counts, mean_confidence, accuracy)}, ``ood.reliability_bins``), the diagonal
+    for perfect calibration, and the share of images per bin below."""
+    figure = new_figure(5.2, 5.6)
+    if figure is None:
+        return None
+    axis, share = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for label, (counts, confidence, accuracy) in curves.items():
+        filled = counts > 0
+        axis.plot(confidence[filled], accuracy[filled], marker="o", label=label)
+        width = 1.0 / len(counts)
+        share.bar((np.arange(len(counts)) + 0.5) * width, counts / max(counts.sum(), 1),
+                  width=width, alpha=0.5, label=label)
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize="small")
+    axis.set_title(title)
+    share.set_xlabel("confidence (max class probability), 15 bins")
+    share.set_ylabel("share")
+    return png_bytes(figure)
+
+
+def score_histograms_png(scores: Dict[str, Dict[str, Sequence]], titles: Dict[str, str],
+                         title: str) -> Optional[bytes]:
+    """One panel per score: histograms of the test set's scores and of each foreign set's
+    ({score: {set name: (N,) values}})."""
+    figure = new_figure(5.0 * len(scores), 3.8)
+    if figure is None:
+        return None
+    axes = figure.subplots(1, len(scores), squeeze=False)[0]
+    for axis, (score, by_set) in zip(axes, scores.items()):
+        values = np.concatenate([np.asarray(v, dtype=np.float64) for v in by_set.values()])
+        edges = np.linspace(values.min(), values.max() + 1e-12, 51)
+        for set_name, v in by_set.items():
+            axis.hist(v, bins=edges, density=True, histtype="step", linewidth=1.3, label=set_name)
+        axis.set_xlabel(titles.get(score, score))
+        axis.set_ylabel("density")
+        axis.legend(fontsize="small")
+    figure.suptitle(title)
     return png_bytes(figure)

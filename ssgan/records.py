@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .config import ConfigError
+from .ood import TEMPERATURE_BOUNDS
 from .rundir import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFUSION_NAME, CURVE_NAME, METRICS_NAME, PLAN_NAME,
                      RESULT_NAME, SAMPLES_NAME, SUMMARY_MD_NAME, SUMMARY_NAME, TENSORBOARD_NAME, RunDirError,
                      atomic_create, atomic_write, make_dir, read_payload)
@@ -134,10 +135,12 @@ class RunRecord:
     per_class_error: Optional[Dict[str, float]] = None
     confusion_matrix: Optional[List[List[int]]] = None
     labeled_indices: List[int] = field(default_factory=list)
+    calibration: Optional[Dict[str, Any]] = None  # ECE, NLL, Brier of the test set (ood.finish_run)
 
     FILE_FIELDS = ("test_error", "val_error", "seed", "dataset", "labels", "method", "epochs", "iters_per_epoch",
                    "device", "seconds", "torch", "versions", "class_names", "class_values", "per_class_error",
-                   "confusion_matrix", "labeled_indices", "config")  # the file's keys, in its order
+                   "confusion_matrix", "labeled_indices", "calibration", "config")  # the file's keys, in its order
+    OPTIONAL_FIELDS = ("calibration",)  # absent from the files of older versions
 
     def write(self, run_dir: Path) -> None:
         payload = {name: getattr(self, name) for name in self.FILE_FIELDS}
@@ -151,13 +154,16 @@ class RunRecord:
                               f"ssgan fit --resume {run_dir}")
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-            values = {name: stored[name] for name in cls.FILE_FIELDS}
+            values = {name: stored[name] for name in cls.FILE_FIELDS
+                      if name in stored or name not in cls.OPTIONAL_FIELDS}
             record = cls(path=Path(run_dir), **values)
             record.seed, record.labels, record.epochs = int(record.seed), int(record.labels), int(record.epochs)
             record.iters_per_epoch = int(record.iters_per_epoch)
             record.test_error = float("nan") if record.test_error is None else float(record.test_error)
             if not isinstance(record.config, dict):
                 raise TypeError("config is not a mapping")
+            if record.calibration is not None and not isinstance(record.calibration, dict):
+                raise TypeError("calibration is not a mapping")
             return record
         except (ValueError, KeyError, TypeError) as error:
             raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
@@ -341,6 +347,7 @@ class EstimatorFile:
     history: List[Dict[str, float]]
     data_min: Optional[torch.Tensor] = None  # float64, tabular recipe only
     data_max: Optional[torch.Tensor] = None
+    temperature: Optional[float] = None  # fitted on a validation split (ood.calibrate); absent in older files
 
     @property
     def tabular(self) -> bool:
@@ -374,7 +381,12 @@ class EstimatorFile:
                               f"{' or '.join(ESTIMATOR_FORMATS)})")
         tabular = payload["format"] == TABULAR_FORMAT
         names = [f.name for f in fields(cls) if tabular or f.name not in ("data_min", "data_max")]
-        missing = [name for name in names if name not in payload]
+        missing = [name for name in names if name not in payload and name != "temperature"]
         if missing:
             raise RunDirError(f"{path}: incomplete estimator file, missing {missing}")
-        return cls(**{name: payload[name] for name in names})
+        temperature = payload.get("temperature")
+        low, high = TEMPERATURE_BOUNDS
+        if temperature is not None and not (isinstance(temperature, float) and low <= temperature <= high):
+            raise RunDirError(f"{path}: malformed estimator file: temperature {temperature!r:.40} is not a number "
+                              f"in {low}..{high}")
+        return cls(**{name: payload.get(name) for name in names})

@@ -13,6 +13,9 @@ A run directory holds
     samples.png     a grid of generator samples (``records.RunFigures``, as the two below)
     curve.png, confusion_matrix.png   the test error and losses against epochs, and the final confusion
                     matrix (with the plots extra)
+    calibration.json, reliability.png   the temperature fitted on the validation split (dataset.val_size > 0)
+                    and the test set's reliability diagram (``ood.py``)
+    ood.json, ood_scores.png   written by ``ssgan evaluate --ood``: OOD metrics and score histograms
     .lock           held by the process that trains the run (``RunLock``): one at a time
 
 A seeds run (``seeds.py``) is a folder of run directories ``seed<N>/`` with ``seeds.json`` (the plan,
@@ -59,6 +62,10 @@ RESULT_NAME = "result.json"
 SAMPLES_NAME = "samples.png"
 CURVE_NAME = "curve.png"  # with the plots extra
 CONFUSION_NAME = "confusion_matrix.png"  # with the plots extra
+CALIBRATION_NAME = "calibration.json"  # the temperature fitted on the validation split (ood.py)
+RELIABILITY_NAME = "reliability.png"  # the test set's reliability diagram (ood.py; plots extra)
+OOD_NAME = "ood.json"  # ssgan evaluate --ood: the scores' AUROC, AUPR-in, FPR95 per foreign set
+OOD_PNG_NAME = "ood_scores.png"  # ssgan evaluate --ood: histograms of the scores (plots extra)
 TENSORBOARD_NAME = "tensorboard"
 LOCK_NAME = ".lock"
 PLAN_NAME = "seeds.json"  # a seeds run's plan (seeds.py)
@@ -68,7 +75,7 @@ STAGED_NAME = ".checkpoint.pt.staged"  # a stacked group's next checkpoint, befo
 GROUP_COMMIT_NAME = ".group-commit.json"  # in the group's first run directory: the staged checkpoints are committed
 OUTPUT_NAMES = (CONFIG_NAME, OVERRIDES_NAME, CHECKPOINT_NAME, METRICS_NAME, RESULT_NAME, SAMPLES_NAME, CURVE_NAME,
                 CONFUSION_NAME, TENSORBOARD_NAME, PLAN_NAME, SUMMARY_NAME, SUMMARY_MD_NAME, STAGED_NAME,
-                GROUP_COMMIT_NAME)
+                GROUP_COMMIT_NAME, CALIBRATION_NAME, RELIABILITY_NAME, OOD_NAME, OOD_PNG_NAME)
 NOT_CONTENT = (LOCK_NAME, ".hydra")  # what does not make a folder a used run directory
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import plots
+from . import ood, plots
 from .accelerate import Captured, decide_capture, gatherer, numerics, place_data, use_cuda_graph
 from .checkpoint import check_resume_fits, load_checkpoint, remove_stale_temporaries, write_group_checkpoints
 from .concurrent import StackedEngine, check_supported
@@ -364,6 +364,7 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
     confusion = None if report is None else plots.confusion_matrix_png(report["confusion_matrix"],
                                                                        result.class_names, f"{title}: test set")
     RunFigures(samples=samples, curve=plots.curve_png(result.history, title), confusion=confusion).write(run_dir)
+    calibration = ood.finish_run(run_dir, result.discriminator, data, cfg)  # calibration.json, reliability.png
     RunRecord(
         path=run_dir, test_error=result.test_error, val_error=result.val_error, seed=cfg.seed,
         dataset=cfg.dataset.name, labels=cfg.dataset.labels, method=cfg.method.name, epochs=cfg.train.epochs,
@@ -372,7 +373,8 @@ def write_outputs(result: FitResult, cfg: Config, data: ImageData, iters: int, d
         class_values=list(result.class_values),
         per_class_error=None if report is None else report["per_class_error"],
         confusion_matrix=None if report is None else report["confusion_matrix"],
-        labeled_indices=[int(i) for i in result.labeled_indices], config=asdict(cfg)).write(run_dir)
+        labeled_indices=[int(i) for i in result.labeled_indices], calibration=calibration,
+        config=asdict(cfg)).write(run_dir)
 
 
 # -------------------------------------------------------------------------------------- fit, fit_grid

@@ -562,3 +562,18 @@ def test_folder_float_image_is_refused_with_one_line(tmp_path):
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "ant" / "float.tiff")
     with pytest.raises(DataError, match="float.tiff: floating-point images are not supported"):
         load_data(_folder_config(tmp_path))
+
+
+def test_read_inputs_takes_the_pixel_range_of_uint8_before_converting_or_resizing(tmp_path):
+    """uint8 colour images of 0..255 for the digits recipe (grey, 8x8, source range 0..16): the channel mean
+    and the resize make floats of them, which must still read as 0..255 (not the digits' 0..16), and an
+    antialiased resize of a white image stays at 255 (float rounding gave 255.00002, refused)."""
+    from ssgan.config import DataConfig
+    from ssgan.data import read_inputs
+
+    np.savez(tmp_path / "rgb.npz", x=np.full((3, 8, 8, 3), 255, np.uint8))
+    np.savez(tmp_path / "big.npz", x=np.full((3, 32, 32), 255, np.uint8))
+    _, x = read_inputs([str(tmp_path / "rgb.npz")], DataConfig())
+    assert x.shape == (3, 1, 8, 8) and np.allclose(x, 1.0)
+    _, x = read_inputs([str(tmp_path / "big.npz")], DataConfig(resize=True))
+    assert x.shape == (3, 1, 8, 8) and x.max() <= 1.0 and np.allclose(x, 1.0)

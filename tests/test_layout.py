@@ -18,6 +18,7 @@ LAYERS = [
     ["models", "objectives"],
     ["evaluate"],
     ["rundir"],
+    ["ood"],
     ["records", "checkpoint", "density"],
     ["engines"],
     ["accelerate", "concurrent", "feed"],
