@@ -146,8 +146,9 @@ def cmd_predict(argv: Sequence[str]) -> int:
         atomic_create(out, table.getvalue())  # whole or not at all, never over another file
         print(f"wrote {len(rows)} predictions to {out}")
     else:  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv), so rows stay rows
-        # (with --proba a header first, naming the class of each probability column)
-        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows([header] * args.proba + rows)
+        # (with --proba or --ood-score a header first, naming each column)
+        named = args.proba or scores is not None
+        csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows([header] * named + rows)
     return 0
 
 

@@ -153,12 +153,7 @@ def fit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, metavar="K", help="train seeds seed .. seed+K-1 (one after another, "
                         "or together with train.concurrent_seeds=true) into one run directory (a sub-directory per seed, summary.json, summary.md); prints "
                         "each seed's test error, the ensemble's, then the mean +- sample std as the last line")
-    parser.add_argument("--device", help="auto, cpu or cuda")
-    parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
-    add_threads_flag(parser)
-    parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
-    parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
-    _resume_flags(parser)
+    _run_flags(parser)
     parser.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over sweeps (a=1,2)")
     hydra_flags = parser.add_argument_group("Hydra's own flags (as in any Hydra app)")
     hydra_flags.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="print the config instead of "
@@ -181,7 +176,13 @@ def fit_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resume_flags(parser: argparse.ArgumentParser) -> None:
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """Where and how a run trains: device, epochs, threads, its directory, --resume."""
+    parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
+    add_threads_flag(parser)
+    parser.add_argument("--run-dir", dest="run_dir", help="run directory (default runs/<name>-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="allow reusing an existing run directory")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint "
                         "(KEY=VALUE words then change its saved config, e.g. train.epochs=600)")
     add_network_flags(parser)  # (with --resume: a run of one's own networks)

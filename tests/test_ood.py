@@ -169,10 +169,10 @@ def test_bad_foreign_sets_are_one_line_and_exit_2(calibrated_run, tmp_path, caps
 def test_predict_ood_score_column_and_calibrated_probabilities(calibrated_run, tmp_path, capsys):
     np.savez(tmp_path / "x.npz", x=np.random.RandomState(0).randint(0, 17, size=(4, 8, 8)).astype(np.float32))
     assert main(["predict", str(calibrated_run), str(tmp_path / "x.npz"), "--proba", "--ood-score"]) == 0
-    plain = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(plain) == 4 and all(len(row) == 2 + 10 + 1 for row in plain)
+    header, *plain = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert header[-1] == "log_z" and len(plain) == 4 and all(len(row) == 2 + 10 + 1 for row in plain)
     assert main(["predict", str(calibrated_run), str(tmp_path / "x.npz"), "--proba", "--calibrated"]) == 0
-    calibrated = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    calibrated = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()][1:]
     assert [row[2:12] for row in calibrated] != [row[2:12] for row in plain]  # T != 1
     assert [row[1] for row in calibrated] == [row[1] for row in plain]  # the classes stay
 
