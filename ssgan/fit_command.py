@@ -349,8 +349,8 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
+    cfg, _ = networks_for(cfg, networks, run_dir)  # (a checkpoint naming code is refused as such, first)
     check_config_record(path, cfg, overrides, RESUMABLE_FIELDS)
-    cfg, _ = networks_for(cfg, networks, run_dir)
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
