@@ -11,6 +11,7 @@ Each hyperparameter of the method is one field here; the published recipes set t
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -486,6 +487,19 @@ def first_line(error: BaseException) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and lines[1].startswith("To append") else lines[0]
 
 
+def override_message(error: BaseException) -> str:
+    """One line for an override Hydra refused: quote a value its lexer cannot read; for a key the schema lacks,
+    the nearest field (not Hydra's "use +key", which would be refused as an unknown key)."""
+    message = first_line(error)
+    if type(error).__name__ == "OverrideParseException":
+        return f"{message} (quote a value with spaces or special characters: key='a b(c)')"
+    if message.startswith("Could not override '") and "To append" in message:
+        key = message.split("'")[1]
+        near = difflib.get_close_matches(key, [name for name, _ in schema_fields()], n=1)
+        return f"{key}: ssgan's schema has no such field" + (f"; did you mean {near[0]}?" if near else "")
+    return message
+
+
 PRIMARY_CONFIGS = "pkg://ssgan.configs"  # the packaged configs/ folder
 
 
@@ -518,7 +532,7 @@ def compose_dict(overrides: Sequence[str] = (), *, config_path: str = PRIMARY_CO
         except ConfigError:
             raise
         except Exception as error:  # Hydra and OmegaConf raise many types; all mean a bad override here
-            message = first_line(error)
+            message = override_message(error)
             if "Could not find 'hydra/launcher/" in message:  # local, slurm: configs/hydra/launcher/
                 message += (" (ssgan's launcher configs: local, slurm; they extend Hydra's joblib and submitit "
                             "plugins: pip install 'ssgan[launchers]')")
@@ -553,18 +567,14 @@ def to_config(dict_cfg, check_values: bool = True) -> Config:
     if check_values:
         validate(cfg)
     if cfg.model.arch == "custom":  # composed from the user's own overrides and config folders: given
-        for spec in (cfg.model.discriminator, cfg.model.generator):
-            GIVEN_SPECS.add(spec_text(spec))
+        GIVEN_SPECS.update(spec_text(spec) for spec in (cfg.model.discriminator, cfg.model.generator))
     return cfg
 
 
-# The network specs (model.arch=custom) given in this process: composed from the user's overrides (to_config) or
-# named by them (trust.networks_for), as spec_text. Hydra instantiates no other spec (trust.is_given).
+# The network specs (model.arch=custom) given in this process, as spec_text: composed from the user's overrides
+# (to_config) or named by them (trust.networks_for). Hydra instantiates no other spec (trust.is_given).
 GIVEN_SPECS: set = set()
-
-
-def spec_text(spec: Any) -> str:
-    return json.dumps(spec, sort_keys=True, default=repr)
+spec_text = functools.partial(json.dumps, sort_keys=True, default=repr)
 
 
 def compose(overrides: Sequence[str] = (), **where) -> Config:

@@ -101,6 +101,7 @@ def unscale_images(x: np.ndarray, scaling: str) -> np.ndarray:
 def _to_nchw(x: np.ndarray, channels: int, what: str, convert: bool = True) -> np.ndarray:
     """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W). ``convert=False``: grey images for a colour
     recipe, or colour ones for a grey recipe, are refused rather than converted (an alpha channel is dropped)."""
+    shape = x.shape
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -119,7 +120,9 @@ def _to_nchw(x: np.ndarray, channels: int, what: str, convert: bool = True) -> n
         elif x.shape[1] == 4 and channels == 3:
             x = x[:, :3]
         else:
-            raise DataError(f"{what}: images have {x.shape[1]} channels, the recipe needs {channels}")
+            read_as = (f"{shape[-1]} channels as (N, H, W, C) or {shape[1]} as (N, C, H, W)" if len(shape) == 4
+                       else f"{x.shape[1]} channels")
+            raise DataError(f"{what}: images of shape {shape} have {read_as}; the recipe needs {channels}")
     return x
 
 
@@ -173,13 +176,16 @@ def _resize(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return out.clamp(float(t.min()), float(t.max())).numpy() if t.numel() else out.numpy()
 
 
+RESIZE_ADVICE = "pass dataset.resize=true to resize them"
+
+
 def _check_size(x: np.ndarray, cfg: DataConfig, what: str) -> np.ndarray:
     _, height, width = cfg.image_shape
     if x.shape[2:] == (height, width):
         return x
     if not cfg.resize:
         raise DataError(f"{what}: images are {x.shape[2]}x{x.shape[3]}, the {cfg.name} recipe needs "
-                        f"{height}x{width}; pass dataset.resize=true to resize them")
+                        f"{height}x{width}; {RESIZE_ADVICE}")
     return _resize(x, (height, width))
 
 
@@ -325,7 +331,7 @@ def read_npz(path: Path, label: str, pick: Optional[Callable[[List[str]], List[s
     """The arrays of an .npz (those ``pick`` chooses of its names), without pickles; each array's declared size
     is checked against the bytes its file holds before it is read. DataError with one line otherwise."""
     if not zipfile.is_zipfile(path):
-        raise DataError(f"{label}: not an .npz archive (numpy.savez writes a zip file of arrays)")
+        raise DataError(f"{label}: not a readable .npz (not a zip archive of arrays, as numpy.savez writes)")
     try:
         with zipfile.ZipFile(path) as archive:
             sizes = {info.filename[:-4]: info.file_size for info in archive.infolist()
@@ -369,6 +375,9 @@ def _load_npz(cfg: DataConfig):
         x = arrays[key]
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{path}: {key} has dtype {x.dtype}, expected integers or floats")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():  # (before nanmax warns of it)
+            split = {"x_train": "train", "x_test": "test"}.get(key, "unlabeled")
+            raise DataError(f"{path}: {key}: {split} images contain NaN or infinite values")
         if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
             x = x * 255.0  # floats in [0, 1]
         return _check_size(_to_nchw(x, channels, f"{path}: {key}"), cfg, f"{path}: {key}")
@@ -478,7 +487,11 @@ def read_inputs(inputs: Sequence[str], cfg: DataConfig, *,
         if not files:
             raise DataError(f"{item}: no images found")
         names += [str(p) for p in files]
-        batches.append(scale_images(read_images(files, cfg, convert_channels=convert_channels), cfg.scaling))
+        try:
+            batches.append(scale_images(read_images(files, cfg, convert_channels=convert_channels), cfg.scaling))
+        except DataError as error:  # a trained run's size is fixed: the advice for a new run does not apply
+            raise DataError(str(error).replace(RESIZE_ADVICE, f"resize them to {cfg.image_shape[1]}x"
+                                               f"{cfg.image_shape[2]} first")) from None
     return names, np.concatenate(batches)
 
 

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
 from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, check_seeds, compose,
-                     first_line, register_configs, resolve_paths, to_config, validate)
+                     first_line, override_message, register_configs, resolve_paths, to_config, validate)
 from .hydra_state import hydra_globals
 from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
@@ -234,7 +234,7 @@ def _expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as error:
-        raise UsageError(first_line(error)) from None
+        raise UsageError(override_message(error)) from None
     choices = []
     for override in parsed:
         key = override.get_key_element()
@@ -334,6 +334,8 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
     from .trust import networks_for
 
     path = Path(run_dir)
+    if path.is_file():
+        raise UsageError(f"--resume takes the run directory, not a file in it: --resume {path.parent}")
     if not path.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     if is_seeds_run(path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -31,9 +32,12 @@ def new_figure(width: float = 6.4, height: float = 4.4):
 
 def png_bytes(figure) -> bytes:
     """The figure as a PNG file's bytes (the caller writes them, atomically where it matters)."""
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
+    with warnings.catch_warnings():  # a class name in a script the font lacks is drawn as boxes, not warned of
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Matplotlib currently does not support", category=UserWarning)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
 
 

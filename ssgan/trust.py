@@ -30,6 +30,7 @@ HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 HOW = ("--discriminator MODULE:BUILDER --generator MODULE:BUILDER (in Python: networks=(D, G), modules, "
        "classes or import paths)")
 
+
 class UntrustedError(ConfigError):
     """A file names code, or a run of one's own networks is loaded without naming them: one line, exit 2."""
 

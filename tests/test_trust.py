@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import ssgan
 from ssgan import trust
@@ -54,7 +55,7 @@ def _rewrite(path, change) -> None:
 
 
 def _forge(run_dir, victim) -> None:
-    """model.arch=custom with both networks builtins.open(victim, "w"), in the checkpoint and the record."""
+    """model.arch=custom with both networks builtins.open(victim, "w"), in the checkpoint, record and config."""
     spec = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
 
     def evil(config):
@@ -64,6 +65,9 @@ def _forge(run_dir, victim) -> None:
     record = json.loads((run_dir / "result.json").read_text())
     evil(record["config"])
     (run_dir / "result.json").write_text(json.dumps(record))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # consistent, so no other check stops it
+    evil(config)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 @pytest.fixture

@@ -150,7 +150,7 @@ CASES = [
     (["evaluate", "{root}/other_arch"], "do not fit the architecture"),
     (["predict", "{root}/run", "{root}/nowhere.png"], "no such file"),
     (["predict", "{root}/run", "{root}/notes.txt"], "cannot read image"),
-    (["predict", "{root}/run", "{root}/big/train/a/0.png"], "dataset.resize=true"),
+    (["predict", "{root}/run", "{root}/big/train/a/0.png"], "resize them to 8x8 first"),  # a fit option would not apply
     (["predict", "{root}/run", "{root}/run/samples.png", "--out", "{root}/taken.csv"], "already exists"),
     (["frobnicate"], "unknown command"),
     # Never lose a run, part two: data that is silently wrong
