@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .config import Config, MethodConfig, TrainConfig
 from .models import Networks
 from .objectives import compiled_objectives, discriminator_objective, generator_objective, history_penalty
-from .optim import HistoricalAverage, polyak_update
+from .optim import HistoricalAverage, OfficialAdam, polyak_update
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
 STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
@@ -212,6 +212,10 @@ class SingleEngine:
         self.net, self.method, self.train = networks, cfg.method, cfg.train
         d_objective, g_objective = compiled_objectives(cfg.train.compile, cfg.train.compile_mode)
         self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
+        if cfg.train.compile != "off":  # the optimizer's update compiled too: one fused loop per tensor
+            for optimizer in self.optimizers:
+                if isinstance(optimizer, OfficialAdam):
+                    optimizer.compile_update(cfg.train.compile, cfg.train.compile_mode)
         density = None
         if cfg.method.density_weight > 0:
             from .density import DensityPenalty
