@@ -132,7 +132,7 @@ class StackedEngine:
 
         def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z, targets):
             return discriminator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_lab, y_lab,
-                                           x_unl, z, method=method, targets=targets)
+                                           x_unl, z, method=method, targets=targets, one_pass=t.step == "lean")
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
@@ -143,7 +143,8 @@ class StackedEngine:
         g_vmapped = vmap(g_loss, randomness="different")
 
         # The objectives' signatures over Stacked holders: the network a step does not train enters as constants.
-        def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None):
+        def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None,
+                        one_pass=False):
             return d_vmapped(disc.params, disc.buffer_dict, gen.detached(), gen.buffer_dict, x_lab, y_lab, x_unl, z,
                              targets)
 

@@ -86,7 +86,8 @@ def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.O
     with autocast(x_lab.device, AMP_DTYPES[train.precision]):
         loss, stats, outputs = (objective or discriminator_objective)(disc, gen, x_lab, y_lab, x_unl, z,
                                                                       method=method, targets=targets,
-                                                                      history=history)
+                                                                      history=history,
+                                                                      one_pass=train.step == "lean")
     update(loss, optimizer, train=train)
     if history is not None:
         history.update()
