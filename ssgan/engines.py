@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, MethodConfig, TrainConfig
+from .layers import scale_after_product
 from .models import Networks
 from .objectives import compiled_objectives, discriminator_objective, generator_objective, history_penalty
 from .optim import HistoricalAverage, OfficialAdam, polyak_update
@@ -217,6 +218,9 @@ class SingleEngine:
             for optimizer in self.optimizers:
                 if isinstance(optimizer, OfficialAdam):
                     optimizer.compile_update(cfg.train.compile, cfg.train.compile_mode)
+        if cfg.train.step == "lean":
+            scale_after_product(networks.disc)
+            scale_after_product(networks.gen)
         density = None
         if cfg.method.density_weight > 0:
             from .density import DensityPenalty
