@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import platform
 import shlex
 import statistics
@@ -165,13 +166,15 @@ def launches_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: Im
     events = profiler.events()
     ops = compute_operators(events)
     kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    traffic = Traffic()
-    run_loop(eager, n_models, warmup + iters, data, LoopClock(warmup, warmup + iters, device, traffic))
-    return {"ops_per_iteration": round(ops / iters, 1),
-            "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None,
-            "mb_per_iteration": round(traffic.bytes / iters / 1e6, 2),
-            "mflops_per_iteration": round(traffic.flops / iters / 1e6, 2),
-            "bytes_counted_by": "analytic" if cfg.train.compile == "off" else "analytic, outside compiled code"}
+    counts = {"ops_per_iteration": round(ops / iters, 1),
+              "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None,
+              "mb_per_iteration": None, "mflops_per_iteration": None, "bytes_counted_by": None}
+    if cfg.train.compile == "off":  # under a dispatch mode compiled code does not run as compiled: not counted
+        traffic = Traffic()
+        run_loop(eager, n_models, warmup + iters, data, LoopClock(warmup, warmup + iters, device, traffic))
+        counts.update(mb_per_iteration=round(traffic.bytes / iters / 1e6, 2),
+                      mflops_per_iteration=round(traffic.flops / iters / 1e6, 2), bytes_counted_by="analytic")
+    return counts
 
 
 # Operators that launch nothing: views, allocations, metadata and no-op conversions (a conversion that copies
@@ -186,15 +189,16 @@ NO_KERNEL = {f"aten::{name}" for name in (
     "is_same_size", "size", "stride", "dim", "_nested_tensor_from_mask_left_aligned", "matmul", "linear",
     "zeros", "ones", "zeros_like", "ones_like", "new_zeros", "new_empty", "new_empty_strided", "_unsafe_split",
     "_unsafe_split_with_sizes", "movedim", "moveaxis", "diagonal", "as_strided_", "_make_dual", "_unpack_dual")}
-# Kernels of compiled code (inductor's C++ kernels, with ``cpp.enable_kernel_profile``; Triton launches)
-COMPILED_KERNEL = ("cpp_fused", "triton_", "cpp_")
+# Kernels of compiled code: inductor's C++ kernels (``graph_N_cpp_fused_...``, profiled with
+# ``cpp.enable_kernel_profile``) and Triton kernels (``triton_...``)
+COMPILED_KERNEL = re.compile(r"(^|_)cpp_fused|^triton_")
 
 
 def _is_compute(event) -> bool:
     name = event.name
     if name.startswith("aten::"):
         return name not in NO_KERNEL
-    return name.startswith(COMPILED_KERNEL)
+    return bool(COMPILED_KERNEL.search(name))
 
 
 def compute_operators(events) -> int:
@@ -290,7 +294,8 @@ def _kernel_events(cfg):
         return
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+    torch._dynamo.reset()  # compiled anew, with the kernels' profiler events (no cached graph without them)
+    with inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}):
         yield
 
 

@@ -27,6 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config, ConfigError, refused_options
 from .engines import Batch, StepModels, train_step
+from .layers import scale_after_product
 from .models import Networks, g_betas
 from .objectives import discriminator_objective, generator_objective
 from .optim import make_optimizer
@@ -129,10 +130,12 @@ class StackedEngine:
         self.optimizers = (self.opt_d, self.opt_g)
         self.method = method
         template_d, template_g = copy.deepcopy(first.disc).train(), copy.deepcopy(first.gen).train()
+        for template in (template_d, template_g):
+            scale_after_product(template, t.step == "lean")
 
         def d_loss(pd, bd, pg, bg, x_lab, y_lab, x_unl, z, targets):
             return discriminator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_lab, y_lab,
-                                           x_unl, z, method=method, targets=targets)
+                                           x_unl, z, method=method, targets=targets, one_pass=t.step == "lean")
 
         def g_loss(pd, bd, pg, bg, x_unl, z):
             return generator_objective(_Bound(template_d, pd, bd), _Bound(template_g, pg, bg), x_unl, z,
@@ -143,7 +146,8 @@ class StackedEngine:
         g_vmapped = vmap(g_loss, randomness="different")
 
         # The objectives' signatures over Stacked holders: the network a step does not train enters as constants.
-        def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None):
+        def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None,
+                        one_pass=False):
             return d_vmapped(disc.params, disc.buffer_dict, gen.detached(), gen.buffer_dict, x_lab, y_lab, x_unl, z,
                              targets)
 

@@ -230,8 +230,8 @@ class TrainConfig:
     tf32: bool = numerics(False)
     # NHWC memory layout for the CNNs (faster convolutions on GPUs)
     channels_last: bool = numerics(False, refused_by=("stacked",))
-    # torch.compile of the D and G loss computations: off | inductor | aot_eager | eager (the backend), and its
-    # mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: torch's default mode.
+    # torch.compile of the D and G loss computations and of the official Adam update: off | inductor | aot_eager |
+    # eager (the backend), and its mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: the default.
     compile: str = numerics("off", refused_by=("stacked", "captured"))
     compile_mode: Optional[str] = numerics(None)
     # faithful: the official step, pass by pass; lean: fewer passes and kernels for the same distribution of

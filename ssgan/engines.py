@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, MethodConfig, TrainConfig
+from .layers import scale_after_product
 from .models import Networks
 from .objectives import compiled_objectives, discriminator_objective, generator_objective, history_penalty
-from .optim import HistoricalAverage, polyak_update
+from .optim import HistoricalAverage, OfficialAdam, polyak_update
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
 STAT_NAMES = ("loss_d", "loss_sup", "loss_unl", "loss_fake", "loss_ct", "train_acc", "loss_g")
@@ -86,7 +87,8 @@ def discriminator_step(disc: nn.Module, gen: nn.Module, optimizer: torch.optim.O
     with autocast(x_lab.device, AMP_DTYPES[train.precision]):
         loss, stats, outputs = (objective or discriminator_objective)(disc, gen, x_lab, y_lab, x_unl, z,
                                                                       method=method, targets=targets,
-                                                                      history=history)
+                                                                      history=history,
+                                                                      one_pass=train.step == "lean")
     update(loss, optimizer, train=train)
     if history is not None:
         history.update()
@@ -212,6 +214,13 @@ class SingleEngine:
         self.net, self.method, self.train = networks, cfg.method, cfg.train
         d_objective, g_objective = compiled_objectives(cfg.train.compile, cfg.train.compile_mode)
         self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
+        if cfg.train.compile != "off":  # the optimizer's update compiled too: one fused loop per tensor
+            for optimizer in self.optimizers:
+                if isinstance(optimizer, OfficialAdam):
+                    optimizer.compile_update(cfg.train.compile, cfg.train.compile_mode)
+        if cfg.train.step == "lean":
+            scale_after_product(networks.disc)
+            scale_after_product(networks.gen)
         density = None
         if cfg.method.density_weight > 0:
             from .density import DensityPenalty

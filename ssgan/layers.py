@@ -53,19 +53,28 @@ class _WeightNormBase(nn.Module):
     def _unit_view(self, t: Tensor, ndim: int) -> Tensor:
         return t.view(1, -1, *([1] * (ndim - 2)))
 
-    def _current_weight(self) -> Tensor:
-        """``weight()``, or inside ``weights_once`` the one computed on this layer's first pass there."""
+    def scale(self) -> Tensor:
+        """g / ||v|| per output unit, (units,): w = v * scale along the unit dim."""
+        return self.g / self.v.pow(2).sum(dim=self._norm_dims()).sqrt()
+
+    def _once(self, key: str, compute) -> Tensor:
+        """``compute()``, or inside ``weights_once`` the value computed on this layer's first pass there."""
         cache = self.__dict__.get("_weight_cache")
         if cache is None:
-            return self.weight()
-        if "w" not in cache:
-            cache["w"] = self.weight()
-        return cache["w"]
+            return compute()
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.init_mode:
             return self.init_from_batch(x, self.target_std)
-        weight = self._current_weight()
+        if self.__dict__.get("scale_after") and not torch.is_autocast_enabled(x.device.type):
+            # (x v^T) * g/||v|| + b: w is never written (train.step=lean; the same product up to rounding)
+            out = self._apply_op(x, self.v)
+            scale = self._once("scale", self.scale)
+            return torch.addcmul(self._unit_view(self.b, out.dim()), out, self._unit_view(scale, out.dim()))
+        weight = self._once("w", self.weight)
         if torch.is_autocast_enabled(x.device.type):
             # bf16: the bias inside the product (autocast casts it too). Added afterwards, a float32 bias would
             # turn every activation back into float32 (and the next layer cast it down again); inside, the
@@ -151,6 +160,16 @@ def init_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.init_mode = False
+
+
+def scale_after_product(module: nn.Module, on: bool = True) -> None:
+    """Make each weight-normalised layer of ``module`` apply its scale after the product,
+    (x v^T) * g / ||v|| + b, instead of forming w = g v / ||v|| (``train.step=lean``): w is never written
+    and read, one operator fewer per layer and pass (the bias added in the same ``addcmul``). The same
+    function; products and sums rounded in another order (the last bits). Float32 only: under autocast the
+    layers form w as before."""
+    for layer in weight_norm_layers(module):
+        layer.__dict__["scale_after"] = on
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ calls ``backward()`` or steps an optimizer (the gradient penalty's ``autograd.gr
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -60,12 +61,21 @@ def history_penalty(history: HistoricalAverage, method: MethodConfig) -> Tensor:
 
 def discriminator_objective(disc: nn.Module, gen: nn.Module, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor,
                             z: Tensor, *, method: MethodConfig, targets: Optional[Tensor] = None,
-                            history: Optional[HistoricalAverage] = None,
+                            history: Optional[HistoricalAverage] = None, one_pass: bool = False,
                             ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
     """L_D = L_sup + w (L_unl + L_fake + lambda CT) / 2 (+ the optional terms) and its parts, from one pass of D
     over the labeled, unlabeled and generated batches; and that unlabeled pass's logits and features
     (B, K + F), detached (what the temporal ensemble records). ``targets`` (B, K + F): the temporal
-    ensemble's targets of x_unl (``method.ct_mode=temporal``)."""
+    ensemble's targets of x_unl (``method.ct_mode=temporal``). ``one_pass`` (``train.step=lean``): D's
+    weight-normalised weights computed once for all its passes (CT's second pass, the gradient penalty's):
+    the same values, gradients summed in another order (the last bits)."""
+    with weights_once(disc) if one_pass else contextlib.nullcontext():
+        return _discriminator_objective(disc, gen, x_lab, y_lab, x_unl, z, method, targets, history)
+
+
+def _discriminator_objective(disc, gen, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, z: Tensor,
+                             method: MethodConfig, targets: Optional[Tensor], history: Optional[HistoricalAverage]
+                             ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
     with torch.no_grad():
         x_gen = gen(z)  # (B, C, H, W)
     (logits_lab, _), (logits_unl, feats_unl), (logits_gen, _) = _forward_parts(disc, [x_lab, x_unl, x_gen])

@@ -8,7 +8,7 @@ every faithful recipe; ``train.optimizer=torch_adam`` selects torch's Adam inste
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -82,6 +82,21 @@ class OfficialAdam(torch.optim.Optimizer):
         torch._foreach_sqrt_(denom)  # sqrt(v_hat + eps)
         torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - beta1 ** t))
 
+    def compile_update(self, backend: str, mode: Optional[str] = None) -> None:
+        """Run each step as ``official_adam_update`` compiled with ``torch.compile(backend=..., mode=...)``
+        (inductor fuses the update of a tensor into one loop: one kernel per tensor group instead of 7 foreach
+        operators). The optimizer takes its capturable form (step and lr as tensors, so that no step count
+        recompiles); the update agrees with the plain form to float32 rounding, as the capturable one does."""
+        for group in self.param_groups:
+            if not group.get("capturable"):
+                device = group["params"][0].device
+                steps = [self.state[p].get("step", 0) for p in group["params"] if p in self.state]
+                group["lr_t"] = torch.tensor(float(group["lr"]), dtype=torch.float64, device=device)
+                group["step_t"] = torch.tensor(float(steps[0]) if steps else 0.0, dtype=torch.float64, device=device)
+                group["capturable"] = True
+        options = {"backend": backend, **({"mode": mode} if mode else {})}
+        self._update = torch.compile(official_adam_update, **options)
+
     def _capturable_step(self, group: dict, params: list) -> None:
         """The same update with the step count, the bias corrections and lr as device tensors."""
         beta1, beta2 = group["betas"]
@@ -90,6 +105,9 @@ class OfficialAdam(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         m = [self.state[p]["exp_avg"] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
+        if getattr(self, "_update", None) is not None:
+            self._update(params, grads, m, v, group["lr_t"], step, beta1, beta2, group["eps"])
+            return
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
@@ -129,6 +147,22 @@ class OfficialAdam(torch.optim.Optimizer):
             lr_t.fill_(group["lr"])
             steps = [self.state[p].get("step", 0) for p in group["params"] if p in self.state]
             step_t.fill_(float(steps[0]) if steps else 0.0)
+
+
+def official_adam_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                         exp_avg_sqs: List[Tensor], lr: Tensor, step: Tensor, beta1: float, beta2: float,
+                         eps: float) -> None:
+    """``OfficialAdam``'s capturable update, tensor by tensor (the form a compiler fuses: one loop per tensor
+    reads p, g, m, v once and writes p, m, v once): the same operations in the same order as the foreach form.
+    ``lr``, ``step``: 0-d float64 tensors (``step`` already counts this step)."""
+    dtype = params[0].dtype
+    correction2 = (1 - torch.pow(beta2, step)).to(dtype)
+    scale = (lr / (1 - torch.pow(beta1, step))).to(dtype)
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2)
+        v.addcmul_(g, g, value=1 - beta2)
+        p.sub_(m / (v / correction2 + eps).sqrt() * scale)
 
 
 def make_optimizer(params: Iterable[Tensor], kind: str, lr: float, betas: Tuple[float, float], eps: float,

@@ -1,14 +1,16 @@
-"""The loop's feed (feed.py): stacked batches are the members' single batches side by side."""
+"""The loop's feed (feed.py): the batches of an epoch's order (a resumed one too), stacked batches as the members'
+single batches side by side, the lean step's z, the temporal ensemble's targets."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from ssgan.engines import STAT_NAMES
-from ssgan.feed import Batches, Member
+from ssgan.feed import Batches, Member, TemporalEnsemble
 
 
 def _member(cfg, seed: int, labeled) -> Member:
@@ -62,3 +64,47 @@ def test_the_lean_step_draws_every_model_s_z_at_once(tiny_config):
     assert torch.equal(stacked.z_d[0], stacked_faithful.z_d[0])  # member 0's stream, in order
     assert not torch.equal(stacked.z_d[1], stacked_faithful.z_d[1])
     assert ((stacked.z_g >= 0) & (stacked.z_g < 1)).all() and not torch.equal(stacked.z_d, stacked.z_g)
+
+
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_the_batches_of_a_mid_epoch_start(tiny_config, placement):
+    """A resumed epoch starts at its iteration; each batch holds the rows of the epoch's order (labeled
+    positions mapped to the subset's rows); from host memory they come through pinned buffers."""
+    from ssgan.accelerate import PinnedGather
+
+    x = torch.arange(10.0)[:, None, None, None]  # (10, 1, 1, 1): image k has value k
+    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2, iters_per_epoch=3))
+    member = Member(cfg, None, np.array([4, 5, 6]), ["a"], np.random.RandomState(0), torch.Generator())
+    # positions in the labeled subset, rows of the pool, rows for feature matching: (iterations 3, B 2)
+    member.batches = (np.array([[0, 1], [2, 0], [1, 2]]), np.array([[6, 7], [8, 9], [0, 1]]),
+                      np.array([[1, 2], [3, 4], [5, 6]]))
+    member.iteration, member.stats = 1, torch.ones(1, len(STAT_NAMES))
+    batches = Batches([member], x, np.arange(10) + 100, torch.device("cpu"), stacked=False, gather=x.__getitem__)
+    if placement == "host":
+        batches.gather, batches.on_device = PinnedGather(x, torch.device("cpu")), False
+    stats = torch.zeros(3, len(STAT_NAMES))
+    assert batches.begin_epoch(3, stats) == 1 and stats[:, 0].tolist() == [1.0, 0.0, 0.0]
+    seen = [(b.x_lab.flatten().tolist(), b.y_lab.tolist(), b.x_unl.flatten().tolist(), b.x_fm.flatten().tolist())
+            for b in (batches.get(1, 4), batches.get(2, 5))]
+    assert seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
+                    ([5.0, 6.0], [105, 106], [0.0, 1.0], [5.0, 6.0])]
+
+
+def test_temporal_ensemble_targets_against_a_direct_computation():
+    te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    rows = torch.tensor([2, 0, 1])
+    assert torch.equal(te.targets(rows), torch.zeros(3, 2))  # the first epoch: zero targets
+    epochs = [torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])]
+    ensemble = torch.zeros(3, 2)
+    for e, values in enumerate(epochs, start=1):
+        te.record(torch.tensor([0, 1, 2]), values)
+        te.end_epoch()
+        ensemble = 0.6 * ensemble + 0.4 * values  # CT_CIFAR-10_TE.py: ensemble, then / (1 - 0.6^e)
+        torch.testing.assert_close(te.targets(rows), (ensemble / (1 - 0.6 ** e))[rows])
+    first = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    first.record(torch.tensor([0, 1, 2]), epochs[0])
+    first.end_epoch()
+    torch.testing.assert_close(first.targets(rows), epochs[0][rows])  # after one epoch: exactly its values
+    restored = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
+    restored.load_state_dict(te.state_dict())  # a resume: the same targets, bias correction included
+    torch.testing.assert_close(restored.targets(rows), te.targets(rows))

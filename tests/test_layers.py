@@ -246,3 +246,39 @@ def test_weights_once_is_bit_identical_and_computes_each_weight_once(monkeypatch
     n_layers = len(list(weight_norm_layers(disc)))
     assert per_pass == 2 * n_layers and len(calls) == n_layers
     assert all("_weight_cache" not in layer.__dict__ for layer in weight_norm_layers(disc))  # nothing kept
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv_transpose"])
+def test_the_scale_after_the_product_is_the_same_layer_to_rounding(kind):
+    """Equivalence kind of ``scale_after_product`` (``train.step=lean``): (x v^T) g/||v|| + b is the layer
+    x w^T + b with w = g v/||v||: outputs and gradients agree to float32 rounding (last bits), and the
+    layer never forms w."""
+    from ssgan.layers import _WeightNormBase, scale_after_product
+
+    torch.manual_seed(0)
+    layer, x = {"linear": (WNLinear(6, 4, train_scale=True), torch.randn(5, 6)),
+                "conv": (WNConv2d(3, 4, 3, padding=1, train_scale=True), torch.randn(2, 3, 5, 5)),
+                "conv_transpose": (WNConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1,
+                                                     train_scale=True), torch.randn(2, 3, 4, 4))}[kind]
+    with torch.no_grad():
+        layer.g.uniform_(0.5, 2.0)
+        layer.b.normal_()
+
+    def out_and_grads():
+        layer.zero_grad()
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in layer.parameters()]
+
+    plain, plain_grads = out_and_grads()
+    scale_after_product(layer)
+    formed, weight = [], _WeightNormBase.weight
+    _WeightNormBase.weight = lambda self: formed.append(self) or weight(self)
+    try:
+        after, after_grads = out_and_grads()
+    finally:
+        _WeightNormBase.weight = weight
+    torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(after_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not formed

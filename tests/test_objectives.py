@@ -107,3 +107,33 @@ def test_the_lean_generator_pass_is_the_faithful_one_without_noise_and_in_distri
     standard_error = (a.var() / len(a) + b.var() / len(b)).sqrt()
     assert (a.mean() - b.mean()).abs() < 4 * standard_error
     assert not torch.equal(a, b)
+
+
+def test_the_lean_discriminator_objective_computes_d_s_weights_once():
+    """Equivalence kind of ``one_pass`` in D's objective (``train.step=lean``): with CT's second pass and the
+    gradient penalty, D's weights are computed once for the three passes: the same loss bit for bit, the
+    gradients to float32 rounding (summed into w before the weight norm's backward, not after)."""
+    from ssgan.layers import _WeightNormBase
+
+    disc, gen, x = _models()
+    y, z = torch.arange(20) % 10, gen.sample_z(20)
+    method = MethodConfig(ct_weight=1.0, gradient_penalty=1.0)
+
+    def loss_and_grads(one_pass):
+        disc.zero_grad()
+        torch.manual_seed(1)  # the gradient penalty's interpolation weights
+        loss = discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=method, one_pass=one_pass)[0]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in disc.parameters() if p.grad is not None]
+
+    (faithful, g_faithful), (lean, g_lean) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(faithful, lean)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g_faithful, g_lean))
+    calls, weight = [], _WeightNormBase.weight
+    _WeightNormBase.weight = lambda self: calls.append(self) or weight(self)
+    try:
+        discriminator_objective(disc, gen, x[:20], y, x[20:], z, method=method, one_pass=True)
+    finally:
+        _WeightNormBase.weight = weight
+    n_disc_layers = sum(isinstance(m, _WeightNormBase) for m in disc.modules())
+    assert sum(layer in set(disc.modules()) for layer in calls) == n_disc_layers

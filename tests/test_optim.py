@@ -204,3 +204,35 @@ def test_state_dict_leaves_the_live_state_alone():
     p.grad = torch.ones(3)
     opt.step()
     assert saved["state"][0]["step"] == 1 and opt.state_dict()["state"][0]["step"] == 2
+
+
+def test_the_compiled_update_is_the_capturable_update():
+    """Equivalence kind of ``OfficialAdam.compile_update``: ``official_adam_update`` (the update written tensor
+    by tensor, what inductor fuses into one loop per tensor) runs the capturable form's operations in its
+    order, bit-identical to it uncompiled; compiled, the last bits may differ (dynamo itself rewrites
+    ``addcmul_``; inductor's loops round on their own), so the compiled update agrees to float32 rounding."""
+    from ssgan.optim import official_adam_update
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (3,), (2, 2, 2)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+
+    def run(form):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = OfficialAdam(params, lr=0.003, capturable=form != "plain")
+        if form == "compiled":
+            opt.compile_update("eager")
+        elif form == "per_tensor":
+            opt._update = official_adam_update
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        state = opt.state_dict()["state"]
+        return [t for i, p in enumerate(params) for t in (p.detach(), state[i]["exp_avg"], state[i]["exp_avg_sq"])]
+
+    capturable, per_tensor, compiled = run("capturable"), run("per_tensor"), run("compiled")
+    assert all(torch.equal(a, b) for a, b in zip(capturable, per_tensor))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(capturable, compiled))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(run("plain"), compiled))

@@ -188,32 +188,6 @@ def test_host_placement_gives_the_same_run_as_device_placement(tiny_config):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("placement", ["device", "host"])
-def test_the_batches_of_a_mid_epoch_start(tiny_config, placement):
-    """A resumed epoch starts at its iteration; each batch holds the rows of the epoch's order (labeled
-    positions mapped to the subset's rows); from host memory they come through pinned buffers."""
-    from ssgan.accelerate import PinnedGather
-    from ssgan.engines import STAT_NAMES
-    from ssgan.feed import Batches, Member
-
-    x = torch.arange(10.0)[:, None, None, None]  # (10, 1, 1, 1): image k has value k
-    cfg = replace(tiny_config, train=replace(tiny_config.train, batch_size=2, iters_per_epoch=3))
-    member = Member(cfg, None, np.array([4, 5, 6]), ["a"], np.random.RandomState(0), torch.Generator())
-    # positions in the labeled subset, rows of the pool, rows for feature matching: (iterations 3, B 2)
-    member.batches = (np.array([[0, 1], [2, 0], [1, 2]]), np.array([[6, 7], [8, 9], [0, 1]]),
-                      np.array([[1, 2], [3, 4], [5, 6]]))
-    member.iteration, member.stats = 1, torch.ones(1, len(STAT_NAMES))
-    batches = Batches([member], x, np.arange(10) + 100, torch.device("cpu"), stacked=False, gather=x.__getitem__)
-    if placement == "host":
-        batches.gather, batches.on_device = PinnedGather(x, torch.device("cpu")), False
-    stats = torch.zeros(3, len(STAT_NAMES))
-    assert batches.begin_epoch(3, stats) == 1 and stats[:, 0].tolist() == [1.0, 0.0, 0.0]
-    seen = [(b.x_lab.flatten().tolist(), b.y_lab.tolist(), b.x_unl.flatten().tolist(), b.x_fm.flatten().tolist())
-            for b in (batches.get(1, 4), batches.get(2, 5))]
-    assert seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
-                    ([5.0, 6.0], [105, 106], [0.0, 1.0], [5.0, 6.0])]
-
-
 def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
     pytest.importorskip("tensorboard")  # the `tensorboard` extra (dev installs it)
     cfg = replace(tiny_config, train=replace(tiny_config.train, tensorboard=True, epochs=2))
@@ -297,28 +271,6 @@ def test_tf32_is_off_in_float32_training_and_on_when_asked(tiny_config, monkeypa
     fit(replace(tiny_config, train=replace(tiny_config.train, tf32=True)))
     assert seen[0] == (False, False, "ieee", False) and seen[-1] == (True, True, "tf32", True)
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
-
-
-def test_temporal_ensemble_targets_against_a_direct_computation():
-    from ssgan.feed import TemporalEnsemble
-
-    te = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
-    rows = torch.tensor([2, 0, 1])
-    assert torch.equal(te.targets(rows), torch.zeros(3, 2))  # the first epoch: zero targets
-    epochs = [torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])]
-    ensemble = torch.zeros(3, 2)
-    for e, values in enumerate(epochs, start=1):
-        te.record(torch.tensor([0, 1, 2]), values)
-        te.end_epoch()
-        ensemble = 0.6 * ensemble + 0.4 * values  # CT_CIFAR-10_TE.py: ensemble, then / (1 - 0.6^e)
-        torch.testing.assert_close(te.targets(rows), (ensemble / (1 - 0.6 ** e))[rows])
-    first = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
-    first.record(torch.tensor([0, 1, 2]), epochs[0])
-    first.end_epoch()
-    torch.testing.assert_close(first.targets(rows), epochs[0][rows])  # after one epoch: exactly its values
-    restored = TemporalEnsemble(3, 2, 0.6, torch.device("cpu"))
-    restored.load_state_dict(te.state_dict())  # a resume: the same targets, bias correction included
-    torch.testing.assert_close(restored.targets(rows), te.targets(rows))
 
 
 def test_the_temporal_consistency_term_uses_one_pass_and_the_targets():
