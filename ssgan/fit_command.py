@@ -112,25 +112,30 @@ def use_threads(requested: Optional[int], say: bool = True) -> int:
     return threads
 
 
+def _fit_epilog() -> str:
+    """The examples and choices under ``ssgan fit --help``."""
+    return (f"data sets: {', '.join(DATASETS)} (default digits: scikit-learn's 8x8 digits, no download)\n"
+            f"methods:   {', '.join(METHODS)} (default improved_gan)\n"
+            "sources:   dataset.source=torchvision|folder|npz, dataset.root=DIR, dataset.path=PATH, "
+            "dataset.download=true\n"
+            "examples:  ssgan fit\n"
+            "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
+            "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
+            "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
+            "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
+            "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
+            "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
+            "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
+            "           ssgan fit --cfg job --dataset cifar10   (print the composed config)\n"
+            f"config groups (GROUP=OPTION; recipe/ is picked for dataset + method by itself):\n{_config_groups()}")
+
+
 def fit_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog=f"{PROG} fit", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a semi-supervised GAN (Salimans et al. 2016; Wei et al. 2018). Extra KEY=VALUE "
                     "words are Hydra overrides of configs/ (e.g. train.lr=1e-4 method.ct_weight=0.5).",
-        epilog=f"data sets: {', '.join(DATASETS)} (default digits: scikit-learn's 8x8 digits, no download)\n"
-               f"methods:   {', '.join(METHODS)} (default improved_gan)\n"
-               "sources:   dataset.source=torchvision|folder|npz, dataset.root=DIR, dataset.path=PATH, "
-               "dataset.download=true\n"
-               "examples:  ssgan fit\n"
-               "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
-               "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
-               "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
-               "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
-               "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
-               "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
-               "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
-               "           ssgan fit --cfg job --dataset cifar10   (print the composed config)\n"
-               f"config groups (GROUP=OPTION; recipe/ is picked for dataset + method by itself):\n{_config_groups()}")
+        epilog=_fit_epilog())
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=int, help="number of labeled examples (balanced over classes)")
     parser.add_argument("--method", choices=METHODS, help=", ".join(METHODS))
