@@ -424,6 +424,26 @@ def _completion_line(line: str) -> str:
     return " ".join([PROG, *kept, *partial]) + ending
 
 
+def _fit_multirun(args: argparse.Namespace, overrides: List[str], hydra_flags: List[str]) -> int:
+    """``ssgan fit -m``: every job's config checked before Hydra starts, then the sweep; a sweep that could not
+    start leaves no folder."""
+    jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
+    use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
+    sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
+    try:
+        with removed_on_failure(runs=[sweep_dir]):  # no job started: no trace left
+            _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
+    except Exception as error:
+        if not isinstance(error, (HydraException, OmegaConfBaseException)) \
+                and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
+            raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
+                             f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+        raise
+    return 0
+
+
 def cmd_fit(argv: Sequence[str]) -> int:
     args = fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
     if args.version:
@@ -448,21 +468,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
         return 0
     overrides = fit_overrides(args)
     if args.multirun:
-        jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
-        use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
-        if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
-            overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
-        sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
-        try:
-            with removed_on_failure(runs=[sweep_dir]):  # no job started: no trace left
-                _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
-        except Exception as error:
-            if not isinstance(error, (HydraException, OmegaConfBaseException)) \
-                    and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
-                raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
-                                 f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
-            raise
-        return 0
+        return _fit_multirun(args, overrides, hydra_flags)
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
