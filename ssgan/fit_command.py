@@ -1,5 +1,5 @@
-"""The ``ssgan fit`` command (and ``--resume``): its flags, the Hydra app it is, and the basics of every command
-(``PROG``, ``UsageError``, ``CommandParser``, ``BAD_INPUT``, ``Passthrough``), which ``cli`` takes from here.
+"""The ``ssgan fit`` command (and ``--resume``): its flags and the Hydra app it is (the basics every command
+shares are in ``command_line``).
 
 ``ssgan fit`` is a real Hydra application: its flags are rewritten into Hydra overrides
 (``--dataset cifar10`` -> ``dataset=cifar10``, ``--labels 4000`` -> ``dataset.labels=4000``) before Hydra parses
@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -30,86 +29,21 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, check_seeds, compose,
+from .config import (CONFIGS, DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, check_seeds, compose,
                      first_line, register_configs, resolve_paths, to_config, validate)
+from .command_line import PROG, CommandParser, Passthrough, UsageError, add_threads_flag, is_bad_input, use_threads
 from .hydra_state import hydra_globals
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
                      write_overrides)
 
 # torch and the modules that load it (checkpoint, data, seeds, table, train) are imported where a run needs them,
 # so that `ssgan fit --help` and a usage error answer in well under a second
 
-PROG = "ssgan"
-
-
-class UsageError(Exception):
-    """Bad input on the command line: one line on stderr, exit code 2."""
-
-
-def is_bad_input(error: BaseException) -> bool:
-    """Bad input (one line, exit code 2): a ``UsageError``, ``ConfigError``, ``RunDirError`` or ``DataError``.
-    ``data`` is imported only when the error is none of the first three (it loads torch; a ``DataError`` can only
-    come from a process that has loaded it)."""
-    if isinstance(error, (UsageError, ConfigError, RunDirError)):
-        return True
-    from .data import DataError
-
-    return isinstance(error, DataError)
-
-
-class Passthrough(BaseException):
-    """Carries an exception of the Hydra task past Hydra (which reports any Exception as a traceback and
-    exit code 1) to ``main``, which decides the exit code."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
-
-
 # ------------------------------------------------------------------------------------------------ fit
 
 FIT_FLAGS = {"dataset": "dataset", "method": "method", "labels": "dataset.labels", "seed": "seed",
              "device": "train.device", "epochs": "train.epochs", "run_dir": "run_dir"}
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (UsageError -> exit code 2), not usage text plus a line."""
-
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def add_threads_flag(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``, the torch threads of a command that trains (``use_threads``)."""
-    parser.add_argument("--threads", type=_at_least_one, metavar="N", help="torch threads on the CPU (default 1: on 2 "
-                        "cores the small recipes gain little from a second, and lose most of their speed when "
-                        "another process is busy; see benchmarks/threads.py)")
-
-
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, at least 1")
-    return int(text)
-
-
-def use_threads(requested: Optional[int], say: bool = True) -> int:
-    """Set torch's thread count for a run: ``requested`` (``--threads N``), else 1; with ``say`` (a run that shows
-    its progress bar, ``train.progress``), one line on stderr saying so.
-
-    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), the
-    default job ran at 48-82 iterations a second with one thread and 1-6 with two while other processes were
-    busy (torch's default, one thread per core, spins threads for cores they do not get). A user with free
-    cores and a larger recipe passes ``--threads N``."""
-    import torch
-
-    threads = requested or 1
-    torch.set_num_threads(threads)
-    if say:
-        cores = os.cpu_count() or 1
-        print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
-              f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
-    return threads
 
 
 def _fit_epilog() -> str:
@@ -177,11 +111,7 @@ HYDRA_INFO = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpa
 
 def _config_groups() -> str:
     """The config groups of the packaged configs/ and their options, for ``ssgan fit --help``."""
-    root = Path(__file__).resolve().parent / "configs"
-    if not root.is_dir():  # an editable install maps ssgan.configs to the repository's configs/
-        import ssgan.configs
-
-        root = Path(ssgan.configs.__file__).parent
+    root = CONFIGS
     lines = []
     for group in sorted(p for p in root.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
         options = ", ".join(sorted(f.stem for f in group.glob("*.yaml")))
@@ -320,7 +250,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], threads: Optional[int] = 
         allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
-        use_threads(threads, cfg.train.progress)
+        use_threads(threads)
         fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
@@ -328,7 +258,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], threads: Optional[int] = 
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
-    use_threads(threads, cfg.train.progress)
+    use_threads(threads)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
     if finished and (path / RESULT_NAME).is_file():
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
@@ -427,8 +357,9 @@ def _completion_line(line: str) -> str:
 def _fit_multirun(args: argparse.Namespace, overrides: List[str], hydra_flags: List[str]) -> int:
     """``ssgan fit -m``: every job's config checked before Hydra starts, then the sweep; a sweep that could not
     start leaves no folder."""
-    jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
-    use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
+    for combo in _expand_sweeps(overrides):
+        compose(combo, **_where(args))
+    use_threads(args.threads)  # after the checks: a usage error loads no torch
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
     sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
@@ -472,7 +403,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
-    use_threads(args.threads, cfg.train.progress)
+    use_threads(args.threads)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")

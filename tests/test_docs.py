@@ -145,3 +145,10 @@ def test_every_page_of_the_manual_is_in_its_navigation():
 def test_the_readmes_links_lead_to_files():
     links = re.findall(r"\]\(([^)#]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
     assert links and [link for link in links if not link.startswith("http") and not (ROOT / link).exists()] == []
+
+
+def test_the_module_map_lists_every_module_in_the_order_of_the_layers():
+    from tests.test_layout import LAYERS
+
+    listed = re.findall(r"^::: ssgan\.(\w+)$", (ROOT / "docs" / "reference" / "index.md").read_text(), re.MULTILINE)
+    assert listed == [name for layer in LAYERS for name in layer if name != "__main__"]
