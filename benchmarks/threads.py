@@ -66,7 +66,9 @@ def main() -> None:
               "epochs": args.epochs, "iterations_per_second": {str(n): r for n, r in rates.items()}}
     print(json.dumps(record, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+        from ssgan.rundir import atomic_write
+
+        atomic_write(Path(args.out), json.dumps(record, indent=1) + "\n")  # whole or not at all
 
 
 if __name__ == "__main__":

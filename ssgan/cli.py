@@ -2,9 +2,8 @@
 printing, and the one mapping of exceptions to exit codes. ``ssgan fit`` and its Hydra app are in
 ``fit_command``; the work itself is the library's (``table.make_table``, ``reports``, ``export``, ...).
 
-Exit codes are decided in one place, ``main``: 0 success, 2 bad input (``UsageError``, ``ConfigError``,
-``DataError``, ``RunDirError``: one line, no traceback), 3 divergence (``TrainingDiverged``), 128 + N when
-stopped by signal N (``TrainingInterrupted``).
+Exceptions become exit codes in one place, ``main``, through ``command_line.exit_code``: 0 success, 2 bad input
+(one line, no traceback), 3 divergence, 128 + N when stopped by signal N.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
 from .config import DATASETS, METHODS, compose, first_line, resolve_device
-from .fit_command import (PROG, CommandParser, Passthrough, UsageError, add_network_flags, add_threads_flag, cmd_fit,
-                          is_bad_input, named_networks, use_threads)
+from .command_line import (PROG, CommandParser, Passthrough, UsageError, add_network_flags, add_threads_flag,
+                           exit_code, fail, named_networks, use_threads)
+from .fit_command import cmd_fit
 from .rundir import TABLE_DIR, atomic_create, check_new_file
 
 if TYPE_CHECKING:
@@ -332,8 +332,7 @@ def cmd_table(argv: Sequence[str]) -> int:
                 raise UsageError(f"unexpected argument {word!r}: overrides have the form KEY=VALUE")
     from .table import Progress, collect_table, make_table
 
-    use_threads(args.threads, say=args.from_dirs is None and compose(
-        [f"dataset={args.dataset}", *args.overrides]).train.progress)  # (beside the progress bar)
+    use_threads(args.threads)
     command = shlex.join([PROG, "table", *argv])
     if args.from_dirs:
         table = collect_table(args.from_dirs, dataset=args.dataset, labels=args.labels, device=args.device or "auto",
@@ -479,7 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = ["fit", *argv]
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
-        return _fail(f"unknown command {command!r}; expected one of {', '.join(HANDLERS)}")
+        return fail(f"unknown command {command!r}; expected one of {', '.join(HANDLERS)}")
     library_log = logging.getLogger("ssgan")
     console = _Console()
     library_log.addHandler(console)
@@ -488,40 +487,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return HANDLERS[command](rest)
     except Passthrough as carried:
-        return _exit_code(carried.error)
+        return exit_code(carried.error)
     except (HydraException, OmegaConfBaseException) as error:  # Hydra's own errors (HYDRA_FULL_ERROR)
-        return _fail(first_line(error))
+        return fail(first_line(error))
     except SystemExit as stop:  # argparse and Hydra exit this way
         return int(stop.code) if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up): nothing was left behind
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as error:  # bad input, divergence, a signal; anything else is re-raised (a bug)
-        return _exit_code(error)
+        return exit_code(error)
     finally:
         library_log.removeHandler(console)
         library_log.setLevel(level)
-
-
-def _exit_code(error: Exception) -> int:
-    """One line on stderr and the exit code of a library exception; any other exception is re-raised."""
-    if is_bad_input(error):
-        return _fail(str(error))
-    from .train import TrainingDiverged, TrainingInterrupted  # (loaded already by a run that raised them)
-
-    if isinstance(error, TrainingInterrupted):
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 128 + error.signum
-    if isinstance(error, TrainingDiverged):
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 3
-    raise error
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
-def entry_point() -> None:
-    sys.exit(main())

@@ -18,6 +18,7 @@ import math
 import os
 import typing
 from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
@@ -28,10 +29,25 @@ from .hydra_state import hydra_globals
 if TYPE_CHECKING:
     import torch  # (loaded where a device is resolved, not on import)
 
-DATASETS = ("digits", "mnist", "cifar10", "svhn")
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged configs/ (an editable install maps it)
+if not CONFIGS.is_dir():
+    import ssgan.configs
+
+    CONFIGS = Path(ssgan.configs.__file__).resolve().parent
+
+
+def group_options(group: str) -> Tuple[str, ...]:
+    """The options of a config group, read from its folder (``configs/<group>/*.yaml``): the one list of the
+    data sets (``dataset``) and methods (``method``), the root config's default first, then by name."""
+    default = next((line.split(":", 1)[1].strip() for line in (CONFIGS / "config.yaml").read_text().splitlines()
+                    if line.strip().startswith(f"- {group}:")), None)
+    return tuple(sorted((p.stem for p in (CONFIGS / group).glob("*.yaml")), key=lambda name: (name != default, name)))
+
+
+DATASETS = group_options("dataset")  # digits (the default), cifar10, mnist, svhn
 SOURCES = ("builtin", "torchvision", "folder", "npz")
 SCALINGS = ("unit", "cifar", "symmetric", "half")
-METHODS = ("improved_gan", "ct_gan", "ct_gan_te", "bad_gan")
+METHODS = group_options("method")  # improved_gan (the default), bad_gan, ct_gan, ct_gan_te
 ARCHS = ("mlp", "cnn", "custom")
 
 
@@ -606,14 +622,13 @@ def resolve_device(name: str) -> torch.device:
     index (``cuda`` -> ``cuda:0``), as the tensors placed on it do, so that devices compare equal."""
     import torch  # here, not at the top: the command line's help and usage errors load no torch
 
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")  # (what validate accepts)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: no CUDA device is available; use train.device=cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device {name!r}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

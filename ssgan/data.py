@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DataConfig, first_line
+from .config import DATASETS, DataConfig, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -206,6 +206,10 @@ def _missing(cfg: DataConfig, where: str) -> DataError:
                      f"or dataset.root=DIR to point at an existing copy")
 
 
+TORCHVISION_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}  # configs/dataset/ names ->
+# torchvision's classes (tests/test_data.py: every data set of configs/dataset/ but digits is here)
+
+
 def _load_torchvision(cfg: DataConfig):
     import torchvision.datasets as tvd
 
@@ -237,8 +241,8 @@ def _load_torchvision(cfg: DataConfig):
         # torchvision's MNIST reader checks a corrupt idx header with assert and the dtype with TypeError
         raise DataError(f"{cfg.name} under {root} could not be read: "
                         f"{error.__class__.__name__}: {error}") from None
-    raise DataError(f"dataset.source=torchvision has no data set {cfg.name!r}; use digits, mnist, cifar10 "
-                    f"or svhn, or dataset.source=folder|npz")
+    raise DataError(f"dataset.source=torchvision has no data set {cfg.name!r}; use one of "
+                    f"{', '.join(n for n in DATASETS if n in TORCHVISION_DATASETS)}, or dataset.source=folder|npz")
 
 
 def _read_image(path: Path, channels: int, convert: bool = True) -> np.ndarray:

@@ -152,9 +152,10 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         iters_per_epoch: iterations per epoch; None: one pass over X, len(X) // batch_size for images (the
             recipes' iteration counts are one pass over their own training sets), ceil(len(X) / batch_size)
             for tabular data.
-        batch_size, lr, ema_decay: None keeps the recipe's value (ema_decay 0.9999 for mnist, cifar10 and svhn:
-            over a short training the average barely leaves the initial weights; lower it for short runs;
-            0.9 for tabular).
+        batch_size: None keeps the recipe's value.
+        lr: None keeps the recipe's value.
+        ema_decay: None keeps the recipe's value (0.9999 for mnist, cifar10 and svhn: over a short training
+            the average barely leaves the initial weights; lower it for short runs; 0.9 for tabular).
         seed: the initialisation, data order and noise of training.
         device: auto, cpu or cuda.
         image_shape: the shape of one flat row, (H, W), (C, H, W) or (H, W, C); None: the recipe's (C, H, W)
@@ -163,10 +164,11 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         overrides: Hydra overrides for anything else, e.g. ("model.d_widths=[64,32]", "train.lr_g=1e-3");
             applied last, so they also replace the tabular recipe's sizes.
         progress: show the progress bar.
-        discriminator, generator: networks of one's own (both or neither): torch.nn.Module instances (copies
-            are trained; such an estimator cannot be saved to a file) or import paths of classes (built as
-            ``model=custom`` builds them, saved and loaded like any other). Contract: D(x) -> (logits (B, K),
-            features (B, F)); G(z) -> images in the data's range; checked before training.
+        discriminator: a network of one's own (with ``generator``: both or neither): a torch.nn.Module
+            instance (copies are trained; such an estimator cannot be saved to a file) or the import path of a
+            class (built as ``model=custom`` builds it, saved and loaded like any other). Contract: D(x) ->
+            (logits (B, K), features (B, F)); checked before training.
+        generator: the generator of one's own, as ``discriminator``; G(z) -> images in the data's range.
 
     Attributes after fit: ``classes_`` (K,), ``n_features_in_`` (values per sample), ``config_`` (the
     Config trained with), ``discriminator_`` (the averaged D, the classifier), ``generator_``,

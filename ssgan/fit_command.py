@@ -1,5 +1,5 @@
-"""The ``ssgan fit`` command (and ``--resume``): its flags, the Hydra app it is, and the basics of every command
-(``PROG``, ``UsageError``, ``CommandParser``, ``BAD_INPUT``, ``Passthrough``), which ``cli`` takes from here.
+"""The ``ssgan fit`` command (and ``--resume``): its flags and the Hydra app it is (the basics every command
+shares are in ``command_line``).
 
 ``ssgan fit`` is a real Hydra application: its flags are rewritten into Hydra overrides
 (``--dataset cifar10`` -> ``dataset=cifar10``, ``--labels 4000`` -> ``dataset.labels=4000``) before Hydra parses
@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -30,57 +29,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .config import (DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, ConfigError, check_seeds, compose,
+from .command_line import (PROG, CommandParser, Passthrough, UsageError, add_network_flags, add_threads_flag,
+                           is_bad_input, named_networks, use_threads)
+from .config import (CONFIGS, DATASETS, METHODS, PRIMARY_CONFIGS, RESUMABLE_FIELDS, Config, check_seeds, compose,
                      first_line, override_message, register_configs, resolve_paths, to_config, validate)
 from .hydra_state import hydra_globals
-from .rundir import (CHECKPOINT_NAME, RESULT_NAME, RunDirError, check_free, clear_outputs, default_name,
+from .rundir import (CHECKPOINT_NAME, RESULT_NAME, check_free, clear_outputs, default_name,
                      default_sweep_name, is_used, locked, make_dir, remove_unstarted, removed_on_failure,
                      write_overrides)
 
 # torch and the modules that load it (checkpoint, data, seeds, table, train) are imported where a run needs them,
 # so that `ssgan fit --help` and a usage error answer in well under a second
-
-PROG = "ssgan"
-
-
-class UsageError(Exception):
-    """Bad input on the command line: one line on stderr, exit code 2."""
-
-
-def is_bad_input(error: BaseException) -> bool:
-    """Bad input (one line, exit code 2): a ``UsageError``, ``ConfigError``, ``RunDirError`` or ``DataError``.
-    ``data`` is imported only when the error is none of the first three (it loads torch; a ``DataError`` can only
-    come from a process that has loaded it)."""
-    if isinstance(error, (UsageError, ConfigError, RunDirError)):
-        return True
-    from .data import DataError
-
-    return isinstance(error, DataError)
-
-
-class Passthrough(BaseException):
-    """Carries an exception of the Hydra task past Hydra (which reports any Exception as a traceback and
-    exit code 1) to ``main``, which decides the exit code."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def add_network_flags(parser: argparse.ArgumentParser) -> None:
-    """``--discriminator`` / ``--generator``: the builders of a run of one's own networks (``model.arch=custom``),
-    named by the person running the command; a run directory's own specs are never imported (docs/security.md)."""
-    for name in ("discriminator", "generator"):
-        parser.add_argument(f"--{name}", metavar="MODULE:BUILDER", help=f"a run of your own networks: its "
-                            f"{name}'s class or function (the run's stored arguments are passed to it)")
-
-
-def named_networks(args: argparse.Namespace) -> Optional[tuple]:
-    """The (discriminator, generator) builders named on the command line, or None; both or neither."""
-    if (args.discriminator is None) != (args.generator is None):
-        raise UsageError("--discriminator and --generator come together: name both builders")
-    return None if args.discriminator is None else (args.discriminator, args.generator)
-
 
 # ------------------------------------------------------------------------------------------------ fit
 
@@ -88,43 +47,22 @@ FIT_FLAGS = {"dataset": "dataset", "method": "method", "labels": "dataset.labels
              "device": "train.device", "epochs": "train.epochs", "run_dir": "run_dir"}
 
 
-class CommandParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (UsageError -> exit code 2), not usage text plus a line."""
-
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def add_threads_flag(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``, the torch threads of a command that trains (``use_threads``)."""
-    parser.add_argument("--threads", type=_at_least_one, metavar="N", help="torch threads on the CPU (default 1: on 2 "
-                        "cores the small recipes gain little from a second, and lose most of their speed when "
-                        "another process is busy; see benchmarks/threads.py)")
-
-
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, at least 1")
-    return int(text)
-
-
-def use_threads(requested: Optional[int], say: bool = True) -> int:
-    """Set torch's thread count for a run: ``requested`` (``--threads N``), else 1; with ``say`` (a run that shows
-    its progress bar, ``train.progress``), one line on stderr saying so.
-
-    One thread by default: measured on the 2-core machine (results/threads.json, ``benchmarks/threads.py``), the
-    default job ran at 48-82 iterations a second with one thread and 1-6 with two while other processes were
-    busy (torch's default, one thread per core, spins threads for cores they do not get). A user with free
-    cores and a larger recipe passes ``--threads N``."""
-    import torch
-
-    threads = requested or 1
-    torch.set_num_threads(threads)
-    if say:
-        cores = os.cpu_count() or 1
-        print(f"{PROG}: {threads} torch thread{'s' * (threads > 1)} on {cores} core{'s' * (cores > 1)}"
-              f"{'' if requested else ' (--threads N to change)'}", file=sys.stderr)
-    return threads
+def _fit_epilog() -> str:
+    """The examples and choices under ``ssgan fit --help``."""
+    return (f"data sets: {', '.join(DATASETS)} (default digits: scikit-learn's 8x8 digits, no download)\n"
+            f"methods:   {', '.join(METHODS)} (default improved_gan)\n"
+            "sources:   dataset.source=torchvision|folder|npz, dataset.root=DIR, dataset.path=PATH, "
+            "dataset.download=true\n"
+            "examples:  ssgan fit\n"
+            "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
+            "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
+            "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
+            "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
+            "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
+            "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
+            "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
+            "           ssgan fit --cfg job --dataset cifar10   (print the composed config)\n"
+            f"config groups (GROUP=OPTION; recipe/ is picked for dataset + method by itself):\n{_config_groups()}")
 
 
 def fit_parser() -> argparse.ArgumentParser:
@@ -132,20 +70,7 @@ def fit_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} fit", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a semi-supervised GAN (Salimans et al. 2016; Wei et al. 2018). Extra KEY=VALUE "
                     "words are Hydra overrides of configs/ (e.g. train.lr=1e-4 method.ct_weight=0.5).",
-        epilog=f"data sets: {', '.join(DATASETS)} (default digits: scikit-learn's 8x8 digits, no download)\n"
-               f"methods:   {', '.join(METHODS)} (default improved_gan)\n"
-               "sources:   dataset.source=torchvision|folder|npz, dataset.root=DIR, dataset.path=PATH, "
-               "dataset.download=true\n"
-               "examples:  ssgan fit\n"
-               "           ssgan fit --dataset mnist --labels 100 dataset.root=data\n"
-               "           ssgan fit --dataset cifar10 --labels 4000 --method ct_gan\n"
-               "           ssgan fit --dataset mnist --epochs 1 train.iters_per_epoch=20 dataset.root=data\n"
-               "                     (a smoke run: MNIST's 600 iterations per epoch take minutes each on a CPU)\n"
-               "           ssgan fit -m seed=0,1,2   (a Hydra multirun)\n"
-               "           ssgan fit --seeds 10      (seeds 0-9 in one run directory; mean +- std, ensemble)\n"
-               "           ssgan fit -m seed=0,1 dataset.labels=20,50 hydra/launcher=local   (parallel jobs)\n"
-               "           ssgan fit --cfg job --dataset cifar10   (print the composed config)\n"
-               f"config groups (GROUP=OPTION; recipe/ is picked for dataset + method by itself):\n{_config_groups()}")
+        epilog=_fit_epilog())
     parser.add_argument("--dataset", choices=DATASETS, help="data set and its published recipe")
     parser.add_argument("--labels", type=int, help="number of labeled examples (balanced over classes)")
     parser.add_argument("--method", choices=METHODS, help=", ".join(METHODS))
@@ -193,11 +118,7 @@ HYDRA_INFO = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpa
 
 def _config_groups() -> str:
     """The config groups of the packaged configs/ and their options, for ``ssgan fit --help``."""
-    root = Path(__file__).resolve().parent / "configs"
-    if not root.is_dir():  # an editable install maps ssgan.configs to the repository's configs/
-        import ssgan.configs
-
-        root = Path(ssgan.configs.__file__).parent
+    root = CONFIGS
     lines = []
     for group in sorted(p for p in root.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
         options = ", ".join(sorted(f.stem for f in group.glob("*.yaml")))
@@ -346,7 +267,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
         allowed = tuple(k for k in RESUMABLE_FIELDS if not in_key(k))
         cfg = _resume_overrides(cfg, overrides, allowed, f"{run_dir} is a run of several seeds: its seeds")
         validate(cfg)
-        use_threads(threads, cfg.train.progress)
+        use_threads(threads)
         fit_seeds(cfg, seeds, path, command=command, progress=Progress(print))
         return 0
     payload = load_checkpoint(path / CHECKPOINT_NAME)
@@ -356,7 +277,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)
-    use_threads(threads, cfg.train.progress)
+    use_threads(threads)
     finished = payload["epoch"] >= cfg.train.epochs and not payload["iteration"]
     if finished and (path / RESULT_NAME).is_file():
         raise UsageError(f"{run_dir} already finished its {cfg.train.epochs} epochs; pass train.epochs=N "
@@ -463,6 +384,27 @@ def _resume_args(args: argparse.Namespace, hydra_flags: Sequence[str]) -> int:
     return cmd_resume(args.resume, fit_overrides(args), named_networks(args), args.threads)
 
 
+def _fit_multirun(args: argparse.Namespace, overrides: List[str], hydra_flags: List[str]) -> int:
+    """``ssgan fit -m``: every job's config checked before Hydra starts, then the sweep; a sweep that could not
+    start leaves no folder."""
+    for combo in _expand_sweeps(overrides):
+        compose(combo, **_where(args))
+    use_threads(args.threads)  # after the checks: a usage error loads no torch
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
+    sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
+    try:
+        with removed_on_failure(runs=[sweep_dir]):  # no job started: no trace left
+            _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
+    except Exception as error:
+        if not isinstance(error, (HydraException, OmegaConfBaseException)) \
+                and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
+            raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
+                             f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+        raise
+    return 0
+
+
 def cmd_fit(argv: Sequence[str]) -> int:
     args = fit_parser().parse_intermixed_args(argv)  # KEY=VALUE words may come between flags
     if args.version:
@@ -484,25 +426,11 @@ def cmd_fit(argv: Sequence[str]) -> int:
         return 0
     overrides = fit_overrides(args)
     if args.multirun:
-        jobs = [compose(combo, **_where(args)) for combo in _expand_sweeps(overrides)]
-        use_threads(args.threads, jobs[0].train.progress)  # after the checks: a usage error loads no torch
-        if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
-            overrides.append(f"hydra.sweep.dir={_quote(default_sweep_name())}")
-        sweep_dir = Path(next(o for o in overrides if o.startswith("hydra.sweep.dir=")).split("=", 1)[1].strip("'"))
-        try:
-            with removed_on_failure(runs=[sweep_dir]):  # no job started: no trace left
-                _run_hydra(overrides, multirun=True, n_seeds=args.seeds, hydra_flags=hydra_flags)
-        except Exception as error:
-            if not isinstance(error, (HydraException, OmegaConfBaseException)) \
-                    and os.environ.get("HYDRA_FULL_ERROR") != "1":  # a launcher that cannot start (SLURM's
-                raise UsageError(f"the sweep could not be launched: {type(error).__name__}: "  # off a cluster)
-                                 f"{first_line(error)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
-            raise
-        return 0
+        return _fit_multirun(args, overrides, hydra_flags)
     cfg = compose(overrides, **_where(args))
     if args.seeds is not None:
         check_seeds(cfg.seed, args.seeds)
-    use_threads(args.threads, cfg.train.progress)
+    use_threads(args.threads)
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in overrides):
         cfg.run_dir = default_name(cfg, args.seeds)
         overrides.append(f"run_dir={_quote(cfg.run_dir)}")

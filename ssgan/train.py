@@ -290,7 +290,9 @@ def _progress(members: Sequence[Member], iters: int) -> Iterator[tqdm]:
     """The progress bar over every iteration of the training, started at the members' position."""
     t, d = members[0].cfg.train, members[0].cfg.dataset
     who = f"seed {members[0].cfg.seed}" if len(members) == 1 else f"{len(members)} seeds"
-    bar = tqdm(total=t.epochs * iters, disable=not t.progress, desc=f"{d.name} {d.labels} labels {who}",
+    threads = torch.get_num_threads()  # (said here: the thread count is what a slow bar is first asked about)
+    bar = tqdm(total=t.epochs * iters, disable=not t.progress,
+               desc=f"{d.name} {d.labels} labels {who} ({threads} CPU thread{'s' * (threads > 1)})",
                file=sys.stderr, leave=False, mininterval=1.0, unit="it")
     bar.update(members[0].epoch * iters + members[0].iteration)
     try:

@@ -433,12 +433,12 @@ def test_ctrl_c_while_the_command_imports_is_exit_130_without_a_traceback():
 def test_fit_says_its_thread_count_and_threads_changes_it(tmp_path, capsys):
     import torch
 
-    try:
-        # the line stands beside the progress bar (train.progress, off in the other tests: their stderr stays empty)
+    try:  # the progress bar (train.progress, off in the other tests) names the thread count
         assert main(["fit", "--run-dir", str(tmp_path / "a"), *TINY_OVERRIDES, "train.progress=true"]) == 0
-        assert "ssgan: 1 torch thread on " in capsys.readouterr().err and torch.get_num_threads() == 1
-        assert main(["fit", "--threads", "2", "--run-dir", str(tmp_path / "b"), *TINY_OVERRIDES]) == 0
-        assert "torch thread" not in capsys.readouterr().err and torch.get_num_threads() == 2
+        assert "(1 CPU thread)" in capsys.readouterr().err and torch.get_num_threads() == 1
+        assert main(["fit", "--threads", "2", "--run-dir", str(tmp_path / "b"), *TINY_OVERRIDES,
+                     "train.progress=true"]) == 0
+        assert "(2 CPU threads)" in capsys.readouterr().err and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)  # the suite's setting (conftest.one_thread)
     assert main(["fit", "--threads", "0"]) == 2

@@ -201,3 +201,30 @@ def test_a_flag_and_an_override_of_the_same_field_contradict(tmp_path, monkeypat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--epochs 1" in err and "train.epochs=2" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["mps", "meta", "xpu", "cuda:x", "tpu"])
+def test_resolve_device_offers_what_validate_accepts(name):
+    """train.device takes auto, cpu, cuda or cuda:N (validate); resolve_device, which --device of evaluate,
+    predict and sample goes through, offers the same and no more (it once offered mps)."""
+    from ssgan.config import resolve_device
+
+    with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+    assert str(resolve_device("cpu")) == "cpu"
+
+
+def test_one_list_of_data_sets_and_methods_read_from_the_config_folders():
+    """configs/dataset/*.yaml and configs/method/*.yaml are the lists (the default first); the loader's torchvision
+    data sets and the published numbers name only data sets of that list."""
+    from ssgan.config import CONFIGS
+    from ssgan.data import TORCHVISION_DATASETS
+    from ssgan.reports import PUBLISHED
+
+    assert DATASETS[0] == "digits" and set(DATASETS) == {p.stem for p in (CONFIGS / "dataset").glob("*.yaml")}
+    assert METHODS[0] == "improved_gan" and set(METHODS) == {p.stem for p in (CONFIGS / "method").glob("*.yaml")}
+    for name in DATASETS:
+        cfg = compose([f"dataset={name}"])
+        assert cfg.dataset.name == name  # the file's name is the data set's name
+        assert (name in TORCHVISION_DATASETS) == (cfg.dataset.source == "torchvision")
+    assert set(PUBLISHED) <= set(DATASETS)
