@@ -12,7 +12,7 @@ against CIFAR-10 in grey at 28x28 and uniform noise. Each foreign set has as man
 level is 0.5. CIFAR-10 is read from an .npz of JPEG bytes (x_test_jpeg, x_test_offsets), written to a
 temporary .npz of RGB images and read back through ``ssgan.ood.read_foreign`` (the loaders of ``ssgan evaluate
 --ood``, with resize and the channel mean for grey). Each run's numbers are kept in
-runs/ood_table/<task>/<variant>/seed<N>.json, so a rerun trains only what is missing; results/ood.md and .json
+runs/ood_table/<task>[-<mnist schedule>]/<variant>/seed<N>.json, so a rerun trains only what is missing; results/ood.md and .json
 are rewritten from them every time.
 """
 
@@ -52,6 +52,14 @@ def task_overrides(task: str, args) -> list:
             f"train.ema_decay={args.mnist_ema_decay}", *common]
 
 
+def cache_name(task: str, args) -> str:
+    """The cache folder of a task: MNIST's shortened schedule is part of the name, so that a rerun with other
+    settings never takes the records of these."""
+    if task == "digits":
+        return task
+    return f"{task}-e{args.mnist_epochs}-i{args.mnist_iters}-d{args.mnist_ema_decay:g}"
+
+
 def cifar_test_npz(path: str, folder: Path) -> Path:
     """CIFAR-10's test images decoded from their JPEG bytes into an .npz of (N, 32, 32, 3) uint8."""
     from PIL import Image
@@ -75,7 +83,7 @@ def foreign_sets(task: str, data, cfg, cifar: Path) -> dict:
 
 
 def run_one(task: str, variant: str, seed: int, args, cifar: Path, cache: Path) -> dict:
-    path = cache / task / variant / f"seed{seed}.json"
+    path = cache / cache_name(task, args) / variant / f"seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     cfg = compose([*task_overrides(task, args), *VARIANTS[variant], f"seed={seed}"])
@@ -123,7 +131,25 @@ def table(records: list, tasks: list, args) -> tuple:
                     lines.append(f"| {task} | {set_name} | {score} | {metric} | "
                                  + " | ".join(mean_std(vals) for vals in values.values()) + " |")
                     summary.append({"task": task, "set": set_name, "score": score, "metric": metric, **values})
-    return lines, summary
+    return lines + [""] + per_seed(records, tasks), summary
+
+
+def per_seed(records: list, tasks: list) -> list:
+    """AUROC / FPR95 of each seed, so that a mean over a bimodal spread is not read as typical."""
+    lines = ["Per seed (AUROC / FPR95, seeds in order):", "",
+             "| task | foreign set | score | " + " | ".join(VARIANT_TITLES.values()) + " |", "|---|---|---|---|---|"]
+    for task in tasks:
+        rows = {v: sorted((r for r in records if r["task"] == task and r["variant"] == v), key=lambda r: r["seed"])
+                for v in VARIANTS}
+        for entry in rows["gan"][0]["sets"]:
+            for score in ood.SCORES:
+                cells = []
+                for runs in rows.values():
+                    metrics = [next(s for s in r["sets"] if s["name"] == entry["name"])["metrics"][score]
+                               for r in runs]
+                    cells.append(", ".join(f"{m['auroc']:.3f} / {m['fpr95']:.3f}" for m in metrics))
+                lines.append(f"| {task} | {entry['name']} | {score} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
