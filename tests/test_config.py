@@ -130,7 +130,8 @@ def test_a_cuda_device_carries_its_index_as_placed_tensors_do(monkeypatch):
 
 
 def test_every_field_declares_its_role_once_in_the_schema():
-    from ssgan.config import ENGINES, ROLES, schema_fields
+    from ssgan.config import schema_fields
+    from ssgan.fields import ENGINES, ROLES
 
     names = [name for name, _ in schema_fields()]
     assert len(names) == len(set(names)) > 80 and "train.lr" in names and "seed" in names

@@ -106,7 +106,10 @@ def _argv(text: str, run: Path, other: Path) -> list:
         if "--resume" in words:  # a finished tiny run: train one more epoch
             words = [w for w in words if not w.startswith("train.epochs=")] + ["train.epochs=2"]
         else:
-            words = words + [w for w in TINY if w.split("=")[0] not in " ".join(words)]
+            if "--epochs" in words:  # the page's epochs, made tiny (a flag and train.epochs= would contradict)
+                words[words.index("--epochs") + 1] = "1"
+            tiny = [w for w in TINY if not (w.startswith("train.epochs=") and "--epochs" in words)]
+            words = words + [w for w in tiny if w.split("=")[0] not in " ".join(words)]
     return words
 
 

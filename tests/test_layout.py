@@ -12,7 +12,7 @@ import ssgan
 
 # Lowest first. Modules on one line may not import each other.
 LAYERS = [
-    ["hydra_state"],
+    ["hydra_state", "fields"],
     ["config"],
     ["data", "layers", "losses", "optim", "plots", "signals", "trust"],
     ["models", "objectives"],
