@@ -168,7 +168,9 @@ class TrainConfig:
     optimizer: str = recipe("official_adam", refused_by=("captured",), refused_when="torch_adam")
     adam_eps: float = recipe(1e-8, bounds=EPSILON)
     ema_decay: float = recipe(0.9999, bounds=UNIT)  # Polyak averaging of D for evaluation
-    ema_start: str = recipe("zero")  # the average's start: zero (official) or init (initial weights; digits)
+    # the average's start: zero (official), init (initial weights; digits) or debiased (zero, divided by
+    # 1 - ema_decay^n after n steps, as Adam corrects its moments: an option, docs/method.md sec. 6.7)
+    ema_start: str = recipe("zero")
     init_batch: int = recipe(500)  # images for the data-dependent initialisation of D
     # Which images: pool (drawn from the unlabeled pool with the seed; ours, the digits recipe), permuted (the
     # first of the permutation of the train split that picks the labeled subset; official MNIST), labeled (the
@@ -394,7 +396,8 @@ def _train_checks(t: TrainConfig, d: DataConfig) -> List[Tuple[bool, str]]:
          f"train.min_lr={t.min_lr}: the floor of the decayed rate must not exceed the rate (train.lr={t.lr})"),
         (t.iters_per_epoch is None or t.iters_per_epoch > 0,
          f"train.iters_per_epoch={t.iters_per_epoch}: must be positive"),
-        (t.ema_start in ("zero", "init"), f"train.ema_start={t.ema_start!r}: expected zero or init"),
+        (t.ema_start in ("zero", "init", "debiased"),
+         f"train.ema_start={t.ema_start!r}: expected zero, init or debiased"),
         (t.optimizer in ("official_adam", "torch_adam"),
          f"train.optimizer={t.optimizer!r}: expected official_adam or torch_adam"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),

@@ -43,10 +43,10 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
-def polyak_average(avg: nn.Module, model: nn.Module, decay: float) -> None:
-    """``optim.polyak_update`` of a module's parameters; its buffers (the hidden layers' fixed scales g) are
-    copied, in one foreach copy."""
-    polyak_update(avg.parameters(), model.parameters(), decay)
+def polyak_average(avg: nn.Module, model: nn.Module, decay: float, rate: Optional[Tensor] = None) -> None:
+    """``optim.polyak_update`` of a module's parameters (``rate``: the debiased average's, else 1 - decay); its
+    buffers (the hidden layers' fixed scales g) are copied, in one foreach copy."""
+    polyak_update(avg.parameters(), model.parameters(), decay, rate)
     buffers = list(avg.buffers())
     if buffers:
         torch._foreach_copy_(buffers, list(model.buffers()))
@@ -151,7 +151,7 @@ def train_step(models: StepModels, batch: "Batch", *, method: MethodConfig, trai
     stats["loss_g"] = generator_step(m.disc, m.gen, m.opt_g, batch.x_fm, batch.z_g, **recipe, history=m.hist_g,
                                      objective=m.g_objective, encoder=m.enc, opt_e=m.opt_e, density=m.density,
                                      density_z=density_z)
-    polyak_average(m.disc_avg, m.disc, train.ema_decay)
+    polyak_average(m.disc_avg, m.disc, train.ema_decay, batch.ema_rate)
     return torch.stack([stats[k].float() for k in STAT_NAMES], dim=-1), outputs
 
 
@@ -174,6 +174,7 @@ class Batch:
     z_g: Tensor
     targets: Optional[Tensor] = None
     iteration: int = 0
+    ema_rate: Optional[Tensor] = None  # 0-d: the debiased average's rate this step (train.ema_start=debiased)
 
     def tensors(self) -> Dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}

@@ -24,6 +24,7 @@ from .config import Config
 from .data import augment, epoch_order
 from .engines import STAT_NAMES, Batch
 from .models import sample_z
+from .optim import debiased_rate
 from .records import MetricsLog
 
 logger = logging.getLogger("ssgan.train")  # one DEBUG record per finished epoch (the CLI shows a progress bar)
@@ -159,7 +160,10 @@ class Batches:
         z_d, z_g = self._z_pair(rows[0])
         targets = self._each(lambda m, r: m.te.targets(r), rows[1]) if self.temporal else None
         self.unl_rows = rows[1]
-        return Batch(x_lab, self.y_all[rows[0]], x_unl, x_fm, z_d, z_g, targets, iteration)
+        rate = None
+        if t.ema_start == "debiased":  # a tensor input, so that a captured step reads each step's value
+            rate = torch.tensor(debiased_rate(t.ema_decay, iteration + 1), dtype=torch.float32, device=x_unl.device)
+        return Batch(x_lab, self.y_all[rows[0]], x_unl, x_fm, z_d, z_g, targets, iteration, rate)
 
     def record(self, outputs: Tensor) -> None:
         """The temporal ensemble's latest values of the last batch's unlabeled rows: ([S,] B, K + F)."""

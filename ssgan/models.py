@@ -453,7 +453,7 @@ def build_networks(cfg: Config, x_init: Tensor, device: torch.device, *, probe: 
     with torch.no_grad():
         for p in disc_avg.parameters():
             p.requires_grad_(False)
-            if t.ema_start == "zero":  # the official scripts' start; buffers (fixed scales) stay copied
+            if t.ema_start != "init":  # the official scripts' start; buffers (fixed scales) stay copied
                 p.zero_()
     history = cfg.method.historical_averaging > 0
     enc = opt_e = None

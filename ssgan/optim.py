@@ -8,6 +8,8 @@ every faithful recipe; ``train.optimizer=torch_adam`` selects torch's Adam inste
 
 from __future__ import annotations
 
+import math
+
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -190,10 +192,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ------------------------------------------------------------------------------------ averages of weights
 
 @torch.no_grad()
-def polyak_update(avg: Sequence[Tensor], current: Sequence[Tensor], decay: float) -> None:
+def polyak_update(avg: Sequence[Tensor], current: Sequence[Tensor], decay: float,
+                  rate: Optional[Tensor] = None) -> None:
     """avg <- decay * avg + (1 - decay) * current for every tensor at once (one foreach kernel): Polyak
-    averaging of D, the classifier (Salimans et al. 2016, sec. 5), for one model or stacked models alike."""
-    torch._foreach_lerp_(list(avg), [p.detach() for p in current], 1.0 - decay)
+    averaging of D, the classifier (Salimans et al. 2016, sec. 5), for one model or stacked models alike.
+    ``rate``: a 0-d tensor replacing 1 - decay (the debiased average's rate of this step, ``debiased_rate``)."""
+    torch._foreach_lerp_(list(avg), [p.detach() for p in current], 1.0 - decay if rate is None else rate)
+
+
+def debiased_rate(decay: float, n: int) -> float:
+    """The rate (1 - decay) / (1 - decay^n) of step n (from 1) that keeps an average equal to the zero-started
+    one divided by 1 - decay^n: c_n = a_n / (1 - decay^n) solves c_n = c_{n-1} + rate (p_n - c_{n-1}), as Adam
+    corrects its moments (Kingma and Ba 2015, sec. 3). Step 1 gives 1: the average starts at the weights."""
+    return (1.0 - decay) / -math.expm1(n * math.log(decay)) if decay > 0 else 1.0
 
 
 class HistoricalAverage:

@@ -236,3 +236,16 @@ def test_the_compiled_update_is_the_capturable_update():
     assert all(torch.equal(a, b) for a, b in zip(capturable, per_tensor))
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(capturable, compiled))
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(run("plain"), compiled))
+
+
+def test_the_debiased_rate_keeps_the_average_equal_to_the_zero_started_one_over_one_minus_decay_to_the_n():
+    from ssgan.optim import debiased_rate
+
+    decay, values = 0.9999, torch.randn(50, dtype=torch.float64)
+    official, debiased = torch.zeros((), dtype=torch.float64), torch.full((), 123.0, dtype=torch.float64)
+    for n, p in enumerate(values, 1):
+        official = decay * official + (1 - decay) * p
+        debiased = debiased + debiased_rate(decay, n) * (p - debiased)
+        assert torch.allclose(debiased, official / (1 - decay ** n), rtol=1e-9)
+    assert debiased_rate(decay, 1) == 1.0 and debiased_rate(0.0, 5) == 1.0
+    assert abs(debiased_rate(decay, 10 ** 9) - (1 - decay)) < 1e-12  # the official rate once 1 - decay^n ~ 1

@@ -498,3 +498,19 @@ def test_each_evaluated_epoch_records_the_raw_discriminators_error_beside_the_av
     raw, = error_rates([result.raw_discriminator], torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
                        64)
     assert data_cfg["raw_test_error"] == raw
+
+
+def test_the_debiased_average_is_the_official_one_divided_by_one_minus_decay_to_the_n(tiny_config):
+    """train.ema_start=debiased: the zero-started average a_n divided by 1 - decay^n (n steps so far), kept as
+    an average with the rate (1 - decay) / (1 - decay^n), so that checkpoints, resume and every reader of the
+    averaged weights need nothing else. The training itself is the same (the average never feeds back)."""
+    cfg = replace(tiny_config, train=replace(tiny_config.train, epochs=2, ema_start="zero"))
+    official = fit(cfg)
+    debiased = fit(replace(cfg, train=replace(cfg.train, ema_start="debiased")))
+    n = cfg.train.epochs * cfg.train.iters_per_epoch
+    correction = 1 - cfg.train.ema_decay ** n
+    for (name, a), (_, b) in zip(official.discriminator.named_parameters(), debiased.discriminator.named_parameters()):
+        assert torch.allclose(a / correction, b, rtol=1e-4, atol=1e-6), name
+    for a, b in zip(official.raw_discriminator.parameters(), debiased.raw_discriminator.parameters()):
+        assert torch.equal(a, b)  # the same training
+    assert [r["raw_test_error"] for r in official.history] == [r["raw_test_error"] for r in debiased.history]
