@@ -2,8 +2,9 @@
 (a broken link, a missing page or an API reference that no longer resolves fails), the README stays one page, and
 every ``ssgan`` command of a ``bash`` block of either runs, in-process, with tiny epochs.
 
-A command that needs what a test machine lacks says so in its comment with ``[needs ...]`` (a GPU, a cluster, a
-download, the Inception weights) and is skipped; the placeholders RUN_DIR and OTHER_RUN_DIR stand for finished
+Every ``python`` block runs too, with ``epochs=N`` made 1. A command that needs what a test machine lacks says so
+in its comment with ``[needs ...]`` (a GPU, a cluster, a download, the Inception weights; for a python block, in
+its first line) and is skipped; the placeholders RUN_DIR and OTHER_RUN_DIR stand for finished
 runs, and digit.png, digits/ and digits.npz are images the test writes. Lines that are not ``ssgan`` commands (pip,
 pytest, the benchmarks' scripts) are not run here: the CI runs the first two, the benchmarks have their own tests
 where they have any.
@@ -17,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -59,6 +61,23 @@ def commands(page: Path) -> list:
 
 
 ALL = [(page, number, text, comment) for page in PAGES for number, text, comment in commands(page)]
+
+
+def python_blocks(page: Path) -> list:
+    """(line number, code) of every ``python`` block of the page, dedented (a block inside a list item)."""
+    found, fence, lines, start = [], None, [], 0
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            if fence == "python":
+                found.append((start, textwrap.dedent("\n".join(lines))))
+            fence = None if fence is not None else line.strip()[3:].strip()
+            lines, start = [], number + 1
+        elif fence == "python":
+            lines.append(line)
+    return found
+
+
+PYTHON = [(page, number, code) for page in PAGES for number, code in python_blocks(page)]
 
 
 def test_the_pages_have_commands_and_mark_what_needs_a_gpu():
@@ -127,6 +146,21 @@ def test_every_command_of_the_pages_runs(page, number, text, comment, finished_r
     code = main(_argv(text, run, other))
     captured = capsys.readouterr()
     assert code == 0, f"{page.name}:{number}: {text}\n{captured.err[-2000:]}"
+
+
+@pytest.mark.parametrize("page, number, code", PYTHON, ids=[f"{p.name}:{n}" for p, n, _ in PYTHON])
+def test_every_python_block_of_the_pages_runs(page, number, code, finished_runs, tmp_path, monkeypatch, capsys):
+    """The README's and the manual's Python, with tiny epochs (epochs=N -> epochs=1) and RUN_DIR a finished run
+    (exported first where the block reads its ONNX file)."""
+    if "[needs " in code.splitlines()[0]:
+        pytest.skip(code.splitlines()[0].split("[needs ", 1)[1].split("]")[0])
+    monkeypatch.chdir(tmp_path)
+    run = shutil.copytree(finished_runs[0], tmp_path / "run")
+    if "model.onnx" in code:
+        pytest.importorskip("onnxruntime")
+        assert main(["export", str(run), "--format", "onnx"]) == 0
+    code = re.sub(r"epochs=\d+", "epochs=1", code).replace("RUN_DIR", str(run))
+    exec(compile(code, f"{page.name}:{number}", "exec"), {"__name__": "__doc_block__"})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
