@@ -1,7 +1,7 @@
 """Out-of-distribution detection and calibration: the semi-supervised GAN against the same network trained on the
 labeled examples alone (``method.unl_weight=0``: L_D = L_sup, so D never sees an unlabeled or generated image).
 
-    python benchmarks/ood_table.py [--tasks digits,mnist] [--seeds 0,1,2] [--mnist-epochs 5] [--mnist-iters 200]
+    python benchmarks/ood_table.py [--tasks digits,mnist] [--seeds 0,1,2] [--mnist-epochs 10] [--mnist-iters 300]
         [--mnist-ema-decay 0.99] [--cifar /work/shared/datasets/cifar10.npz] [--mnist /work/shared/datasets/mnist.npz]
 
 Tasks: digits (50 labels, the default digits recipe) against uniform noise and CIFAR-10's test images in grey
@@ -156,8 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="digits,mnist")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--mnist-epochs", type=int, default=5)
-    parser.add_argument("--mnist-iters", type=int, default=200)
+    parser.add_argument("--mnist-epochs", type=int, default=10)
+    parser.add_argument("--mnist-iters", type=int, default=300)
     parser.add_argument("--mnist-ema-decay", type=float, default=0.99, help="the recipe's 0.9999 averages over "
                         "~10,000 iterations, more than a CPU run has")
     parser.add_argument("--cifar", default="/work/shared/datasets/cifar10.npz")
