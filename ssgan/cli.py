@@ -111,8 +111,9 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("run_dir", help="a run directory written by ssgan fit")
     parser.add_argument("inputs", nargs="+", help="image files, folders or .npz files")
     parser.add_argument("--proba", action="store_true", help="also print the class probabilities")
-    parser.add_argument("--ood-score", nargs="?", const="log_z", choices=("log_z", "msp"), help="add a column of "
-                        "the out-of-distribution score (default log_z; higher = more like the training data)")
+    parser.add_argument("--ood-score", nargs="?", const="msp", choices=("msp", "log_z"), help="add a column of "
+                        "an out-of-distribution score, higher = more like the training data: msp (the default; "
+                        "the steadier one in results/ood.md) or log_z")
     parser.add_argument("--calibrated", action="store_true", help="probabilities at the temperature fitted on "
                         "the run's validation split (calibration.json; needs dataset.val_size > 0)")
     parser.add_argument("--out", help="write a CSV file instead of printing")
