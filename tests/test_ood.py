@@ -170,7 +170,7 @@ def test_predict_ood_score_column_and_calibrated_probabilities(calibrated_run, t
     np.savez(tmp_path / "x.npz", x=np.random.RandomState(0).randint(0, 17, size=(4, 8, 8)).astype(np.float32))
     assert main(["predict", str(calibrated_run), str(tmp_path / "x.npz"), "--proba", "--ood-score"]) == 0
     header, *plain = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
-    assert header[-1] == "log_z" and len(plain) == 4 and all(len(row) == 2 + 10 + 1 for row in plain)
+    assert header[-1] == "msp" and len(plain) == 4 and all(len(row) == 2 + 10 + 1 for row in plain)
     assert main(["predict", str(calibrated_run), str(tmp_path / "x.npz"), "--proba", "--calibrated"]) == 0
     calibrated = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()][1:]
     assert [row[2:12] for row in calibrated] != [row[2:12] for row in plain]  # T != 1
