@@ -12,10 +12,13 @@ random data of the recipe's shape:
    (CUDA events on a GPU, a synchronised wall clock on a CPU). Initialisation, the first iterations (and the
    capture) and the end-of-epoch evaluation are outside the timed stretch. ``--repeats`` such runs give the median and the
    spread;
-3. one short eager run of the same precision under ``torch.profiler`` over ``--profile-iters`` iterations
-   (after ``--warmup``): ``ops_per_iteration``, the innermost aten operators that compute (views, allocations
-   and no-op conversions left out: about the kernels a GPU launches), and on CUDA ``kernels_per_iteration``,
-   the GPU kernels the profiler saw. A captured iteration runs the same kernels from one graph launch.
+3. one short uncaptured run of the same precision under ``torch.profiler`` over ``--profile-iters`` iterations
+   (after ``--warmup``): ``ops_per_iteration``, the compute operators with no compute operator below them
+   (``compute_operators``: views, allocations and no-ops left out, a foreach operator once, compiled kernels
+   counted: about the kernels a GPU launches), and on CUDA ``kernels_per_iteration``, the GPU kernels the
+   profiler saw; then one more such run under ``Traffic`` for ``mb_per_iteration`` (analytic bytes moved) and
+   ``mflops_per_iteration`` (uncompiled rows only). A captured iteration runs the same kernels from one graph
+   launch. ``--repeats 0`` skips steps 1 and 2: the counts only.
 
     python benchmarks/bench_step.py --recipe mnist --models 1,10,40
         [--modes eager_fp32,graph_fp32,graph_tf32,graph_bf16] [--warmup 10] [--iters 200] [--repeats 3]
@@ -29,7 +32,10 @@ Modes:
   graph_bf16  train.precision=bf16 (+ train.channels_last for one CNN model), train.cuda_graph=on (CUDA only)
 Rows are merged into ``--out`` by (recipe, device, mode, models):
     {"rows": [{"recipe", "device", "mode", "models", "ms_per_iteration", "ms_runs", "spread_pct",
-               "iterations_timed", "ops_per_iteration", "kernels_per_iteration", "torch", "date", "command"}]}
+               "iterations_timed", "ops_per_iteration", "kernels_per_iteration", "mb_per_iteration",
+               "mflops_per_iteration", "bytes_counted_by", "torch", "date", "command"}]}
+The rows do not record extra KEY=VALUE overrides apart from the command: write rows of different overrides
+(``train.step=lean``) to different ``--out`` files.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ optimizer states (moments and step), the historical averages, the VI encoder, th
 random states.
 
     python benchmarks/equal_to_main.py [--reference /work/main] [--configs plain,ct_gan] [--threads 1]
+        [--set train.step=lean]   # an override for this checkout only: a check that a difference is seen
 
 The reference's checkpoints are cached under ``--cache`` by the reference's commit (a dirty reference tree is
 never cached), so a second call trains this checkout only. Exit 0 when every config is equal, 1 otherwise
@@ -53,8 +54,9 @@ COMMON = ["train.device=cpu", "train.progress=false", "train.sample_grid=false"]
 HERE = Path(__file__).resolve().parents[1]
 
 
-def train_all(names: List[str], out: Path) -> None:
-    """(In a child process of one checkout.) Train each named config into ``out/NAME[/seed_S]``."""
+def train_all(names: List[str], out: Path, extra: List[str] = ()) -> None:
+    """(In a child process of one checkout.) Train each named config (plus ``extra`` overrides) into
+    ``out/NAME[/seed_S]``."""
     import torch
 
     import ssgan
@@ -64,7 +66,7 @@ def train_all(names: List[str], out: Path) -> None:
     print(f"ssgan from {Path(ssgan.__file__).parent}", file=sys.stderr)
     for name in names:
         overrides, seeds = CONFIGS[name]
-        cfg = compose(overrides + COMMON)
+        cfg = compose(overrides + COMMON + list(extra))
         torch.manual_seed(0)
         if seeds:
             cfgs = [replace(cfg, seed=s) for s in range(seeds)]
@@ -73,13 +75,14 @@ def train_all(names: List[str], out: Path) -> None:
             fit(cfg, run_dir=out / name)
 
 
-def run_checkout(checkout: Path, python: Path, names: List[str], out: Path, threads: int) -> None:
+def run_checkout(checkout: Path, python: Path, names: List[str], out: Path, threads: int,
+                 extra: List[str] = ()) -> None:
     """Train ``names`` with ``checkout``'s Python and ``ssgan`` (its working directory: the checkout)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": str(checkout)}
     code = ("import sys, torch; torch.set_num_threads(%d); sys.path.insert(0, %r); "
-            "import equal_to_main as e; e.train_all(%r, e.Path(%r))" % (threads, str(HERE / "benchmarks"), names,
-                                                                        str(out)))
+            "import equal_to_main as e; e.train_all(%r, e.Path(%r), %r)" % (threads, str(HERE / "benchmarks"), names,
+                                                                            str(out), list(extra)))
     result = subprocess.run([str(python), "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
     where = result.stderr.strip().splitlines()[:1]
     if result.returncode != 0:
@@ -139,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=", ".join(CONFIGS))
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both trainings")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ssgan_equal_to_main"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for this checkout only (train.step=lean: expected to differ)")
     args = parser.parse_args(argv)
     names = args.configs.split(",")
     reference = Path(args.reference).resolve()
@@ -163,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             atomic_write(ref_out / n / "done", "")
     with tempfile.TemporaryDirectory(prefix="ssgan_equal_") as tmp:
         mine = Path(tmp)
-        run_checkout(HERE, Path(sys.executable), names, mine, args.threads)
+        run_checkout(HERE, Path(sys.executable), names, mine, args.threads, args.set)
         results = {n: compare(n, mine, ref_out) for n in names}
     for name, found in results.items():
         print(f"{name:12s} {'equal' if not found else 'DIFFERENT: ' + ', '.join(found[:6])}")

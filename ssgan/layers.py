@@ -167,9 +167,12 @@ def scale_after_product(module: nn.Module, on: bool = True) -> None:
     (x v^T) * g / ||v|| + b, instead of forming w = g v / ||v|| (``train.step=lean``): w is never written
     and read, one operator fewer per layer and pass (the bias added in the same ``addcmul``). The same
     function; products and sums rounded in another order (the last bits). Float32 only: under autocast the
-    layers form w as before."""
+    layers form w as before. Dense layers only: there w (in x out) outweighs the batch's outputs; a
+    convolution's outputs (B, C, H, W) outweigh its kernel, and scaling them costs more bytes than w saves
+    (CIFAR-10, measured: results/benchmarks.md)."""
     for layer in weight_norm_layers(module):
-        layer.__dict__["scale_after"] = on
+        if isinstance(layer, WNLinear):
+            layer.__dict__["scale_after"] = on
 
 
 @contextlib.contextmanager
