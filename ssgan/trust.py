@@ -91,6 +91,49 @@ def stored_config(values: Any, path: Any) -> Config:
     return replace(cfg, dataset=replace(cfg.dataset, download=False))
 
 
+def check_stored_overrides(overrides: Any, where: str) -> None:
+    """A saved estimator's ``overrides`` parameter, read from its file: a refit composes them as if typed by
+    the person running ssgan (so the network specs they compose would be given), so each may only set a field
+    of the schema to a plain value. Refused: a key or dict key of Hydra's (``_target_``, ``_args_``, any
+    ``_``-key), Hydra's own config (``hydra.*``, e.g. a search path), a package (``@``), a config group option
+    that is not one of ssgan's (``dataset=../../x``: a YAML file elsewhere), an interpolation (``${...}``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import CONFIGS, group_options
+
+    if not isinstance(overrides, (list, tuple)):
+        raise UntrustedError(f"{where}: the stored overrides are a {type(overrides).__name__}, not a list")
+    for text in overrides:
+        line = f"{where}: the stored override {text!r:.80}"
+        if not isinstance(text, str) or "${" in text:
+            raise UntrustedError(f"{line} is not a plain KEY=VALUE; refused")
+        try:
+            override = OverridesParser.create().parse_overrides([text])[0]
+            value = override.value()
+        except Exception:  # Hydra's grammar errors
+            raise UntrustedError(f"{line} is not a plain KEY=VALUE; refused") from None
+        key = override.key_or_group
+        parts = key.split(".")
+        if (override.package is not None or "/" in key or parts[0] == "hydra" or override.is_sweep_override()
+                or any(not p or p.startswith("_") for p in parts)):
+            raise UntrustedError(f"{line} sets Hydra's own keys or config; refused (a saved estimator's "
+                                 f"overrides set the schema's fields only)")
+        if len(parts) == 1 and (CONFIGS / key).is_dir() and value not in group_options(key):
+            raise UntrustedError(f"{line} names no config of ssgan's {key} group; refused")
+        _no_hydra_keys(value, line)
+
+
+def _no_hydra_keys(node: Any, line: str) -> None:
+    if isinstance(node, dict):
+        for key, sub in node.items():
+            if str(key).startswith("_"):
+                raise UntrustedError(f"{line} holds Hydra's key {key}; refused")
+            _no_hydra_keys(sub, line)
+    elif isinstance(node, (list, tuple)):
+        for sub in node:
+            _no_hydra_keys(sub, line)
+
+
 def _plain_arguments(spec: Dict[str, Any], what: str) -> Dict[str, Any]:
     """A stored spec's keyword arguments, for a builder the person named: plain values without Hydra's keys."""
     arguments = {k: v for k, v in spec.items() if k != "_target_"}

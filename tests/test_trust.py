@@ -198,3 +198,41 @@ def test_a_density_model_file_is_read_weights_only(tmp_path):
     torch.save({"hparams": Payload()}, path)
     with pytest.raises(ConfigError, match="holds more than weights"):
         load_density(path)
+
+
+@pytest.mark.parametrize("override", [
+    "+model.discriminator._target_=builtins.open",  # a Hydra key: the spec would be composed, hence given
+    "model.discriminator={_target_:builtins.open,_args_:[VICTIM,w]}",  # the same as a dict value
+    "dataset=../../../../../../../../tmp/evil",  # a config file outside ssgan's configs (group traversal)
+    "+recipe@_global_=digits",  # a package of its own
+    "hydra.searchpath=[file:///tmp]",  # Hydra's own config: a search path for the file's group options
+    "train.lr=${oc.env:HOME}",  # an interpolation
+])
+def test_a_saved_estimators_stored_overrides_are_refused_when_they_name_code(override, tmp_path):
+    """A saved estimator's parameters come back with it, ``overrides`` among them, and a refit (``fit``, or
+    sklearn's ``clone`` then ``fit``) composes them as if the person had typed them: specs composed so are
+    given and Hydra instantiates them. So the stored ones are data: checked on loading, refused if they name
+    code, a config file, Hydra's own settings or an interpolation."""
+    from sklearn.base import clone
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    y = np.where(np.arange(300) < 100, y[:300], -1)
+    estimator = ssgan.SSGANClassifier(recipe="digits", epochs=1, iters_per_epoch=2, image_shape=(1, 8, 8),
+                                      device="cpu", overrides=("train.lr=0.001",))
+    estimator.fit(x[:300], y).save(tmp_path / "e.pt")
+    assert ssgan.SSGANClassifier.load(tmp_path / "e.pt").overrides == ("train.lr=0.001",)  # plain ones load
+    victim = tmp_path / "precious.txt"
+    victim.write_text("a user's file\n")
+    payload = torch.load(tmp_path / "e.pt", weights_only=True)
+    payload["params"]["overrides"] = ["model=custom", override.replace("VICTIM", str(victim)),
+                                      "model.generator._target_=builtins.open"]
+    torch.save(payload, tmp_path / "forged.pt")
+    trust.forget_given()
+    with pytest.raises(ConfigError, match="stored override"):  # on loading, before any refit
+        ssgan.SSGANClassifier.load(tmp_path / "forged.pt")
+    payload["params"]["overrides"] = [override]  # each alone
+    torch.save(payload, tmp_path / "forged.pt")
+    with pytest.raises(ConfigError, match="stored override"):
+        clone(ssgan.SSGANClassifier.load(tmp_path / "forged.pt")).fit(x[:300], y)
+    assert victim.read_text() == "a user's file\n"
