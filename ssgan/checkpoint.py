@@ -107,7 +107,7 @@ def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
         if record.is_file():
             try:
                 members = [str(m) for m in json.loads(record.read_text())["members"]]
-            except (OSError, ValueError, KeyError, TypeError) as error:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
                 raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
             _switch_staged([_group_member(Path(run_dir), member, run_dirs) for member in members])
             record.unlink()
@@ -270,7 +270,7 @@ def check_config_record(run_dir: Path, cfg: Config, overrides: Sequence[str], re
         return
     try:
         recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise RunDirError(f"{path}: unreadable ({type(error).__name__}); move it away to resume") from None
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     recorded_cfg = asdict(stored_config(recorded, path))

@@ -24,6 +24,8 @@ from .config import GIVEN_SPECS, Config, ConfigError, config_from_dict, spec_tex
 
 # A stored value may nest this deep (a config is 4 levels; a checkpoint's optimizer state about 6).
 MAX_DEPTH = 32
+# ... and hold at most this many values (a config holds a few hundred).
+MAX_VALUES = 100_000
 # Hydra's own keys of an instantiation spec: in a stored spec's arguments they would make Hydra call, import
 # or rearrange; refused there (``_target_`` is replaced by the builder the person names).
 HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
@@ -60,17 +62,22 @@ def refusal(spec: Any, what: str) -> UntrustedError:
                           f"them: {HOW}")
 
 
-def check_stored(value: Any, where: str, depth: int = 0) -> None:
-    """A config read from a file holds plain values only, nested at most ``MAX_DEPTH`` deep, and no OmegaConf
+def check_stored(value: Any, where: str, depth: int = 0, budget: Optional[list] = None) -> None:
+    """A config read from a file holds plain values only, at most ``MAX_VALUES`` of them (YAML's aliases make
+    a few bytes stand for 10**12, all walked here), nested at most ``MAX_DEPTH`` deep, and no OmegaConf
     interpolation (``${oc.env:...}`` would be resolved by the schema check)."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UntrustedError(f"{where}: holds more than {MAX_VALUES:,} values; refused")
     if depth > MAX_DEPTH:
         raise UntrustedError(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key, sub in value.items():
-            check_stored(sub, f"{where}.{key}", depth + 1)
+            check_stored(sub, f"{where}.{key}", depth + 1, budget)
     elif isinstance(value, (list, tuple)):
         for sub in value:
-            check_stored(sub, where, depth + 1)
+            check_stored(sub, where, depth + 1, budget)
     elif isinstance(value, str) and "${" in value:
         raise UntrustedError(f"{where}={value!r:.60}: a stored config holds no interpolation; refused")
     elif value is not None and not isinstance(value, (bool, int, float, str)):

@@ -19,6 +19,7 @@ from ssgan import trust
 from ssgan.checkpoint import content_digest
 from ssgan.cli import main
 from ssgan.config import ConfigError
+from ssgan.rundir import RunDirError
 from tests.conftest import TINY_OVERRIDES
 
 CUSTOM = ["model=custom", "model.discriminator._target_=tests.custom_nets.SmallCNN",
@@ -236,3 +237,41 @@ def test_a_saved_estimators_stored_overrides_are_refused_when_they_name_code(ove
     with pytest.raises(ConfigError, match="stored override"):
         clone(ssgan.SSGANClassifier.load(tmp_path / "forged.pt")).fit(x[:300], y)
     assert victim.read_text() == "a user's file\n"
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+# YAML's aliases: 12 levels of 10 references each stand for 10**12 values in a few hundred bytes.
+ALIAS_BOMB = "a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 13))
+
+
+@pytest.mark.parametrize("name, content, command", [
+    ("result.json", DEEP_JSON, "ensemble"),
+    ("result.json", DEEP_JSON, "table --from"),
+    ("metrics.jsonl", DEEP_JSON, "fit --resume"),
+    ("config.yaml", DEEP_JSON, "fit --resume"),
+    ("seeds.json", DEEP_JSON, "fit --resume"),
+    ("config.yaml", None, "fit --resume"),  # ALIAS_BOMB under a config key
+])
+def test_a_record_nested_without_bound_is_one_line(name, content, command, trained, tmp_path, capsys):
+    """A run directory's JSON and YAML files are parsed by recursive readers (RecursionError) and YAML's
+    aliases share nodes (an exponential walk): one line and exit 2, promptly, never a traceback or a hang."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "mlp", run_dir)
+    if content is None:
+        config = (run_dir / name).read_text()
+        content = ALIAS_BOMB + config.replace("dataset:\n", "dataset:\n  bomb: *a12\n", 1)
+    elif name == "metrics.jsonl":  # (a malformed last line is one cut by a kill: dropped, its epoch redone)
+        content += "\n" + (run_dir / name).read_text()
+    (run_dir / name).write_text(content)
+    assert main(COMMANDS[command](str(run_dir), tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err, err
+
+
+def test_a_calibration_record_nested_without_bound_is_one_line(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "mlp", run_dir)
+    (run_dir / "calibration.json").write_text("[" * 2000 + "]" * 2000)  # within its 4096 bytes
+    with pytest.raises(RunDirError, match="calibration.json: not a calibration record"):
+        ssgan.load(run_dir)
