@@ -275,3 +275,24 @@ def test_a_calibration_record_nested_without_bound_is_one_line(trained, tmp_path
     (run_dir / "calibration.json").write_text("[" * 2000 + "]" * 2000)  # within its 4096 bytes
     with pytest.raises(RunDirError, match="calibration.json: not a calibration record"):
         ssgan.load(run_dir)
+
+
+@pytest.mark.parametrize("change", [
+    lambda p: p["hparams"].update(stages=10**9),  # 10**9 blocks built before any weight is compared
+    lambda p: p["hparams"].update(nr_resnet=10**9),
+    lambda p: p["hparams"].update(nr_filters=10**7),
+    lambda p: p["hparams"].update(bogus=1),  # TypeError from the constructor
+    lambda p: p.update(hparams=[1, 2]),
+    lambda p: p.update(threshold="high"),
+    lambda p: p.update(state_dict=None),
+], ids=["stages", "nr_resnet", "nr_filters", "unknown", "hparams", "threshold", "state_dict"])
+def test_a_density_model_files_sizes_and_fields_are_checked_before_building(change, tmp_path):
+    from ssgan.density import PixelCNNpp, load_density, save_density
+
+    path = tmp_path / "density.pt"
+    save_density(path, PixelCNNpp(nr_filters=4, nr_resnet=1, nr_mix=2), 1.5, "unit", [1, 8, 8])
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(ConfigError, match="density_model"):
+        load_density(path)
