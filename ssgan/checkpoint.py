@@ -318,6 +318,28 @@ class Run:
     class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
 
 
+def _check_shapes(cfg: Config, disc_state: Any, gen_state: Any, path: Path) -> None:
+    """The networks ``cfg`` names, built on the meta device (no memory, no values), against the stored weights'
+    names and shapes: a stored config naming other sizes (``model.d_widths=[1000000]``: terabytes for a 1 KB
+    file) is one line before anything is allocated. Fewer stored tensors than layers is refused first, so that
+    not even the meta build grows with a declared list."""
+    model = cfg.model
+    states = [s if isinstance(s, dict) else {} for s in (disc_state, gen_state)]
+    if len(model.d_widths) + len(model.g_widths) > sum(len(s) for s in states):
+        raise RunDirError(f"{path}: the weights do not fit the architecture its config names (more layers than "
+                          f"stored tensors)")
+    with torch.device("meta"):
+        disc, gen = build_models(cfg.dataset, model)
+    for module, state, what in ((disc, states[0], "discriminator"), (gen, states[1], "generator")):
+        built = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        stored = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state.items()}
+        if built != stored:
+            name = next((k for k in built if built[k] != stored.get(k)), None) or next(k for k in stored
+                                                                                     if k not in built)
+            raise RunDirError(f"{path}: the weights do not fit the architecture its config names ({what} "
+                              f"{name}: {stored.get(name)} stored, {built.get(name)} named)")
+
+
 def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
                   path: Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
@@ -327,6 +349,7 @@ def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: D
     if modules is not None:  # the caller's modules: copies hold the weights
         disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
     else:
+        _check_shapes(cfg, disc_state, gen_state, path)
         disc, gen = build_models(cfg.dataset, cfg.model)
     try:
         disc.load_state_dict(disc_state)

@@ -296,3 +296,17 @@ def test_a_density_model_files_sizes_and_fields_are_checked_before_building(chan
     torch.save(payload, path)
     with pytest.raises(ConfigError, match="density_model"):
         load_density(path)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "sample", "export"])
+def test_a_checkpoint_declaring_networks_of_another_size_is_refused_before_building(command, trained, tmp_path,
+                                                                                     capsys):
+    """A config naming widths of 10**6 (4 TB of weights for a 1 KB file) is compared with the stored weights'
+    shapes on the meta device, before anything is allocated (it was a traceback here, and a size that fits in
+    memory was allocated and initialised before the weights were found not to fit)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "mlp", run_dir)
+    _rewrite(run_dir / "checkpoint.pt", lambda p: p["config"]["model"].update(d_widths=[10**6, 10**6]))
+    assert main(COMMANDS[command](str(run_dir), tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not fit the architecture" in err, err
