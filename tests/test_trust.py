@@ -298,7 +298,7 @@ def test_a_density_model_files_sizes_and_fields_are_checked_before_building(chan
         load_density(path)
 
 
-@pytest.mark.parametrize("command", ["evaluate", "predict", "sample", "export"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "sample", "export", "fit --resume"])
 def test_a_checkpoint_declaring_networks_of_another_size_is_refused_before_building(command, trained, tmp_path,
                                                                                      capsys):
     """A config naming widths of 10**6 (4 TB of weights for a 1 KB file) is compared with the stored weights'
@@ -307,6 +307,9 @@ def test_a_checkpoint_declaring_networks_of_another_size_is_refused_before_build
     run_dir = tmp_path / "run"
     shutil.copytree(trained / "mlp", run_dir)
     _rewrite(run_dir / "checkpoint.pt", lambda p: p["config"]["model"].update(d_widths=[10**6, 10**6]))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # consistent, so no other check stops it
+    config["model"]["d_widths"] = [10**6, 10**6]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(COMMANDS[command](str(run_dir), tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "do not fit the architecture" in err, err
