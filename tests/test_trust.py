@@ -313,3 +313,23 @@ def test_a_checkpoint_declaring_networks_of_another_size_is_refused_before_build
     assert main(COMMANDS[command](str(run_dir), tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "do not fit the architecture" in err, err
+
+
+@pytest.mark.parametrize("command", ["table --from", "ensemble"])
+def test_a_result_records_interpolation_is_never_resolved(command, trained, tmp_path, capsys):
+    """result.json's config is keyed (seeds.config_key) by reading it against the schema: an interpolation in
+    it (a resolver of the person's process, here a spy) must not be resolved there either."""
+    from omegaconf import OmegaConf
+
+    calls = []
+    OmegaConf.register_new_resolver("spy", lambda *a: calls.append(a) or "digits", replace=True)
+    try:
+        run_dir = tmp_path / "run"
+        shutil.copytree(trained / "mlp", run_dir)
+        record = json.loads((run_dir / "result.json").read_text())
+        record["config"]["dataset"]["name"] = "${spy:}"
+        (run_dir / "result.json").write_text(json.dumps(record))
+        main(COMMANDS[command](str(run_dir), tmp_path))
+    finally:
+        OmegaConf.clear_resolver("spy")
+    assert calls == []
