@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .config import ConfigError
@@ -389,4 +390,12 @@ class EstimatorFile:
         if temperature is not None and not (isinstance(temperature, float) and low <= temperature <= high):
             raise RunDirError(f"{path}: malformed estimator file: temperature {temperature!r:.40} is not a number "
                               f"in {low}..{high}")
+        dtype = payload.get("classes_dtype")
+        try:  # the dtype the classes are rebuilt with: booleans, numbers, short strings or plain objects
+            ok = isinstance(dtype, str) and np.dtype(dtype).kind in "biufUO" and np.dtype(dtype).itemsize <= 4096
+        except TypeError:
+            ok = False
+        if not ok:
+            raise RunDirError(f"{path}: malformed estimator file: classes_dtype {dtype!r:.40} is not a dtype of "
+                              f"booleans, numbers or short strings")
         return cls(**{name: payload.get(name) for name in names})

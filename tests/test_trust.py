@@ -333,3 +333,19 @@ def test_a_result_records_interpolation_is_never_resolved(command, trained, tmp_
     finally:
         OmegaConf.clear_resolver("spy")
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", ["foo", "V1000000000000", "U1000000000", "M8[s]"])
+def test_a_saved_estimators_classes_dtype_is_checked(dtype, tmp_path):
+    """The dtype string the classes are rebuilt with is data: one line for anything but booleans, numbers and
+    short strings (numpy raised TypeError for a name it does not know)."""
+    from ssgan.rundir import RunDirError
+
+    estimator = ssgan.SSGANClassifier(recipe="tabular", epochs=1, iters_per_epoch=1, device="cpu")
+    x = np.random.RandomState(0).rand(40, 3)
+    estimator.fit(x, np.where(np.arange(40) < 10, np.arange(40) % 2, -1)).save(tmp_path / "e.pt")
+    payload = torch.load(tmp_path / "e.pt", weights_only=True)
+    payload["classes_dtype"] = dtype
+    torch.save(payload, tmp_path / "e.pt")
+    with pytest.raises(RunDirError, match="classes_dtype"):
+        ssgan.SSGANClassifier.load(tmp_path / "e.pt")
