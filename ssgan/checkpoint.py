@@ -107,7 +107,7 @@ def recover_group_checkpoints(run_dirs: Sequence[Path]) -> None:
         if record.is_file():
             try:
                 members = [str(m) for m in json.loads(record.read_text())["members"]]
-            except (OSError, ValueError, KeyError, TypeError) as error:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
                 raise RunDirError(f"{record}: unreadable group commit record ({error}); move it away") from None
             _switch_staged([_group_member(Path(run_dir), member, run_dirs) for member in members])
             record.unlink()
@@ -270,7 +270,7 @@ def check_config_record(run_dir: Path, cfg: Config, overrides: Sequence[str], re
         return
     try:
         recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise RunDirError(f"{path}: unreadable ({type(error).__name__}); move it away to resume") from None
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     recorded_cfg = asdict(stored_config(recorded, path))
@@ -318,6 +318,28 @@ class Run:
     class_values: List = None  # each class's label value in the data (0..K-1, or a folder's class names)
 
 
+def check_weight_shapes(cfg: Config, disc_state: Any, gen_state: Any, path: Path) -> None:
+    """The networks ``cfg`` names, built on the meta device (no memory, no values), against the stored weights'
+    names and shapes: a stored config naming other sizes (``model.d_widths=[1000000]``: terabytes for a 1 KB
+    file) is one line before anything is allocated. Fewer stored tensors than layers is refused first, so that
+    not even the meta build grows with a declared list."""
+    model = cfg.model
+    states = [s if isinstance(s, dict) else {} for s in (disc_state, gen_state)]
+    if len(model.d_widths) + len(model.g_widths) > sum(len(s) for s in states):
+        raise RunDirError(f"{path}: the weights do not fit the architecture its config names (more layers than "
+                          f"stored tensors)")
+    with torch.device("meta"):
+        disc, gen = build_models(cfg.dataset, model)
+    for module, state, what in ((disc, states[0], "discriminator"), (gen, states[1], "generator")):
+        built = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        stored = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state.items()}
+        if built != stored:
+            name = next((k for k in built if built[k] != stored.get(k)), None) or next(k for k in stored
+                                                                                     if k not in built)
+            raise RunDirError(f"{path}: the weights do not fit the architecture its config names ({what} "
+                              f"{name}: {stored.get(name)} stored, {built.get(name)} named)")
+
+
 def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: Dict[str, torch.Tensor], *,
                   path: Path, device: str | torch.device = "cpu", networks: Optional[Sequence[Any]] = None):
     """The (discriminator, generator) that ``cfg`` names, holding the given weights; the discriminator in
@@ -327,6 +349,8 @@ def load_networks(cfg: Config, disc_state: Dict[str, torch.Tensor], gen_state: D
     if modules is not None:  # the caller's modules: copies hold the weights
         disc, gen = copy.deepcopy(modules[0]), as_generator(copy.deepcopy(modules[1]), cfg.model.z_dim)
     else:
+        if cfg.model.arch != "custom":  # (a builder named by the person is theirs, and may not build on meta)
+            check_weight_shapes(cfg, disc_state, gen_state, path)
         disc, gen = build_models(cfg.dataset, cfg.model)
     try:
         disc.load_state_dict(disc_state)

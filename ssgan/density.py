@@ -260,6 +260,9 @@ def fit_density(cfg: Config, *, epochs: int = 1, filters: int = 160, resnet: int
                                                                                 max_images < 1):
         raise ConfigError("the density model's epochs, filters, resnet blocks, mixtures, stages, batch size, "
                           "learning rate and image count must be positive")
+    for name, value in (("nr_filters", filters), ("nr_resnet", resnet), ("nr_mix", mix), ("stages", stages)):
+        if value > DENSITY_BOUNDS[name][1]:  # (a model its own loader would refuse)
+            raise ConfigError(f"the density model's {name}={value}: at most {DENSITY_BOUNDS[name][1]}")
     if cfg.dataset.image_shape[0] != 1:
         raise ConfigError(f"dataset={cfg.dataset.name}: the density model takes one-channel images")
     if cfg.dataset.scaling not in ("unit", "symmetric"):
@@ -285,6 +288,38 @@ def save_density(path: Path | str, model: PixelCNNpp, threshold: float, scaling:
     atomic_create(path, buffer.getvalue())
 
 
+# The hyperparameters a density model file may declare, checked before anything is built (a file is data:
+# stages=10**9 would build 10**9 blocks); ssgan density trains within them. The official MNIST model: 160
+# filters, 3 resnet blocks, 10 mixtures, 2 stages.
+DENSITY_BOUNDS = {"nr_filters": (1, 1024), "nr_resnet": (1, 32), "nr_mix": (1, 100), "stages": (1, 4)}
+
+
+def _check_density_payload(payload, path) -> None:
+    """ConfigError with one line unless ``payload`` has the fields ``save_density`` writes, within bounds."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"method.density_model={path}: not a density model written by ssgan density ({why})")
+
+    if not isinstance(payload, dict) or not isinstance(payload.get("hparams"), dict) \
+            or not isinstance(payload.get("state_dict"), dict):
+        raise refuse("expected hparams and state_dict mappings")
+    hparams = payload["hparams"]
+    if set(hparams) - set(DENSITY_BOUNDS) - {"dropout"}:
+        raise refuse(f"unknown hparams {sorted(map(str, set(hparams) - set(DENSITY_BOUNDS) - {'dropout'}))}")
+    for name, (low, high) in DENSITY_BOUNDS.items():
+        value = hparams.get(name, low)
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise refuse(f"hparams {name}={value!r:.20}: expected an integer in {low}..{high}")
+    dropout = hparams.get("dropout", 0.0)
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise refuse(f"hparams dropout={dropout!r:.20}: expected a number in [0, 1)")
+    threshold = payload.get("threshold")
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+        raise refuse(f"threshold {threshold!r:.20} is not a finite number")
+    shape = payload.get("image_shape")
+    if not (isinstance(shape, list) and all(isinstance(n, int) for n in shape)):
+        raise refuse("image_shape is not a list of integers")
+
+
 def load_density(path, device="cpu") -> Dict:
     """A file of ``save_density``, read with weights-only unpickling: a file that holds more than weights and
     plain values (code to run on loading) is ConfigError, never unpickled."""
@@ -294,6 +329,7 @@ def load_density(path, device="cpu") -> Dict:
         found = [line for line in str(error).splitlines() if "Unsupported" in line]
         raise ConfigError(f"method.density_model={path}: refused, the file holds more than weights "
                           f"({found[0].strip() if found else 'unsupported content'})") from None
+    _check_density_payload(payload, path)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave torch's stream where it was
         model = PixelCNNpp(**payload["hparams"]).to(device)
     model.load_state_dict(payload["state_dict"])

@@ -39,7 +39,7 @@ from .evaluate import predict_proba
 from .records import EstimatorFile
 from .rundir import RunDirError
 from .train import fit as train_fit
-from .trust import UntrustedError, import_path, stored_config
+from .trust import UntrustedError, check_stored, check_stored_overrides, import_path, stored_config
 
 UNLABELED = -1  # scikit-learn's mark of an unlabeled row (sklearn.semi_supervised)
 
@@ -448,6 +448,8 @@ class SSGANClassifier(ClassifierMixin, BaseEstimator):
         path, device = Path(path), _device(device)
         saved = EstimatorFile.read(path)
         params = dict(saved.params)
+        check_stored_overrides(params.get("overrides", ()), str(path))  # data: a refit composes them
+        check_stored(params, f"{path}: params")
         params["discriminator"], params["generator"] = (None, None) if networks is None else (
             [n if isinstance(n, torch.nn.Module) else import_path(n, "networks") for n in networks] + [None, None])[:2]
         for key in ("image_shape", "overrides"):

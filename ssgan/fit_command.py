@@ -249,7 +249,7 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
     """Continue a run from its checkpoint, exactly where it was written; KEY=VALUE words change its config.
     A seeds run continues with its saved config: finished seeds are kept, the others trained or continued.
     ``networks``: the builders of a run of one's own networks (``--discriminator``, ``--generator``)."""
-    from .checkpoint import check_config_record, checkpoint_config, load_checkpoint
+    from .checkpoint import check_config_record, check_weight_shapes, checkpoint_config, load_checkpoint
     from .seeds import in_key, is_seeds_run, read_plan
     from .table import Progress, fit_seeds
     from .trust import networks_for
@@ -274,6 +274,8 @@ def cmd_resume(run_dir: str, overrides: Sequence[str], networks: Optional[tuple]
     cfg = checkpoint_config(payload, path / CHECKPOINT_NAME)
     cfg, _ = networks_for(cfg, networks, run_dir)  # (a checkpoint naming code is refused as such, first)
     check_config_record(path, cfg, overrides, RESUMABLE_FIELDS)
+    if cfg.model.arch != "custom":  # the sizes it names against its weights, before anything is allocated
+        check_weight_shapes(cfg, payload["discriminator"], payload["generator"], path / CHECKPOINT_NAME)
     cfg = _resume_overrides(cfg, overrides, RESUMABLE_FIELDS, "the checkpoint")
     cfg = resolve_paths(cfg)
     validate(cfg)

@@ -245,7 +245,7 @@ class TemperatureRecord:
                 raw = file.read(MAX_RECORD_BYTES + 1)
             stored = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
             return cls._typed(stored)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as error:
             raise RunDirError(f"{path}: not a calibration record written by ssgan ({first_words(error)})") from None
 
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .config import ConfigError
@@ -100,7 +101,7 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
             record = json.loads(line)
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise ValueError("no epoch")
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested without bound)
             if number == len(lines):
                 break
             raise RunDirError(f"{path}: line {number} is not a metrics record") from None
@@ -165,7 +166,7 @@ class RunRecord:
             if record.calibration is not None and not isinstance(record.calibration, dict):
                 raise TypeError("calibration is not a mapping")
             return record
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, RecursionError) as error:  # (nested without bound)
             raise RunDirError(f"{path}: not a result.json written by ssgan fit ({type(error).__name__}: "
                               f"{error})") from None
 
@@ -218,7 +219,7 @@ class SeedsPlan:
             if not isinstance(plan["config"], dict):
                 raise TypeError("config is not a mapping")
             return cls(plan["config"], [int(s) for s in plan["seeds"]], str(plan["command"]))
-        except (OSError, KeyError, TypeError, ValueError) as error:
+        except (OSError, KeyError, TypeError, ValueError, RecursionError) as error:
             raise RunDirError(f"{path}: not a seeds plan ({type(error).__name__}: {error})") from None
 
 
@@ -267,7 +268,7 @@ class SeedsSummary:
             values = {name: stored.pop(name) for name in names}
             stored.pop("complete")
             return cls(meta=stored, **values)
-        except (OSError, KeyError, TypeError, ValueError) as error:
+        except (OSError, KeyError, TypeError, ValueError, RecursionError) as error:
             raise RunDirError(f"{path}: not a seeds summary ({type(error).__name__}: {error})") from None
 
 
@@ -297,7 +298,7 @@ class EnsembleRecord:
         try:
             stored = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(**{f.name: stored[f.name] for f in fields(cls)})
-        except (OSError, KeyError, TypeError, ValueError) as error:
+        except (OSError, KeyError, TypeError, ValueError, RecursionError) as error:
             raise RunDirError(f"{path}: not an ensemble record ({type(error).__name__}: {error})") from None
 
 
@@ -389,4 +390,12 @@ class EstimatorFile:
         if temperature is not None and not (isinstance(temperature, float) and low <= temperature <= high):
             raise RunDirError(f"{path}: malformed estimator file: temperature {temperature!r:.40} is not a number "
                               f"in {low}..{high}")
+        dtype = payload.get("classes_dtype")
+        try:  # the dtype the classes are rebuilt with: booleans, numbers, short strings or plain objects
+            ok = isinstance(dtype, str) and np.dtype(dtype).kind in "biufUO" and np.dtype(dtype).itemsize <= 4096
+        except TypeError:
+            ok = False
+        if not ok:
+            raise RunDirError(f"{path}: malformed estimator file: classes_dtype {dtype!r:.40} is not a dtype of "
+                              f"booleans, numbers or short strings")
         return cls(**{name: payload.get(name) for name in names})

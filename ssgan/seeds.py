@@ -32,7 +32,7 @@ from .records import RunRecord, SeedsPlan
 from .rundir import (CHECKPOINT_NAME, PLAN_NAME, RESULT_NAME, RunDirError, RunLock, clear_outputs, is_used,
                      remove_unstarted)
 from .train import TrainingInterrupted, fit, fit_grid
-from .trust import UntrustedError, stored_config
+from .trust import UntrustedError, check_stored, stored_config
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ def keyed_fields(config: Dict[str, Any]) -> Dict[str, Any]:
     """The config as the current schema reads it (a field added since a run was trained gets its default),
     without the fields that are not keyed (``in_key``): what ``config_key`` hashes."""
     try:
+        check_stored(config, "config")  # a record's config is data: an interpolation in it is never resolved
         config = asdict(config_from_dict(config))
-    except ConfigError:  # a field this version no longer knows: keep the config as it is
+    except ConfigError:  # a field this version no longer knows (or not plain values): keep the config as it is
         pass
     return _keyed(json.loads(json.dumps(config)), "")  # (through JSON: plain values only)
 

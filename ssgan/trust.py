@@ -24,6 +24,8 @@ from .config import GIVEN_SPECS, Config, ConfigError, config_from_dict, spec_tex
 
 # A stored value may nest this deep (a config is 4 levels; a checkpoint's optimizer state about 6).
 MAX_DEPTH = 32
+# ... and hold at most this many values (a config holds a few hundred).
+MAX_VALUES = 100_000
 # Hydra's own keys of an instantiation spec: in a stored spec's arguments they would make Hydra call, import
 # or rearrange; refused there (``_target_`` is replaced by the builder the person names).
 HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
@@ -60,17 +62,22 @@ def refusal(spec: Any, what: str) -> UntrustedError:
                           f"them: {HOW}")
 
 
-def check_stored(value: Any, where: str, depth: int = 0) -> None:
-    """A config read from a file holds plain values only, nested at most ``MAX_DEPTH`` deep, and no OmegaConf
+def check_stored(value: Any, where: str, depth: int = 0, budget: Optional[list] = None) -> None:
+    """A config read from a file holds plain values only, at most ``MAX_VALUES`` of them (YAML's aliases make
+    a few bytes stand for 10**12, all walked here), nested at most ``MAX_DEPTH`` deep, and no OmegaConf
     interpolation (``${oc.env:...}`` would be resolved by the schema check)."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UntrustedError(f"{where}: holds more than {MAX_VALUES:,} values; refused")
     if depth > MAX_DEPTH:
         raise UntrustedError(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key, sub in value.items():
-            check_stored(sub, f"{where}.{key}", depth + 1)
+            check_stored(sub, f"{where}.{key}", depth + 1, budget)
     elif isinstance(value, (list, tuple)):
         for sub in value:
-            check_stored(sub, where, depth + 1)
+            check_stored(sub, where, depth + 1, budget)
     elif isinstance(value, str) and "${" in value:
         raise UntrustedError(f"{where}={value!r:.60}: a stored config holds no interpolation; refused")
     elif value is not None and not isinstance(value, (bool, int, float, str)):
@@ -89,6 +96,49 @@ def stored_config(values: Any, path: Any) -> Config:
         raise ConfigError(f"{path}: {error}") from None
     # A stored config never downloads into a folder it names (a resume may pass dataset.download=true again).
     return replace(cfg, dataset=replace(cfg.dataset, download=False))
+
+
+def check_stored_overrides(overrides: Any, where: str) -> None:
+    """A saved estimator's ``overrides`` parameter, read from its file: a refit composes them as if typed by
+    the person running ssgan (so the network specs they compose would be given), so each may only set a field
+    of the schema to a plain value. Refused: a key or dict key of Hydra's (``_target_``, ``_args_``, any
+    ``_``-key), Hydra's own config (``hydra.*``, e.g. a search path), a package (``@``), a config group option
+    that is not one of ssgan's (``dataset=../../x``: a YAML file elsewhere), an interpolation (``${...}``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import CONFIGS, group_options
+
+    if not isinstance(overrides, (list, tuple)):
+        raise UntrustedError(f"{where}: the stored overrides are a {type(overrides).__name__}, not a list")
+    for text in overrides:
+        line = f"{where}: the stored override {text!r:.80}"
+        if not isinstance(text, str) or "${" in text:
+            raise UntrustedError(f"{line} is not a plain KEY=VALUE; refused")
+        try:
+            override = OverridesParser.create().parse_overrides([text])[0]
+            value = override.value()
+        except Exception:  # Hydra's grammar errors
+            raise UntrustedError(f"{line} is not a plain KEY=VALUE; refused") from None
+        key = override.key_or_group
+        parts = key.split(".")
+        if (override.package is not None or "/" in key or parts[0] == "hydra" or override.is_sweep_override()
+                or any(not p or p.startswith("_") for p in parts)):
+            raise UntrustedError(f"{line} sets Hydra's own keys or config; refused (a saved estimator's "
+                                 f"overrides set the schema's fields only)")
+        if len(parts) == 1 and (CONFIGS / key).is_dir() and value not in group_options(key):
+            raise UntrustedError(f"{line} names no config of ssgan's {key} group; refused")
+        _no_hydra_keys(value, line)
+
+
+def _no_hydra_keys(node: Any, line: str) -> None:
+    if isinstance(node, dict):
+        for key, sub in node.items():
+            if str(key).startswith("_"):
+                raise UntrustedError(f"{line} holds Hydra's key {key}; refused")
+            _no_hydra_keys(sub, line)
+    elif isinstance(node, (list, tuple)):
+        for sub in node:
+            _no_hydra_keys(sub, line)
 
 
 def _plain_arguments(spec: Dict[str, Any], what: str) -> Dict[str, Any]:
