@@ -180,7 +180,7 @@ CASES = [
     (["ensemble", "{root}/run", "--out", "{root}/nowhere/e.json"], "does not exist"),
     (["ensemble", "{root}/run", "--out", "{root}/e.csv"], "expected a .json file"),
     (["fit", "--resume", "{root}/run", "model.d_widths=[64,64]"], "cannot change model.d_widths"),
-    (["fit", "--resume", "{root}/other_arch"], "does not fit"),
+    (["fit", "--resume", "{root}/other_arch"], "do not fit the architecture"),
     (["evaluate", "{root}/no_class_names"], "missing class_names"),
     (["evaluate", "{root}/bad_epoch"], "malformed checkpoint entry 'epoch'"),
     (["fit", "model.d_widths=[0,0,0]"], "widths must be positive"),
