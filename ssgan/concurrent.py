@@ -198,3 +198,7 @@ class StackedEngine:
     def averaged(self, s: int = 0) -> nn.Module:
         """Member s's Polyak-averaged discriminator, the classifier."""
         return _load_slice(self.members[s].disc_avg, self.avg_d, self.buffers_d, s)
+
+    def discriminator(self, s: int = 0) -> nn.Module:
+        """Member s's discriminator being trained (its slice only: no generator, no optimizer state)."""
+        return _load_slice(self.members[s].disc, self.params_d, self.buffers_d, s)

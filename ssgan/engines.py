@@ -202,6 +202,9 @@ class Engine(Protocol):
     def averaged(self, index: int = 0) -> nn.Module:
         """Model ``index``'s Polyak-averaged discriminator, the classifier (evaluation)."""
 
+    def discriminator(self, index: int = 0) -> nn.Module:
+        """Model ``index``'s discriminator being trained, the average's source (evaluation)."""
+
     def finite(self) -> Tensor:
         """(S,) bool, or (1,) for one model: whether each model's parameters are all finite (no wait)."""
 
@@ -244,6 +247,9 @@ class SingleEngine:
 
     def averaged(self, index: int = 0) -> nn.Module:
         return self.net.disc_avg
+
+    def discriminator(self, index: int = 0) -> nn.Module:
+        return self.net.disc
 
     def finite(self) -> Tensor:
         params = [p for module in (self.net.disc, self.net.gen) for p in module.parameters()]

@@ -206,7 +206,7 @@ def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all
             if evaluate:  # the classifier (the average) and, beside it, the network it averages
                 errors = list(zip(*[error_rates(models, x_test, y_test, t.eval_batch_size) for models in (
                     [engine.averaged(s) for s in range(len(members))],
-                    [engine.networks(s).disc for s in range(len(members))])]))
+                    [engine.discriminator(s) for s in range(len(members))])]))
             _log_epoch(members, epoch + 1, lrs[0], means, errors, progress)
             if members[0].run_dir is not None and (epoch + 1) % t.checkpoint_every == 0 and epoch + 1 < t.epochs:
                 _checkpoint(members, engine, stats[..., :0, :], checked=True)
