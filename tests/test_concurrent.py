@@ -78,6 +78,15 @@ def test_fit_seeds_trains_them_concurrently_when_asked(tmp_path, capsys):
 CONCURRENT = ["train.concurrent_seeds=true", "train.deterministic=true", "train.checkpoint_every=1"]
 
 
+def _assert_same_weights(run_dir: Path, reference: Path, s: int) -> None:
+    """Seed s's checkpoints of two seeds runs hold equal discriminator, averaged discriminator and generator
+    weights."""
+    a, b = (load_checkpoint(d / f"seed{s}" / "checkpoint.pt") for d in (run_dir, reference))
+    for part in ("discriminator", "discriminator_avg", "generator"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+
+
 def _seeds_overrides(epochs: int, iters: int) -> list:
     from tests.conftest import TINY_OVERRIDES
 
@@ -166,11 +175,7 @@ def test_a_signal_checkpoints_every_seed_and_resume_finishes_them_exactly(uninte
     assert main(["fit", "--resume", str(run_dir)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("over 2 seeds (sample std)")
     for s in (0, 1):
-        a = load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")
-        b = load_checkpoint(uninterrupted_concurrent / f"seed{s}" / "checkpoint.pt")
-        for part in ("discriminator", "discriminator_avg", "generator"):
-            for name in a[part]:
-                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+        _assert_same_weights(run_dir, uninterrupted_concurrent, s)
         epochs = [json.loads(line)["epoch"] for line in (run_dir / f"seed{s}" / "metrics.jsonl").read_text().splitlines()]
         assert epochs == [1, 2, 3, 4]
 
@@ -321,11 +326,7 @@ def test_a_kill_between_the_seeds_checkpoint_writes_resumes_exactly(uninterrupte
     assert count["n"] == k
     assert main(["fit", "--resume", str(run_dir)]) == 0
     for s in range(3):
-        a = load_checkpoint(run_dir / f"seed{s}" / "checkpoint.pt")
-        b = load_checkpoint(uninterrupted_three / f"seed{s}" / "checkpoint.pt")
-        for part in ("discriminator", "discriminator_avg", "generator"):
-            for name in a[part]:
-                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+        _assert_same_weights(run_dir, uninterrupted_three, s)
         assert json.loads((run_dir / f"seed{s}" / "result.json").read_text())["test_error"] == \
             json.loads((uninterrupted_three / f"seed{s}" / "result.json").read_text())["test_error"]
         assert not list((run_dir / f"seed{s}").glob(".checkpoint.pt.staged")), s
@@ -351,11 +352,7 @@ def test_a_run_copied_mid_group_commit_resumes_exactly_and_leaves_the_original_a
     assert main(["fit", "--resume", str(copy)]) == 0
     assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
     for s in range(3):
-        a = load_checkpoint(copy / f"seed{s}" / "checkpoint.pt")
-        b = load_checkpoint(uninterrupted_three / f"seed{s}" / "checkpoint.pt")
-        for part in ("discriminator", "discriminator_avg", "generator"):
-            for name in a[part]:
-                assert torch.equal(a[part][name], b[part][name]), (s, part, name)
+        _assert_same_weights(copy, uninterrupted_three, s)
 
 
 def test_a_group_commit_record_touches_no_folder_outside_its_group(tmp_path):
