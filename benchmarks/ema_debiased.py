@@ -10,31 +10,13 @@ discriminator's error is the same in both and only the averaged classifier diffe
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from ssgan.rundir import atomic_write
+from mnist_runs import fit_histories, machine, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTS = ("zero", "debiased")
-
-
-def run(start: str, args: argparse.Namespace, where: Path) -> list:
-    run_dir = where / start
-    command = [sys.executable, "-m", "ssgan", "fit", "--dataset", "mnist", "--labels", str(args.labels),
-               "--epochs", str(args.epochs), "--threads", "1", "--run-dir", str(run_dir), "dataset.source=npz",
-               f"dataset.path={args.data}", f"train.iters_per_epoch={args.iters}", f"train.ema_start={start}",
-               "train.progress=false", "train.sample_grid=false"]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def main() -> None:
@@ -46,8 +28,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "ema_debiased"))
     args = parser.parse_args()
     started = time.time()
-    with tempfile.TemporaryDirectory() as where:
-        histories = {start: run(start, args, Path(where)) for start in STARTS}
+    common = ["--labels", str(args.labels), "--epochs", str(args.epochs), "dataset.source=npz",
+              f"dataset.path={args.data}", f"train.iters_per_epoch={args.iters}"]
+    histories = fit_histories({start: [f"train.ema_start={start}"] for start in STARTS}, common, parallel=False)
     rows = []
     for zero, debiased in zip(histories["zero"], histories["debiased"]):
         steps = zero["epoch"] * args.iters
@@ -56,23 +39,19 @@ def main() -> None:
                      "raw_same": zero["raw_test_error"] == debiased["raw_test_error"]})
     command = (f"python benchmarks/ema_debiased.py --data {args.data} --labels {args.labels} --epochs {args.epochs} "
                f"--iters {args.iters}")
-    machine = (f"{platform.machine()} CPU with {os.cpu_count()} cores, one torch thread per run, torch "
-               f"{torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    record = {"command": command, "machine": machine, "seed": 0, "wall_seconds": round(time.time() - started),
+    where = machine("one torch thread per run")
+    record = {"command": command, "machine": where, "seed": 0, "wall_seconds": round(time.time() - started),
               "rows": rows}
     lines = ["# The official Polyak average against the debiased one (`train.ema_start=debiased`)", "",
              f"MNIST (exact, `../shared/datasets/mnist.npz` as `dataset.source=npz`), {args.labels} labels, the "
              f"official recipe, seed 0, {args.epochs} epochs of {args.iters} iterations (the recipe has 600), "
-             f"{machine}; {record['wall_seconds']} s for both runs under other jobs' load (not a speed "
+             f"{where}; {record['wall_seconds']} s for both runs under other jobs' load (not a speed "
              f"measurement).", "", f"    {command}", "",
              "| epoch | steps | averaged, official zero start (%) | averaged, debiased (%) | raw discriminator (%) |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['epoch']} | {r['steps']} | {r['zero']:.2f} | {r['debiased']:.2f} | {r['raw']:.2f}"
               f"{'' if r['raw_same'] else ' (differs between the runs)'} |" for r in rows]
-    out = Path(args.out)
-    atomic_write(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, record, lines)
 
 
 if __name__ == "__main__":

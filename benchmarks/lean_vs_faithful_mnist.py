@@ -11,18 +11,10 @@ runs are compared in distribution, not bitwise: one seed per form shows whether 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from ssgan.rundir import atomic_write
+from mnist_runs import fit_histories, machine, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("faithful", "lean")
@@ -38,40 +30,27 @@ def main() -> None:
     name = "lean_vs_faithful_mnist" + (f"_seed{args.seed}" if args.seed else "")
     args.out = args.out or str(ROOT / "results" / name)
     started = time.time()
-    with tempfile.TemporaryDirectory() as where:
-        runs = {step: Path(where) / step for step in STEPS}
-        jobs = [subprocess.Popen([sys.executable, "-m", "ssgan", "fit", "--dataset", "mnist", "--labels", "100",
-                                  "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
-                                  "--run-dir", str(run),
-                                  "dataset.source=npz", f"dataset.path={args.data}", f"train.step={step}",
-                                  "train.progress=false", "train.sample_grid=false"], stdout=subprocess.DEVNULL)
-                for step, run in runs.items()]
-        if any(job.wait() for job in jobs):
-            raise SystemExit("a run failed")
-        histories = {step: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-                     for step, run in runs.items()}
+    common = ["--labels", "100", "--epochs", str(args.epochs), "--seed", str(args.seed), "dataset.source=npz",
+              f"dataset.path={args.data}"]
+    histories = fit_histories({step: [f"train.step={step}"] for step in STEPS}, common, parallel=True)
     rows = [{"epoch": f["epoch"], "faithful": f["test_error"], "lean": l["test_error"],
              "faithful_raw": f["raw_test_error"], "lean_raw": l["raw_test_error"],
              "faithful_seconds": f["seconds"], "lean_seconds": l["seconds"]}
             for f, l in zip(histories["faithful"], histories["lean"])]
     command = (f"python benchmarks/lean_vs_faithful_mnist.py --data {args.data} --epochs {args.epochs}"
                + (f" --seed {args.seed}" if args.seed else ""))
-    machine = (f"{platform.machine()} CPU with {os.cpu_count()} cores, the two runs in parallel with one torch "
-               f"thread each, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    record = {"command": command, "machine": machine, "seed": args.seed, "labels": 100,
+    where = machine("the two runs in parallel with one torch thread each")
+    record = {"command": command, "machine": where, "seed": args.seed, "labels": 100,
               "wall_seconds": round(time.time() - started), "rows": rows}
     lines = [f"# The faithful step against `train.step=lean`: MNIST, 100 labels, seed {args.seed}", "",
              f"Exact MNIST (`../shared/datasets/mnist.npz` as `dataset.source=npz`), the official recipe (600 "
-             f"iterations per epoch, Polyak average from zero), {args.epochs} epochs, {machine}; "
+             f"iterations per epoch, Polyak average from zero), {args.epochs} epochs, {where}; "
              f"{record['wall_seconds']} s wall.", "", f"    {command}", "",
              "| epoch | faithful, averaged (%) | lean, averaged (%) | faithful, raw D (%) | lean, raw D (%) |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['epoch']} | {r['faithful']:.2f} | {r['lean']:.2f} | {r['faithful_raw']:.2f} | "
               f"{r['lean_raw']:.2f} |" for r in rows]
-    out = Path(args.out)
-    atomic_write(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, record, lines)
 
 
 if __name__ == "__main__":
