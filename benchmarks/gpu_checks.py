@@ -51,6 +51,9 @@ CASES = {
     "bf16": (DIGITS + ["train.precision=bf16"], 1),
     "cnn_dropout": (CNN, 1),
     "resumed": (DIGITS, 1),
+    # torch.compile inside the captured graph (issue 32): inductor's kernels, one model and stacked seeds
+    "compiled": (DIGITS + ["train.compile=inductor"], 1),
+    "compiled_stacked_2_seeds": (DIGITS + ["train.compile=inductor", "train.concurrent_seeds=true"], 2),
 }
 
 

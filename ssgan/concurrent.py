@@ -26,16 +26,18 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config, ConfigError, refused_options
-from .engines import Batch, StepModels, train_step
+from .engines import Batch, StepModels, compile_optimizers, train_step
 from .layers import scale_after_product
 from .models import Networks, g_betas
-from .objectives import discriminator_objective, generator_objective
+from .objectives import compiled, discriminator_objective, generator_objective
 from .optim import make_optimizer
 
 def check_supported(cfg: Config) -> None:
     """Refuse, with one line, the options the vectorised step does not cover (the schema's
     ``refused_by=("stacked",)``: they need per-model autograd, state or data)."""
     names = refused_options(cfg, "stacked")
+    if cfg.train.compile == "aot_eager":  # torch 2.14: a stride error in the backward of the vmapped objectives
+        names.append("train.compile=aot_eager (use inductor or eager)")
     if names:
         raise ConfigError(f"concurrent seeds do not support {', '.join(names)}; set train.concurrent_seeds=false")
 
@@ -142,8 +144,9 @@ class StackedEngine:
                                        method=method, one_pass=t.step == "lean")
 
         targets_dim = 0 if method.ct_mode == "temporal" else None  # (S, B, K + F), or None passed through
-        d_vmapped = vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different")
-        g_vmapped = vmap(g_loss, randomness="different")
+        d_vmapped = compiled(vmap(d_loss, in_dims=(0,) * 8 + (targets_dim,), randomness="different"), t)
+        g_vmapped = compiled(vmap(g_loss, randomness="different"), t)
+        compile_optimizers(self.optimizers, t)
 
         # The objectives' signatures over Stacked holders: the network a step does not train enters as constants.
         def d_objective(disc: Stacked, gen: Stacked, x_lab, y_lab, x_unl, z, *, method, targets=None, history=None,

@@ -193,9 +193,12 @@ class TrainConfig:
     # NHWC memory layout for the CNNs (faster convolutions on GPUs)
     channels_last: bool = numerics(False, refused_by=("stacked",))
     # torch.compile of the D and G loss computations and of the official Adam update: off | inductor | aot_eager |
-    # eager (the backend), and its mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; None: the default.
-    compile: str = numerics("off", refused_by=("stacked", "captured"))
-    compile_mode: Optional[str] = numerics(None)
+    # eager (the backend), for one model or stacked seeds, captured in the step's CUDA graph too; and its mode,
+    # e.g. max-autotune-no-cudagraphs; None: the default. The modes that make CUDA graphs of their own
+    # (reduce-overhead, max-autotune) are not captured in the step's graph.
+    compile: str = numerics("off")
+    compile_mode: Optional[str] = numerics(None, refused_by=("captured",),
+                                           refused_when=("reduce-overhead", "max-autotune"))
     # faithful: the official step, pass by pass; lean: fewer passes and kernels for the same distribution of
     # results (G's step runs D once over the real and generated batches; docs/method.md, "the lean step")
     step: str = numerics("faithful")
@@ -258,9 +261,9 @@ def refused_options(cfg: Config, engine: str) -> List[str]:
         value = cfg
         for part in dotted.split("."):
             value = getattr(value, part)
-        when = f.metadata["refused_when"]
-        if when is not None and value == when:
-            names.append(f"{dotted}={when}")
+        when = f.metadata["refused_when"]  # one value, or a tuple of them
+        if when is not None and value in (when if isinstance(when, tuple) else (when,)):
+            names.append(f"{dotted}={value}")
         elif when is None and value != f.default:
             names.append(dotted)
     return names

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .config import Config, MethodConfig, TrainConfig
 from .layers import scale_after_product
 from .models import Networks
-from .objectives import compiled_objectives, discriminator_objective, generator_objective, history_penalty
+from .objectives import compiled, discriminator_objective, generator_objective, history_penalty
 from .optim import HistoricalAverage, OfficialAdam, polyak_update
 
 # The per-iteration statistics, in the order of a stats row and of an epoch's record in metrics.jsonl.
@@ -69,6 +69,15 @@ def update(loss: Tensor, optimizer: torch.optim.Optimizer, *more: torch.optim.Op
     torch.autograd.backward(loss.sum(), inputs=params)
     for opt in optimizers:
         opt.step()
+
+
+def compile_optimizers(optimizers, train: TrainConfig) -> None:
+    """Under ``train.compile``, each ``OfficialAdam``'s update compiled too (one fused loop per tensor)."""
+    if train.compile == "off":
+        return
+    for optimizer in optimizers:
+        if isinstance(optimizer, OfficialAdam):
+            optimizer.compile_update(train.compile, train.compile_mode)
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -216,12 +225,8 @@ class SingleEngine:
 
     def __init__(self, networks: Networks, cfg: Config) -> None:
         self.net, self.method, self.train = networks, cfg.method, cfg.train
-        d_objective, g_objective = compiled_objectives(cfg.train.compile, cfg.train.compile_mode)
         self.optimizers = (networks.opt_d, networks.opt_g, *([networks.opt_e] if networks.opt_e else []))
-        if cfg.train.compile != "off":  # the optimizer's update compiled too: one fused loop per tensor
-            for optimizer in self.optimizers:
-                if isinstance(optimizer, OfficialAdam):
-                    optimizer.compile_update(cfg.train.compile, cfg.train.compile_mode)
+        compile_optimizers(self.optimizers, cfg.train)
         if cfg.train.step == "lean":
             scale_after_product(networks.disc)
             scale_after_product(networks.gen)
@@ -230,8 +235,8 @@ class SingleEngine:
             from .density import DensityPenalty
             density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
         n = networks
-        self.models = StepModels(n.disc, n.gen, n.disc_avg, n.opt_d, n.opt_g, d_objective or discriminator_objective,
-                                 g_objective or generator_objective, n.hist_d, n.hist_g, n.enc, n.opt_e, density)
+        self.models = StepModels(n.disc, n.gen, n.disc_avg, n.opt_d, n.opt_g, compiled(discriminator_objective, self.train),
+                                 compiled(generator_objective, self.train), n.hist_d, n.hist_g, n.enc, n.opt_e, density)
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
         return train_step(self.models, batch, method=self.method, train=self.train)

@@ -126,11 +126,11 @@ def generator_objective(disc: nn.Module, gen: nn.Module, x_unl: Tensor, z: Tenso
     return loss
 
 
-def compiled_objectives(backend: str, mode: Optional[str] = None) -> Tuple[Optional[Callable], Optional[Callable]]:
-    """The D and G objectives (forward passes and losses; backward follows through AOT autograd) captured
-    with ``torch.compile(backend=..., mode=...)``, or (None, None) for eager. The optimizer steps and the
-    Polyak update stay outside: they are already foreach kernels."""
-    if backend == "off":
-        return None, None
-    options = {"backend": backend, **({"mode": mode} if mode else {})}
-    return torch.compile(discriminator_objective, **options), torch.compile(generator_objective, **options)
+def compiled(objective: Callable, train) -> Callable:
+    """``objective`` (forward passes and losses; backward follows through AOT autograd) captured with
+    ``torch.compile(backend=train.compile, mode=train.compile_mode)``, or itself with ``train.compile=off``:
+    the plain objectives for one model, their vmapped form for stacked models (``concurrent.py``)."""
+    if train.compile == "off":
+        return objective
+    return torch.compile(objective, backend=train.compile, **({"mode": train.compile_mode} if train.compile_mode
+                                                              else {}))

@@ -174,6 +174,11 @@ def test_keyed_fields_drop_the_unkeyed_fields_only():
      ["train.optimizer=torch_adam", "train.data_placement=host"]),
     ("captured", ["train.channels_last=true", "train.data_placement=device"], []),
     ("stacked", ["train.channels_last=true"], ["train.channels_last"]),
+    ("stacked", ["train.compile=inductor"], []),
+    ("captured", ["train.compile=inductor", "train.compile_mode=max-autotune-no-cudagraphs"], []),
+    ("captured", ["train.compile=inductor", "train.compile_mode=max-autotune"], ["train.compile_mode=max-autotune"]),
+    ("captured", ["train.compile=inductor", "train.compile_mode=reduce-overhead"],
+     ["train.compile_mode=reduce-overhead"]),
 ])
 def test_refused_options_follow_the_schema(engine, overrides, expected):
     from ssgan.config import refused_options
