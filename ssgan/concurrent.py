@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config, ConfigError, refused_options
-from .engines import Batch, StepModels, compile_optimizers, train_step
+from .engines import Batch, StepModels, compile_optimizers, fuse_average, train_step
 from .layers import scale_after_product
 from .models import Networks, g_betas
 from .objectives import compiled, discriminator_objective, generator_objective
@@ -159,7 +159,7 @@ class StackedEngine:
 
         self.models = StepModels(Stacked(self.params_d, self.buffers_d), Stacked(self.params_g, self.buffers_g),
                                  Stacked(self.avg_d, self.buffers_d, own_buffers=False), self.opt_d, self.opt_g,
-                                 d_objective, g_objective)
+                                 d_objective, g_objective, average_rate=fuse_average(self.opt_d, self.avg_d.values(), t))
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
         """``engines.train_step`` of every member at once, on batches (S, B, ...); the stats rows

@@ -43,10 +43,13 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
-def polyak_average(avg: nn.Module, model: nn.Module, decay: float, rate: Optional[Tensor] = None) -> None:
+def polyak_average(avg: nn.Module, model: nn.Module, decay: float, rate: Optional[Tensor] = None, *,
+                   buffers_only: bool = False) -> None:
     """``optim.polyak_update`` of a module's parameters (``rate``: the debiased average's, else 1 - decay); its
-    buffers (the hidden layers' fixed scales g) are copied, in one foreach copy."""
-    polyak_update(avg.parameters(), model.parameters(), decay, rate)
+    buffers (the hidden layers' fixed scales g) are copied, in one foreach copy. ``buffers_only``: the
+    parameters' average is fused into the optimizer's update (``fuse_average``)."""
+    if not buffers_only:
+        polyak_update(avg.parameters(), model.parameters(), decay, rate)
     buffers = list(avg.buffers())
     if buffers:
         torch._foreach_copy_(buffers, list(model.buffers()))
@@ -78,6 +81,20 @@ def compile_optimizers(optimizers, train: TrainConfig) -> None:
     for optimizer in optimizers:
         if isinstance(optimizer, OfficialAdam):
             optimizer.compile_update(train.compile, train.compile_mode)
+
+
+def fuse_average(opt_d: torch.optim.Optimizer, averages, train: TrainConfig) -> Optional[Tensor]:
+    """Under ``train.compile``, D's Polyak update fused into D's compiled optimizer update
+    (``OfficialAdam.average_into``: one loop per tensor steps the weights and moves their average); the
+    0-d rate tensor it reads (1 - decay; ``train_step`` fills it with the debiased average's rate), or None
+    where the update is not fused. The average of the D weights after D's step, as the unfused Polyak update
+    after G's step takes it (G's step leaves D's weights alone): the same values, to the last bits."""
+    if train.compile == "off" or not isinstance(opt_d, OfficialAdam):
+        return None
+    averages = list(averages)
+    rate = torch.tensor(1.0 - train.ema_decay, dtype=torch.float32, device=averages[0].device)
+    opt_d.average_into(averages, rate)
+    return rate
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -146,6 +163,7 @@ class StepModels:
     enc: Optional[nn.Module] = None
     opt_e: Optional[torch.optim.Optimizer] = None
     density: Optional[Callable] = None  # density.DensityPenalty: ``z_at(iteration)`` and ``(gen, z)``
+    average_rate: Optional[Tensor] = None  # 0-d: the Polyak rate that opt_d's fused update reads (fuse_average)
 
 
 def train_step(models: StepModels, batch: "Batch", *, method: MethodConfig, train: TrainConfig
@@ -154,13 +172,15 @@ def train_step(models: StepModels, batch: "Batch", *, method: MethodConfig, trai
     (S, B, ...) for S stacked ones. Returns the statistics ([S,] len(STAT_NAMES)) and the unlabeled pass's
     logits and features ([S,] B, K + F), detached."""
     m, recipe = models, {"method": method, "train": train}
+    if m.average_rate is not None and batch.ema_rate is not None:
+        m.average_rate.copy_(batch.ema_rate)
     density_z = None if m.density is None else m.density.z_at(batch.iteration)
     stats, outputs = discriminator_step(m.disc, m.gen, m.opt_d, batch.x_lab, batch.y_lab, batch.x_unl, batch.z_d,
                                         **recipe, targets=batch.targets, history=m.hist_d, objective=m.d_objective)
     stats["loss_g"] = generator_step(m.disc, m.gen, m.opt_g, batch.x_fm, batch.z_g, **recipe, history=m.hist_g,
                                      objective=m.g_objective, encoder=m.enc, opt_e=m.opt_e, density=m.density,
                                      density_z=density_z)
-    polyak_average(m.disc_avg, m.disc, train.ema_decay, batch.ema_rate)
+    polyak_average(m.disc_avg, m.disc, train.ema_decay, batch.ema_rate, buffers_only=m.average_rate is not None)
     return torch.stack([stats[k].float() for k in STAT_NAMES], dim=-1), outputs
 
 
@@ -236,7 +256,8 @@ class SingleEngine:
             density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
         n = networks
         self.models = StepModels(n.disc, n.gen, n.disc_avg, n.opt_d, n.opt_g, compiled(discriminator_objective, self.train),
-                                 compiled(generator_objective, self.train), n.hist_d, n.hist_g, n.enc, n.opt_e, density)
+                                 compiled(generator_objective, self.train), n.hist_d, n.hist_g, n.enc, n.opt_e, density,
+                                 fuse_average(n.opt_d, n.disc_avg.parameters(), self.train))
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
         return train_step(self.models, batch, method=self.method, train=self.train)

@@ -99,6 +99,31 @@ class OfficialAdam(torch.optim.Optimizer):
         options = {"backend": backend, **({"mode": mode} if mode else {})}
         self._update = torch.compile(official_adam_update, **options)
 
+    def average_into(self, averages: Sequence[Tensor], rate: Tensor) -> None:
+        """Fuse the Polyak update into the compiled update (``compile_update`` first): right after each
+        parameter's step, its average in ``averages`` (one per parameter, in the optimizer's order) moves
+        a <- a + rate (p - a), in the same loop over the tensor (inductor: one kernel per optimizer for both).
+        ``rate``: a 0-d tensor on the device (1 - decay, or the debiased average's rate: the caller fills it
+        before each step). A parameter without a gradient is not stepped; its average is moved all the same."""
+        if getattr(self, "_update", None) is None:
+            raise RuntimeError("average_into needs the compiled update (compile_update first)")
+        params = [p for group in self.param_groups for p in group["params"]]
+        if len(params) != len(averages) or any(p.shape != a.shape for p, a in zip(params, averages)):
+            raise ValueError("average_into: one average per parameter, of its shape")
+        self._averages = dict(zip(params, averages))
+        self._average_rate = rate
+
+    def _averages_of(self, group: dict, params: list) -> Optional[List[Tensor]]:
+        """The averages of ``params`` (those stepped), having first moved the averages of the group's
+        parameters without a gradient; None without ``average_into``."""
+        averages = getattr(self, "_averages", None)
+        if averages is None:
+            return None
+        idle = [p for p in group["params"] if p.grad is None]
+        if idle:
+            torch._foreach_lerp_([averages[p] for p in idle], [p.detach() for p in idle], self._average_rate)
+        return [averages[p] for p in params]
+
     def _capturable_step(self, group: dict, params: list) -> None:
         """The same update with the step count, the bias corrections and lr as device tensors."""
         beta1, beta2 = group["betas"]
@@ -108,7 +133,9 @@ class OfficialAdam(torch.optim.Optimizer):
         m = [self.state[p]["exp_avg"] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
         if getattr(self, "_update", None) is not None:
-            self._update(params, grads, m, v, group["lr_t"], step, beta1, beta2, group["eps"])
+            averages = self._averages_of(group, params)
+            self._update(params, grads, m, v, group["lr_t"], step, beta1, beta2, group["eps"], averages,
+                         None if averages is None else self._average_rate)
             return
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)
@@ -153,18 +180,22 @@ class OfficialAdam(torch.optim.Optimizer):
 
 def official_adam_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                          exp_avg_sqs: List[Tensor], lr: Tensor, step: Tensor, beta1: float, beta2: float,
-                         eps: float) -> None:
+                         eps: float, averages: Optional[List[Tensor]] = None, rate: Optional[Tensor] = None) -> None:
     """``OfficialAdam``'s capturable update, tensor by tensor (the form a compiler fuses: one loop per tensor
     reads p, g, m, v once and writes p, m, v once): the same operations in the same order as the foreach form.
-    ``lr``, ``step``: 0-d float64 tensors (``step`` already counts this step)."""
+    ``lr``, ``step``: 0-d float64 tensors (``step`` already counts this step). ``averages`` (one per
+    parameter) and ``rate`` (0-d): the Polyak update a <- a + rate (p - a) of each updated parameter, in the
+    same loop (``OfficialAdam.average_into``)."""
     dtype = params[0].dtype
     correction2 = (1 - torch.pow(beta2, step)).to(dtype)
     scale = (lr / (1 - torch.pow(beta1, step))).to(dtype)
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2)
         v.addcmul_(g, g, value=1 - beta2)
         p.sub_(m / (v / correction2 + eps).sqrt() * scale)
+        if averages is not None:
+            averages[i].lerp_(p, rate)
 
 
 def make_optimizer(params: Iterable[Tensor], kind: str, lr: float, betas: Tuple[float, float], eps: float,

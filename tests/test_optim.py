@@ -238,6 +238,54 @@ def test_the_compiled_update_is_the_capturable_update():
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(run("plain"), compiled))
 
 
+@pytest.mark.parametrize("idle", [False, True])
+def test_the_fused_average_is_the_polyak_update_after_the_step(idle):
+    """Equivalence kind of ``OfficialAdam.average_into``: the Polyak update fused into the compiled update's
+    loop moves each average exactly as ``polyak_update`` after the step does (here bit for bit: the backend
+    ``eager`` runs the same operations), whatever the rate tensor holds at each step; an idle parameter (no
+    gradient) is not stepped, its average still moves."""
+    from ssgan.optim import polyak_update
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (3,), (2, 2, 2)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    rates = [1.0, 0.5, 0.25, 0.001]  # a debiased average's rates, filled in before each step
+
+    def run(fused):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        averages = [torch.zeros(s) for s in shapes]
+        opt = OfficialAdam(params, lr=0.003)
+        opt.compile_update("eager")
+        rate = torch.zeros(())
+        if fused:
+            opt.average_into(averages, rate)
+        for step_grads, r in zip(grads, rates):
+            for i, (p, g) in enumerate(zip(params, step_grads)):
+                p.grad = None if idle and i == 1 else g.clone()
+            rate.fill_(r)
+            opt.step()
+            if not fused:
+                polyak_update(averages, params, 0.0, rate)
+        return params, averages
+
+    (p_fused, a_fused), (p_plain, a_plain) = run(True), run(False)
+    torch._dynamo.reset()
+    assert all(torch.equal(a, b) for a, b in zip(p_fused, p_plain))
+    assert all(torch.equal(a, b) for a, b in zip(a_fused, a_plain))
+    assert not torch.equal(a_fused[0], torch.zeros(5, 3))
+
+
+def test_the_fused_average_needs_the_compiled_update_and_one_average_per_parameter():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    opt = OfficialAdam(params)
+    with pytest.raises(RuntimeError, match="compile_update first"):
+        opt.average_into([torch.zeros(3), torch.zeros(2)], torch.zeros(()))
+    opt.compile_update("eager")
+    with pytest.raises(ValueError, match="one average per parameter"):
+        opt.average_into([torch.zeros(3)], torch.zeros(()))
+
+
 def test_the_debiased_rate_keeps_the_average_equal_to_the_zero_started_one_over_one_minus_decay_to_the_n():
     from ssgan.optim import debiased_rate
 

@@ -196,12 +196,14 @@ def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
     assert events and events[0].stat().st_size > 0
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compiled_losses_give_the_same_run(tiny_config, backend):
-    """train.compile captures the loss computations with torch.compile; the captured graphs (here with
-    backends that skip code generation, to stay fast on the CPU) train as the eager code does. With the
-    in-network noise off: AOT autograd draws random numbers in its own order."""
-    cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0))
+@pytest.mark.parametrize("backend, ema_start", [("eager", "init"), ("aot_eager", "init"), ("eager", "debiased")])
+def test_compiled_losses_give_the_same_run(tiny_config, backend, ema_start):
+    """train.compile captures the loss computations with torch.compile, and the optimizers' update with D's
+    Polyak update fused into it; the captured graphs (here with backends that skip code generation, to stay
+    fast on the CPU) train as the eager code does, the average too (with the debiased average's changing rate).
+    With the in-network noise off: AOT autograd draws random numbers in its own order."""
+    cfg = replace(tiny_config, model=replace(tiny_config.model, input_noise=0.0, hidden_noise=0.0),
+                  train=replace(tiny_config.train, ema_start=ema_start))
     eager = fit(cfg)
     compiled = fit(replace(cfg, train=replace(cfg.train, compile=backend)))
     torch._dynamo.reset()
