@@ -30,10 +30,13 @@ Modes:
   graph_fp32  eager_fp32 with train.cuda_graph=on (CUDA only)
   graph_tf32  graph_fp32 with train.tf32=true (CUDA only)
   graph_bf16  train.precision=bf16 (+ train.channels_last for one CNN model), train.cuda_graph=on (CUDA only)
+  graph_tf32_compiled       graph_tf32 with train.compile=inductor (compiled inside the capture; CUDA only)
+  graph_tf32_lean_compiled  graph_tf32_compiled with train.step=lean (CUDA only)
 Rows are merged into ``--out`` by (recipe, device, mode, models):
     {"rows": [{"recipe", "device", "mode", "models", "ms_per_iteration", "ms_runs", "spread_pct",
-               "iterations_timed", "ops_per_iteration", "kernels_per_iteration", "mb_per_iteration",
-               "mflops_per_iteration", "bytes_counted_by", "torch", "date", "command"}]}
+               "iterations_timed", "first_run_s", "ops_per_iteration", "kernels_per_iteration",
+               "mb_per_iteration", "mflops_per_iteration", "bytes_counted_by", "torch", "date", "command"}]}
+``first_run_s``: the seconds of the untimed first run (the compile and the capture happen there).
 The rows do not record extra KEY=VALUE overrides apart from the command: write rows of different overrides
 (``train.step=lean``) to different ``--out`` files.
 """
@@ -70,8 +73,12 @@ MODES = {"eager_fp32": dict(precision="fp32", tf32=False, cuda_graph="off"),
          "eager_bf16": dict(precision="bf16", tf32=False, cuda_graph="off"),
          "graph_fp32": dict(precision="fp32", tf32=False, cuda_graph="on"),
          "graph_tf32": dict(precision="fp32", tf32=True, cuda_graph="on"),
-         "graph_bf16": dict(precision="bf16", tf32=False, cuda_graph="on")}
-CUDA_ONLY = {"graph_fp32", "graph_tf32", "graph_bf16"}
+         "graph_bf16": dict(precision="bf16", tf32=False, cuda_graph="on"),
+         # torch.compile (inductor) inside the captured graph: the faithful step, and the lean one
+         "graph_tf32_compiled": dict(precision="fp32", tf32=True, cuda_graph="on", compile="inductor"),
+         "graph_tf32_lean_compiled": dict(precision="fp32", tf32=True, cuda_graph="on", compile="inductor",
+                                          step="lean")}
+CUDA_ONLY = {"graph_fp32", "graph_tf32", "graph_bf16", "graph_tf32_compiled", "graph_tf32_lean_compiled"}
 
 
 def random_data(cfg, n_models: int) -> ImageData:
@@ -327,16 +334,18 @@ def bench_rows(recipe: str, models: List[int], modes: List[str], device: torch.d
             if mode == "graph_bf16" and n_models == 1 and base.model.arch == "cnn":
                 options["channels_last"] = True
             cfg = replace(base, train=replace(base.train, **options))
-            runs = []
+            runs, first_run_s = [], None
             if repeats:  # --repeats 0: the counts only
+                started = time.perf_counter()
                 run_loop(cfg, n_models, warmup + 2, data)  # untimed: every one-time cost, the capture included
+                first_run_s = round(time.perf_counter() - started, 1)  # the compile and the capture among them
                 runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
             counts = launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device)
             ms = statistics.median(runs) if runs else None
             row = {"recipe": recipe, "device": device_name(device), "mode": mode, "models": n_models,
                    "ms_per_iteration": None if ms is None else round(ms, 3), "ms_runs": [round(r, 3) for r in runs],
                    "spread_pct": round(100.0 * (max(runs) - min(runs)) / ms, 1) if runs else None,
-                   "iterations_timed": iters if runs else 0,
+                   "iterations_timed": iters if runs else 0, "first_run_s": first_run_s,
                    **counts, "channels_last": options.get("channels_last", False), "torch": torch.__version__,
                    "date": str(date.today()), "command": command}
             rows.append(row)

@@ -9,14 +9,19 @@
 #      seeds, bf16, a small CNN with dropout and a resumed captured run;
 #   c. the benchmark rows (benchmarks/bench_step.py): MNIST 1, 10, 40 stacked models and CIFAR-10 improved_gan
 #      and ct_gan with 1 model, eager fp32 / captured fp32 / captured TF32 / captured bf16 (+ channels_last);
-#   d. with the time left: ssgan table --dataset mnist --labels 100, 10 seeds trained together, captured in
-#      TF32, checkpointed every 25 epochs and on SIGTERM at the limit (exact position); the next call
-#      on the same machine (runs/ is kept; `--skip a,b,c`) continues it. Its progress goes into
-#      table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz (every seed's
-#      metrics.jsonl, result.json, config.yaml) come back too.
+#   d. with the time left: the MNIST table, sized from the measured speed (benchmarks/size_table.py): the rows
+#      (label counts, 10 seeds each, all trained together) that finish in the time left, 100 labels first, the
+#      whole table (20 / 50 / 100 / 200) where it fits; where not even the 100-label row fits, that row. Its
+#      speed is bench.json's (step c, or step p, a short probe of 10 and 40 stacked models, when c is
+#      skipped), in the fastest mode this call verified: captured in TF32, compiled with inductor inside the
+#      capture where step b ran and found its compiled cases equal; eager TF32 where b found a case unequal.
+#      Checkpointed every 25 epochs and on SIGTERM at the limit (exact position); the next call on the same
+#      machine (runs/ is kept; `--skip a,b,c`) continues it. Its progress, and what was predicted
+#      ("sizing"), go into table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz
+#      (every seed's metrics.jsonl, result.json, config.yaml) come back too.
 # Everything it returns is under $OUT (default ./out), at most 8 files:
 #   session.log (every step's output), summary.json (each step's status, exit code and seconds),
-#   compare.json (b), bench.json (c), table_progress.json (d), and a finished table's files (d).
+#   compare.json (b), bench.json (c, p), table_progress.json (d), and a finished table's files (d).
 #
 #   bash benchmarks/gpu_session.sh [--wheels DIR (default .whl)] [--data DIR (default data, holding mnist.npz)]
 #                                  [--work DIR (default runs)] [--total 540] [--skip a,b,c,d] [--dry-run]
@@ -96,16 +101,20 @@ if [ $DRY -eq 1 ]; then
   CHECKS=(--iters 2 --cases noise_off,resumed --dry-run --work "$WORK/gpu_checks")
   BENCH=(--recipe digits --models 1 --modes eager_fp32 --warmup 4 --iters 3 --repeats 1 --profile-iters 1
          train.batch_size=20 train.init_batch=50 "model.d_widths=[32,16]" "model.g_widths=[32]" model.z_dim=8)
-  TABLE=(--dataset digits --labels 20 --seeds 2 train.epochs=2 train.iters_per_epoch=2 train.batch_size=20
+  TABLE=(--dataset digits --seeds 2 train.epochs=2 train.iters_per_epoch=2 train.batch_size=20
          train.init_batch=50 "model.d_widths=[32,16]" "model.g_widths=[32]" model.z_dim=8)
+  SIZE=(--recipe digits --epochs 2 --iterations-per-epoch 2 --seeds 2 --labels 20 --startup 0)
+  MODES=eager_fp32
   BUDGET_A=0; BUDGET_B=0; BUDGET_C=0  # unused: a dry run's steps have no time limit (see step)
 else
   DEVICE=cuda
   CAPTURE=on
   MNIST=(dataset=mnist dataset.source=npz "dataset.path=$DATA/mnist.npz" train.epochs=1 train.iters_per_epoch=200)
   CHECKS=(--iters 30 --work "$WORK/gpu_checks")
-  BENCH=()
-  TABLE=(--dataset mnist --labels 100 --seeds 10 dataset.source=npz "dataset.path=$DATA/mnist.npz")
+  BENCH=()  # step c's commands are in bench_all below
+  TABLE=(--dataset mnist --seeds 10 dataset.source=npz "dataset.path=$DATA/mnist.npz")
+  SIZE=(--recipe mnist --epochs 300 --iterations-per-epoch 600 --seeds 10 --labels 100,50,20,200)
+  MODES=graph_tf32  # graph_tf32_compiled first where step b verified it in this call (below)
   BUDGET_A=75; BUDGET_B=120; BUDGET_C=170
 fi
 
@@ -141,22 +150,32 @@ for log in sorted(Path(os.environ["WORK"], "gpu_table", "cache").rglob("metrics.
                               "finished": (log.parent / "result.json").is_file()}
 table = Path(os.environ["WORK"], "gpu_table", "results")
 done = sorted(str(p) for p in table.glob("*.md"))
+sizing = Path(os.environ["WORK"], "sizing.json")
 json.dump({"step_rc": int(sys.argv[2]), "seeds": seeds, "table_files": done,
+           "sizing": json.loads(sizing.read_text()) if sizing.is_file() else None,
            "all_finished": bool(seeds) and all(s["finished"] for s in seeds.values())},
           open(sys.argv[1], "w"), indent=1)
 print("table progress:", {k: v["epochs_done"] for k, v in seeds.items()})
 EOF
 }
 table() {
-  "$PY" -m ssgan table "${TABLE[@]}" --device $DEVICE --out-dir $WORK/gpu_table/results \
-    --cache-dir $WORK/gpu_table/cache train.concurrent_seeds=true train.cuda_graph=$CAPTURE train.tf32=$TABLE_TF32 train.checkpoint_every=25 \
+  "$PY" -m ssgan table "${TABLE[@]}" --labels "$LABELS" --device $DEVICE --out-dir $WORK/gpu_table/results \
+    --cache-dir $WORK/gpu_table/cache train.concurrent_seeds=true $MODE_SET train.checkpoint_every=25 \
     train.progress=false
+}
+# the overrides of a bench_step.py mode (its MODES) as the table takes them
+mode_set() {
+  case "$1" in
+    graph_tf32) echo "train.cuda_graph=on train.tf32=true" ;;
+    graph_tf32_compiled) echo "train.cuda_graph=on train.tf32=true train.compile=inductor" ;;
+    eager_tf32) echo "train.cuda_graph=off train.tf32=true" ;;
+    *) echo "train.cuda_graph=$CAPTURE train.tf32=false" ;;  # the dry run's eager_fp32
+  esac
 }
 
 # bash arrays cannot pass through `timeout`: a function step runs as `bash -c` with the arrays re-declared
-ARRAYS="$(declare -p MNIST TABLE)"
-TABLE_TF32=true; [ $DRY -eq 1 ] && TABLE_TF32=false
-export PY DEVICE CAPTURE TABLE_TF32 OUT WHEELS WORK
+ARRAYS="$(declare -p MNIST TABLE SIZE BENCH)"
+export PY DEVICE CAPTURE OUT WHEELS WORK
 
 run_fn() {  # run_fn NAME BUDGET FUNCTION: a function of this script under `timeout`
   local name=$1 budget=$2 fn=$3
@@ -184,13 +203,53 @@ else
   }
   run_fn c "$BUDGET_C" bench_all
 fi
-# d: captured with TF32, the fastest mode verified for the MLPs (results/gpu_capture_check.json); where b ran
-# in this call and found a case unequal, stacked eager with TF32 instead
-if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && \
-   ! "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$OUT/compare.json'))['ok'] else 1)" 2>/dev/null; then
-  CAPTURE=off
+# d: captured with TF32, the fastest mode verified for the MLPs (results/gpu_capture_check.json), compiled
+# inside the capture where b ran in this call and found its compiled cases equal; where b found a case
+# unequal, stacked eager with TF32 instead (its speed unmeasured: the 100-label row, continued by later calls)
+verdict() {  # verdict [CASE...]: whether this call's compare.json has these cases ok (none named: all of them)
+  [ -f "$OUT/compare.json" ] && "$PY" -c "
+import json, sys
+compare = json.load(open(sys.argv[1]))
+cases = sys.argv[2:]
+sys.exit(0 if (all(compare['cases'].get(c, {}).get('ok') for c in cases) if cases else compare['ok']) else 1)
+" "$OUT/compare.json" "$@" 2>/dev/null
+}
+if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && ! verdict; then
+  MODES=eager_tf32
+elif [ $DRY -eq 0 ] && verdict compiled compiled_stacked_2_seeds; then
+  MODES=graph_tf32_compiled,graph_tf32
 fi
-echo "=== step d mode: train.cuda_graph=$CAPTURE train.tf32=$TABLE_TF32" >> "$LOG"
+FIRST_MODE=${MODES%%,*}
+export FIRST_MODE
+# p: the speed of the first mode where step c did not measure it (10 and 40 stacked models, one timed run each)
+probe() {
+  "$PY" -c "
+import json, sys
+rows = json.load(open(sys.argv[1]))['rows']
+sys.exit(0 if any(r['mode'] == sys.argv[2] and r['recipe'] == sys.argv[3] and r['ms_per_iteration'] for r in rows) else 1)
+" "$OUT/bench.json" "$FIRST_MODE" "${SIZE[1]}" 2>/dev/null && { echo "speed already measured"; return 0; }
+  if [ "$DEVICE" = cpu ]; then
+    "$PY" benchmarks/bench_step.py --device cpu --out "$OUT/bench.json" "${BENCH[@]}"
+  else
+    "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe mnist --models 10,40 \
+      --modes "$FIRST_MODE" --warmup 10 --iters 50 --repeats 1 --profile-iters 1
+  fi
+}
+if [ "$MODES" != eager_tf32 ]; then
+  run_fn p 150 probe
+fi
+# the rows that finish in what is left, less the table's margin (below)
+TABLE_SECONDS=$(( $(left) - 40 )); [ $DRY -eq 1 ] && TABLE_SECONDS=1000000
+PLAN=$("$PY" benchmarks/size_table.py --bench "$OUT/bench.json" --mode "$MODES" --seconds "$TABLE_SECONDS" \
+       --explain "$WORK/sizing.json" "${SIZE[@]}" 2>> "$LOG")
+if [ -n "$PLAN" ]; then
+  LABELS=${PLAN%% *}; MODE=${PLAN##* }
+else  # no speed (eager after an unequal check, or a failed probe): the first row, continued by later calls
+  LABELS=$(echo "${SIZE[@]}" | sed -n 's/.*--labels \([0-9]*\).*/\1/p'); MODE=$FIRST_MODE
+fi
+MODE_SET=$(mode_set "$MODE")
+export LABELS MODE_SET
+echo "=== step d: labels $LABELS, mode $MODE ($MODE_SET)" >> "$LOG"
 # a margin for SIGTERM's checkpoint of every seed (timeout -k 20 kills after it), the progress and the summary
 run_fn d $(( $(left) - 40 )) table
 TABLE_RC=$(tail -n 1 "$STEPS" | sed -n 's/.*"rc": \([0-9]*\).*/\1/p')
