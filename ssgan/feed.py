@@ -122,8 +122,9 @@ class Batches:
         self.temporal = members[0].te is not None
 
     def begin_epoch(self, iters: int, stats: Tensor) -> int:
-        """The epoch's rows, (3, [S,] iters, B); returns the iteration to start from (after a resume)."""
-        rows = [m.begin_epoch(self.n_unlabeled, iters, s) for m, s in zip(self.members, self._split(stats))]
+        """The epoch's rows, (3, [S,] iters, B); returns the iteration to start from (after a resume). ``stats``:
+        the loop's (S, iters, len(STAT_NAMES)), S = 1 for one model: each member keeps its slice."""
+        rows = [m.begin_epoch(self.n_unlabeled, iters, s) for m, s in zip(self.members, stats.unbind(0))]
         self.rows_host = torch.stack(rows, dim=1) if self.stacked else rows[0]
         self.rows = self.rows_host.to(self.device)
         return self.members[0].iteration

@@ -183,7 +183,7 @@ def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all
     batches = Batches(members, x_all, data.y_train, device, stacked=engine.stacked,
                       gather=gatherer(x_all, device))  # plain indexing on the CPU
     x_test, y_test = place_data(data.x_test, device, t.data_placement), torch.from_numpy(data.y_test).to(device)
-    stats = torch.zeros(*([len(members)] if engine.stacked else []), iters, len(STAT_NAMES), device=device)
+    stats = torch.zeros(len(members), iters, len(STAT_NAMES), device=device)  # (S, ...): S = 1 for one model
     with _progress(members, iters) as progress:
         for epoch in range(members[0].epoch, t.epochs):
             lrs = learning_rates(cfg, epoch)
@@ -195,7 +195,7 @@ def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all
                 if signals.signum is not None:  # SIGINT / SIGTERM: checkpoint the exact position, then stop
                     _interrupt(members, engine, stats, epoch, it, signals.signum)
                 batch = batches.get(it, epoch * iters + it)
-                stats[..., it, :], outputs = engine.step(batch)
+                stats[:, it], outputs = engine.step(batch)  # ([S,] len(STAT_NAMES)) into (S, ...)
                 batches.record(outputs)
                 progress.update(1)
             means = _finite_means(members, engine, stats, epoch)  # one wait for the device
@@ -209,12 +209,7 @@ def train_loop(members: Sequence[Member], engine: Engine, data: ImageData, x_all
                     [engine.discriminator(s) for s in range(len(members))])]))
             _log_epoch(members, epoch + 1, lrs[0], means, errors, progress)
             if members[0].run_dir is not None and (epoch + 1) % t.checkpoint_every == 0 and epoch + 1 < t.epochs:
-                _checkpoint(members, engine, stats[..., :0, :], checked=True)
-
-
-def _per_member(stats: Tensor, n_members: int) -> Sequence[Tensor]:
-    """Each member's (iterations, len(STAT_NAMES)) of the loop's ([S,] iterations, len(STAT_NAMES))."""
-    return stats.unbind(0) if stats.dim() == 3 else [stats] * n_members
+                _checkpoint(members, engine, stats[:, :0], checked=True)
 
 
 def _interrupt(members: Sequence[Member], engine: Engine, stats: Tensor, epoch: int, done: int,
@@ -222,7 +217,7 @@ def _interrupt(members: Sequence[Member], engine: Engine, stats: Tensor, epoch: 
     """Checkpoint every member's exact position (``done`` iterations of epoch ``epoch``) and raise."""
     for member in members:
         member.iteration = done
-    _checkpoint(members, engine, stats[..., :done, :])
+    _checkpoint(members, engine, stats[:, :done])
     run_dir = members[0].run_dir
     resume_dir = run_dir if len(members) == 1 or run_dir is None else run_dir.parent
     raise TrainingInterrupted(f"epoch {epoch + 1}, iteration {done}", signum, f"ssgan fit --resume {resume_dir}")
@@ -231,14 +226,13 @@ def _interrupt(members: Sequence[Member], engine: Engine, stats: Tensor, epoch: 
 def _finite_means(members: Sequence[Member], engine: Engine, stats: Tensor, epoch: int) -> List[List[float]]:
     """Each member's mean statistics over the epoch, after checking that its losses and parameters are all
     finite (read from the device at once; the slow path names the first bad iteration or parameter)."""
-    stacked = stats if stats.dim() == 3 else stats[None]  # (S, iters, stats)
-    means = stacked.transpose(1, 2).contiguous().mean(dim=2)  # (S, stats): each a contiguous mean over iters
-    losses = stacked[:, :, [STAT_NAMES.index("loss_d"), STAT_NAMES.index("loss_g")]]
+    means = stats.transpose(1, 2).contiguous().mean(dim=2)  # (S, stats): each a contiguous mean over iters
+    losses = stats[:, :, [STAT_NAMES.index("loss_d"), STAT_NAMES.index("loss_g")]]
     finite = torch.isfinite(losses).flatten(1).all(dim=1) & engine.finite()
     summary = torch.cat([means, finite[:, None].float()], dim=1).cpu()  # one transfer
     for s, member in enumerate(members):
         if not summary[s, -1]:
-            _check_finite(stacked[s], engine.networks(s), epoch, stats.shape[-2], member.run_dir,
+            _check_finite(stats[s], engine.networks(s), epoch, stats.shape[-2], member.run_dir,
                           label=_label(members, s))
     return summary[:, :-1].tolist()
 
@@ -308,9 +302,9 @@ def _checkpoint(members: Sequence[Member], engine: Engine, stats: Tensor, *, che
     diverged state never replaces the last good one; ``checked``: the epoch's summary has just checked it).
     Models trained together commit their checkpoints as one unit (``checkpoint.write_group_checkpoints``), so a
     kill between two members' writes never leaves the group at two positions.
-    stats: ([S,] iteration, len(STAT_NAMES)), the epoch's so far."""
+    stats: (S, iteration, len(STAT_NAMES)), the epoch's so far."""
     items = []
-    for s, (member, rows) in enumerate(zip(members, _per_member(stats, len(members)))):
+    for s, (member, rows) in enumerate(zip(members, stats.unbind(0))):
         if member.run_dir is None:
             continue
         if not checked:

@@ -29,7 +29,7 @@ def test_a_stacked_batch_is_each_member_s_own_batch(tiny_config):
     def batches(seeds, stacked):
         members = [_member(cfg, s, labeled[s]) for s in seeds]
         feed = Batches(members, x, y, torch.device("cpu"), stacked=stacked, gather=x.__getitem__)
-        feed.begin_epoch(2, torch.zeros(*([len(seeds)] if stacked else []), 2, len(STAT_NAMES)))
+        feed.begin_epoch(2, torch.zeros(len(seeds), 2, len(STAT_NAMES)))
         return [feed.get(it, it) for it in range(2)]
 
     together = batches([0, 1], stacked=True)
@@ -54,7 +54,7 @@ def test_the_lean_step_draws_every_model_s_z_at_once(tiny_config):
     def first_batch(config, seeds):
         members = [_member(config, s, [1, 4, 7, 9, 11]) for s in seeds]
         feed = Batches(members, x, y, torch.device("cpu"), stacked=len(seeds) > 1, gather=x.__getitem__)
-        feed.begin_epoch(2, torch.zeros(*([len(seeds)] if len(seeds) > 1 else []), 2, len(STAT_NAMES)))
+        feed.begin_epoch(2, torch.zeros(len(seeds), 2, len(STAT_NAMES)))
         return feed.get(0, 0)
 
     faithful, one = first_batch(cfg, [0]), first_batch(lean, [0])
@@ -82,8 +82,8 @@ def test_the_batches_of_a_mid_epoch_start(tiny_config, placement):
     batches = Batches([member], x, np.arange(10) + 100, torch.device("cpu"), stacked=False, gather=x.__getitem__)
     if placement == "host":
         batches.gather, batches.on_device = PinnedGather(x, torch.device("cpu")), False
-    stats = torch.zeros(3, len(STAT_NAMES))
-    assert batches.begin_epoch(3, stats) == 1 and stats[:, 0].tolist() == [1.0, 0.0, 0.0]
+    stats = torch.zeros(1, 3, len(STAT_NAMES))  # (S, iterations, statistics): S = 1 for one model
+    assert batches.begin_epoch(3, stats) == 1 and stats[0, :, 0].tolist() == [1.0, 0.0, 0.0]
     seen = [(b.x_lab.flatten().tolist(), b.y_lab.tolist(), b.x_unl.flatten().tolist(), b.x_fm.flatten().tolist())
             for b in (batches.get(1, 4), batches.get(2, 5))]
     assert seen == [([6.0, 4.0], [106, 104], [8.0, 9.0], [3.0, 4.0]),  # labeled positions 2, 0 -> rows 6, 4
