@@ -25,6 +25,9 @@
 #
 #   bash benchmarks/gpu_session.sh [--wheels DIR (default .whl)] [--data DIR (default data, holding mnist.npz)]
 #                                  [--work DIR (default runs)] [--total 540] [--skip a,b,c,d] [--dry-run]
+#                                  [--checks CASE,... (step b's cases; default all of gpu_checks.py's)]
+# e.g. the MNIST table in one call, compiled inside the capture once checked (about 60 s):
+#   bash benchmarks/gpu_session.sh --skip a,c --checks noise_off,compiled,compiled_stacked_2_seeds --total 590
 # --dry-run: the same steps and flags on the CPU at tiny sizes (digits data, no install, no capture: the
 # captured runs use train.cuda_graph=auto) and without any wall-clock budget (--total and the steps' limits
 # apply to the GPU session only); the test suite runs it (tests/test_gpu_session.py).
@@ -36,6 +39,7 @@ OUT=${OUT:-./out}
 WORK=${WORK:-runs}  # the runs (kept between calls on the same machine: step d continues from them)
 TOTAL=540
 SKIP=""
+CHECK_CASES=""
 DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     --work) WORK=$2; shift 2 ;;
     --total) TOTAL=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
+    --checks) CHECK_CASES=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     *) echo "gpu_session.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -54,6 +59,9 @@ ROOT=$(pwd)
 DATA=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")  # absolute: the table's runs keep the path
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# inductor's compiled kernels kept with the runs: a later call on the same machine starts its compile warm
+case "$WORK" in /*) WORK_ABS=$WORK ;; *) WORK_ABS=$(pwd)/$WORK ;; esac
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK_ABS/inductor_cache}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 STEPS="$OUT/.steps"  # one line per step, folded into summary.json at the end
@@ -110,7 +118,7 @@ else
   DEVICE=cuda
   CAPTURE=on
   MNIST=(dataset=mnist dataset.source=npz "dataset.path=$DATA/mnist.npz" train.epochs=1 train.iters_per_epoch=200)
-  CHECKS=(--iters 30 --work "$WORK/gpu_checks")
+  CHECKS=(--iters 30 --work "$WORK/gpu_checks" ${CHECK_CASES:+--cases "$CHECK_CASES"})
   BENCH=()  # step c's commands are in bench_all below
   TABLE=(--dataset mnist --seeds 10 dataset.source=npz "dataset.path=$DATA/mnist.npz")
   SIZE=(--recipe mnist --epochs 300 --iterations-per-epoch 600 --seeds 10 --labels 100,50,20,200)
