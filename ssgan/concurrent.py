@@ -159,7 +159,8 @@ class StackedEngine:
 
         self.models = StepModels(Stacked(self.params_d, self.buffers_d), Stacked(self.params_g, self.buffers_g),
                                  Stacked(self.avg_d, self.buffers_d, own_buffers=False), self.opt_d, self.opt_g,
-                                 d_objective, g_objective, average_rate=fuse_average(self.opt_d, self.avg_d.values(), t))
+                                 d_objective, g_objective,
+                                 average_rate=fuse_average(self.opt_d, self.avg_d.values(), t))
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
         """``engines.train_step`` of every member at once, on batches (S, B, ...); the stats rows

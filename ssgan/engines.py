@@ -255,9 +255,9 @@ class SingleEngine:
             from .density import DensityPenalty
             density = DensityPenalty(cfg, next(networks.gen.parameters()).device)
         n = networks
-        self.models = StepModels(n.disc, n.gen, n.disc_avg, n.opt_d, n.opt_g, compiled(discriminator_objective, self.train),
-                                 compiled(generator_objective, self.train), n.hist_d, n.hist_g, n.enc, n.opt_e, density,
-                                 fuse_average(n.opt_d, n.disc_avg.parameters(), self.train))
+        objectives = compiled(discriminator_objective, self.train), compiled(generator_objective, self.train)
+        self.models = StepModels(n.disc, n.gen, n.disc_avg, n.opt_d, n.opt_g, *objectives, n.hist_d, n.hist_g, n.enc,
+                                 n.opt_e, density, fuse_average(n.opt_d, n.disc_avg.parameters(), self.train))
 
     def step(self, batch: Batch) -> Tuple[Tensor, Tensor]:
         return train_step(self.models, batch, method=self.method, train=self.train)

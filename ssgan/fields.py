@@ -52,8 +52,8 @@ def _field(role: str, default: Any, *, test_set: bool = True, refused_by: Sequen
            refused_when: Any = None, bounds: Tuple[float, float, bool, bool] = NON_NEGATIVE) -> Any:
     """A schema field with its role. ``test_set`` (dataset fields): whether it fixes the test images;
     ``refused_by``: the engines (``ENGINES``) that cannot run the option when it is in use, i.e. when it equals
-    ``refused_when`` (a value or a tuple of values) or, where that is None, differs from the default; ``bounds``: a number's range
-    (``check_numbers``). A list default is copied per instance."""
+    ``refused_when`` (a value or a tuple of values) or, where that is None, differs from the default;
+    ``bounds``: a number's range (``check_numbers``). A list default is copied per instance."""
     metadata = {"role": role, **ROLES[role], "test_set": test_set, "refused_by": tuple(refused_by),
                 "refused_when": refused_when, "bounds": bounds}
     if isinstance(default, list):
