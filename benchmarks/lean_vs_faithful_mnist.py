@@ -3,6 +3,7 @@ test error epoch by epoch side by side (the two runs in parallel, one torch thre
 lean_vs_faithful_mnist.md and .json.
 
     python benchmarks/lean_vs_faithful_mnist.py --data data/mnist.npz [--epochs 10] [--seed 0]
+    python benchmarks/lean_vs_faithful_mnist.py --summarize   # every seed's last epoch: results/..._summary.md
 
 The lean step draws its random numbers differently (one z draw, noise across a concatenated batch), so the
 runs are compared in distribution, not bitwise: one seed per form shows whether the curves track each other.
@@ -11,6 +12,8 @@ runs are compared in distribution, not bitwise: one seed per form shows whether 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
 from pathlib import Path
 
@@ -20,13 +23,51 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("faithful", "lean")
 
 
+def summarize() -> None:
+    """The last epoch of every seed's results/lean_vs_faithful_mnist*.json side by side: per form the mean and
+    its standard error over the seeds, and the paired difference lean - faithful with its standard error."""
+    records = sorted((json.loads(p.read_text()) for p in (ROOT / "results").glob("lean_vs_faithful_mnist*.json")
+                      if not p.stem.endswith("_summary")), key=lambda r: r["seed"])
+    last = [r["rows"][-1] for r in records]
+    if len({row["epoch"] for row in last}) != 1 or len(last) < 2:
+        raise SystemExit("lean_vs_faithful_mnist --summarize: needs two or more seeds run for the same epochs")
+
+    def mean_se(values):
+        return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
+
+    lines = [f"# The faithful step against `train.step=lean`: MNIST, 100 labels, {len(last)} seeds after "
+             f"{last[0]['epoch']} epochs", "", "Each seed's run: `results/lean_vs_faithful_mnist*.md` (its command, "
+             "machine and date); this summary:", "", "    python benchmarks/lean_vs_faithful_mnist.py --summarize", "",
+             "| seed | faithful, averaged (%) | lean, averaged (%) | faithful, raw D (%) | lean, raw D (%) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {row['faithful']:.2f} | {row['lean']:.2f} | {row['faithful_raw']:.2f} | "
+              f"{row['lean_raw']:.2f} |" for r, row in zip(records, last)]
+    summary = {}
+    for key in ("faithful", "lean", "faithful_raw", "lean_raw"):
+        summary[key] = mean_se([row[key] for row in last])
+    for kind in ("", "_raw"):
+        summary["lean - faithful" + kind] = mean_se([row["lean" + kind] - row["faithful" + kind] for row in last])
+    cell = {k: f"{m:.2f} +- {se:.2f}" for k, (m, se) in summary.items()}
+    lines += [f"| mean +- standard error | {cell['faithful']} | {cell['lean']} | {cell['faithful_raw']} | "
+              f"{cell['lean_raw']} |", "", f"Paired difference lean - faithful: averaged classifier "
+              f"{cell['lean - faithful']} points, raw discriminator {cell['lean - faithful_raw']} points."]
+    record = {"seeds": [r["seed"] for r in records], "epochs": last[0]["epoch"], "last_epoch": last,
+              "mean_and_standard_error": summary, "command": "python benchmarks/lean_vs_faithful_mnist.py --summarize"}
+    write_report(str(ROOT / "results" / "lean_vs_faithful_mnist_summary"), record, lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="MNIST as an .npz (x_train, y_train, x_test, y_test)")
+    parser.add_argument("--summarize", action="store_true", help="every seed's last epoch, side by side")
+    parser.add_argument("--data", help="MNIST as an .npz (x_train, y_train, x_test, y_test)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="default results/lean_vs_faithful_mnist (seed 0) or ..._seed<N>")
     args = parser.parse_args()
+    if args.summarize:
+        return summarize()
+    if not args.data:
+        parser.error("--data is required (or --summarize)")
     name = "lean_vs_faithful_mnist" + (f"_seed{args.seed}" if args.seed else "")
     args.out = args.out or str(ROOT / "results" / name)
     started = time.time()
