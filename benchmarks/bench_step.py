@@ -340,7 +340,9 @@ def bench_rows(recipe: str, models: List[int], modes: List[str], device: torch.d
                 run_loop(cfg, n_models, warmup + 2, data)  # untimed: every one-time cost, the capture included
                 first_run_s = round(time.perf_counter() - started, 1)  # the compile and the capture among them
                 runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
-            counts = launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device)
+            counts = (launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device) if profile_iters
+                      else dict.fromkeys(("ops_per_iteration", "kernels_per_iteration", "mb_per_iteration",
+                                          "mflops_per_iteration", "bytes_counted_by")))  # --profile-iters 0
             ms = statistics.median(runs) if runs else None
             row = {"recipe": recipe, "device": device_name(device), "mode": mode, "models": n_models,
                    "ms_per_iteration": None if ms is None else round(ms, 3), "ms_runs": [round(r, 3) for r in runs],
@@ -371,7 +373,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--iters", type=int, default=200, help="iterations timed in each run")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per row (median and spread); 0: the counts only")
-    parser.add_argument("--profile-iters", type=int, default=2, help="iterations profiled for the counts")
+    parser.add_argument("--profile-iters", type=int, default=2, help="iterations profiled for the counts (0: no counts, the time only)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU intra-op threads (1 on a shared CPU: spinning threads multiply contention)")

@@ -240,7 +240,7 @@ sys.exit(0 if any(r['mode'] == sys.argv[2] and r['recipe'] == sys.argv[3] and r[
     "$PY" benchmarks/bench_step.py --device cpu --out "$OUT/bench.json" "${BENCH[@]}"
   else
     "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe mnist --models 10,40 \
-      --modes "$FIRST_MODE" --warmup 10 --iters 50 --repeats 1 --profile-iters 1
+      --modes "$FIRST_MODE" --warmup 10 --iters 50 --repeats 1 --profile-iters 0  # the time only: one compile
   fi
 }
 if [ "$MODES" != eager_tf32 ]; then
