@@ -26,6 +26,10 @@
 #   bash benchmarks/gpu_session.sh [--wheels DIR (default .whl)] [--data DIR (default data, holding mnist.npz)]
 #                                  [--work DIR (default runs)] [--total 540] [--skip a,b,c,d] [--dry-run]
 #                                  [--checks CASE,... (step b's cases; default all of gpu_checks.py's)]
+#                                  [--bench MODE,... (step c: the MNIST rows of these modes only)]
+# e.g. issue 32's GPU targets (1 and 40 MNIST models, compiled inside the capture, against captured TF32):
+#   bash benchmarks/gpu_session.sh --skip a,d --checks noise_off,compiled,compiled_stacked_2_seeds \
+#     --bench graph_tf32,graph_tf32_compiled,graph_tf32_lean_compiled --total 590
 # e.g. the MNIST table in one call, compiled inside the capture once checked (about 60 s):
 #   bash benchmarks/gpu_session.sh --skip a,c --checks noise_off,compiled,compiled_stacked_2_seeds --total 590
 # --dry-run: the same steps and flags on the CPU at tiny sizes (digits data, no install, no capture: the
@@ -40,6 +44,7 @@ WORK=${WORK:-runs}  # the runs (kept between calls on the same machine: step d c
 TOTAL=540
 SKIP=""
 CHECK_CASES=""
+BENCH_MODES=""
 DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -49,6 +54,7 @@ while [ $# -gt 0 ]; do
     --total) TOTAL=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --checks) CHECK_CASES=$2; shift 2 ;;
+    --bench) BENCH_MODES=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     *) echo "gpu_session.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -183,7 +189,7 @@ mode_set() {
 
 # bash arrays cannot pass through `timeout`: a function step runs as `bash -c` with the arrays re-declared
 ARRAYS="$(declare -p MNIST TABLE SIZE BENCH)"
-export PY DEVICE CAPTURE OUT WHEELS WORK
+export PY DEVICE CAPTURE OUT WHEELS WORK BENCH_MODES
 
 run_fn() {  # run_fn NAME BUDGET FUNCTION: a function of this script under `timeout`
   local name=$1 budget=$2 fn=$3
@@ -202,6 +208,11 @@ if [ $DRY -eq 1 ]; then
 else
   # rows small but trustworthy: 10 untimed iterations (the capture among them), 100 timed, 3 runs per row
   bench_all() {
+    if [ -n "$BENCH_MODES" ]; then  # --bench: these modes' MNIST rows only, 1 and 40 models
+      "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe mnist --models 1,40 \
+        --modes "$BENCH_MODES" --warmup 10 --iters 100 --repeats 3
+      return
+    fi
     "$PY" benchmarks/bench_step.py --device cuda --out "$OUT/bench.json" --recipe mnist --models 1,10,40 \
       --modes eager_fp32,graph_fp32,graph_tf32,graph_bf16 --warmup 10 --iters 100 --repeats 3 || return 1
     for recipe in cifar10 cifar10_ct_gan; do
@@ -209,6 +220,7 @@ else
         --modes eager_fp32,graph_fp32,graph_tf32,graph_bf16 --warmup 10 --iters 50 --repeats 3 || return 1
     done
   }
+  case ",$SKIP," in *",d,"*) BUDGET_C=$(left) ;; esac  # no table after it: step c may take the time left
   run_fn c "$BUDGET_C" bench_all
 fi
 # d: captured with TF32, the fastest mode verified for the MLPs (results/gpu_capture_check.json), compiled
