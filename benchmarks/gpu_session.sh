@@ -16,7 +16,8 @@
 #      skipped), in the fastest mode this call verified: captured in TF32, compiled with inductor inside the
 #      capture where step b ran and found its compiled cases equal; eager TF32 where b found a case unequal.
 #      Checkpointed every 25 epochs and on SIGTERM at the limit (exact position); the next call on the same
-#      machine (runs/ is kept; `--skip a,b,c`) continues it. Its progress, and what was predicted
+#      machine (runs/ is kept; `--skip a,b,c`) continues it: the first call's plan (rows and mode, in
+#      runs/table_plan; the mode is part of the table's cache key), not sized anew. Its progress, and what was predicted
 #      ("sizing"), go into table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz
 #      (every seed's metrics.jsonl, result.json, config.yaml) come back too.
 # Everything it returns is under $OUT (default ./out), at most 8 files:
@@ -164,8 +165,9 @@ for log in sorted(Path(os.environ["WORK"], "gpu_table", "cache").rglob("metrics.
                               "finished": (log.parent / "result.json").is_file()}
 table = Path(os.environ["WORK"], "gpu_table", "results")
 done = sorted(str(p) for p in table.glob("*.md"))
-sizing = Path(os.environ["WORK"], "sizing.json")
+sizing, plan = Path(os.environ["WORK"], "sizing.json"), Path(os.environ["WORK"], "table_plan")
 json.dump({"step_rc": int(sys.argv[2]), "seeds": seeds, "table_files": done,
+           "plan": plan.read_text().split() if plan.is_file() else None,
            "sizing": json.loads(sizing.read_text()) if sizing.is_file() else None,
            "all_finished": bool(seeds) and all(s["finished"] for s in seeds.values())},
           open(sys.argv[1], "w"), indent=1)
@@ -225,19 +227,27 @@ else
 fi
 # d: captured with TF32, the fastest mode verified for the MLPs (results/gpu_capture_check.json), compiled
 # inside the capture where b ran in this call and found its compiled cases equal; where b found a case
-# unequal, stacked eager with TF32 instead (its speed unmeasured: the 100-label row, continued by later calls)
-verdict() {  # verdict [CASE...]: whether this call's compare.json has these cases ok (none named: all of them)
+# unequal, stacked eager with TF32 instead (its speed unmeasured: the 100-label row, continued by later calls).
+# A case that b did not reach (its time ran out) counts as not verified, not as unequal.
+verdict() {  # verdict [CASE...]: whether this call's compare.json has these cases ok (none named: every case run)
   [ -f "$OUT/compare.json" ] && "$PY" -c "
 import json, sys
 compare = json.load(open(sys.argv[1]))
-cases = sys.argv[2:]
-sys.exit(0 if (all(compare['cases'].get(c, {}).get('ok') for c in cases) if cases else compare['ok']) else 1)
+cases = sys.argv[2:] or list(compare['cases'])
+sys.exit(0 if all(compare['cases'].get(c, {}).get('ok') for c in cases) else 1)
 " "$OUT/compare.json" "$@" 2>/dev/null
 }
 if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && ! verdict; then
   MODES=eager_tf32
 elif [ $DRY -eq 0 ] && verdict compiled compiled_stacked_2_seeds; then
   MODES=graph_tf32_compiled,graph_tf32
+fi
+# A later call continues the plan of the first (its rows and mode: the mode is part of the table's cache key,
+# so another mode would start the rows again); rows continued from mid-training are not sized anew.
+mkdir -p "$WORK"
+PLAN_FILE="$WORK/table_plan"
+if [ -s "$PLAN_FILE" ]; then
+  MODES=$(cut -d' ' -f2 "$PLAN_FILE")
 fi
 FIRST_MODE=${MODES%%,*}
 export FIRST_MODE
@@ -255,17 +265,24 @@ sys.exit(0 if any(r['mode'] == sys.argv[2] and r['recipe'] == sys.argv[3] and r[
       --modes "$FIRST_MODE" --warmup 10 --iters 50 --repeats 1 --profile-iters 0  # the time only: one compile
   fi
 }
-if [ "$MODES" != eager_tf32 ]; then
-  run_fn p 150 probe
-fi
-# the rows that finish in what is left, less the table's margin (below)
-TABLE_SECONDS=$(( $(left) - 40 )); [ $DRY -eq 1 ] && TABLE_SECONDS=1000000
-PLAN=$("$PY" benchmarks/size_table.py --bench "$OUT/bench.json" --mode "$MODES" --seconds "$TABLE_SECONDS" \
-       --explain "$WORK/sizing.json" "${SIZE[@]}" 2>> "$LOG")
-if [ -n "$PLAN" ]; then
-  LABELS=${PLAN%% *}; MODE=${PLAN##* }
-else  # no speed (eager after an unequal check, or a failed probe): the first row, continued by later calls
-  LABELS=$(echo "${SIZE[@]}" | sed -n 's/.*--labels \([0-9]*\).*/\1/p'); MODE=$FIRST_MODE
+rm -f "$WORK/sizing.json"  # an earlier call's prediction is not this call's
+if [ -s "$PLAN_FILE" ]; then
+  read -r LABELS MODE < "$PLAN_FILE"
+  echo "=== step d continues the plan of an earlier call: $(cat "$PLAN_FILE")" >> "$LOG"
+else
+  if [ "$MODES" != eager_tf32 ]; then
+    run_fn p 150 probe
+  fi
+  # the rows that finish in what is left, less the table's margin (below)
+  TABLE_SECONDS=$(( $(left) - 40 )); [ $DRY -eq 1 ] && TABLE_SECONDS=1000000
+  PLAN=$("$PY" benchmarks/size_table.py --bench "$OUT/bench.json" --mode "$MODES" --seconds "$TABLE_SECONDS" \
+         --explain "$WORK/sizing.json" "${SIZE[@]}" 2>> "$LOG")
+  if [ -n "$PLAN" ]; then
+    LABELS=${PLAN%% *}; MODE=${PLAN##* }
+  else  # no speed (eager after an unequal check, or a failed probe): the first row in the last, plainest mode
+    LABELS=$(echo "${SIZE[@]}" | sed -n 's/.*--labels \([0-9]*\).*/\1/p'); MODE=${MODES##*,}
+  fi
+  echo "$LABELS $MODE" > "$PLAN_FILE"
 fi
 MODE_SET=$(mode_set "$MODE")
 export LABELS MODE_SET

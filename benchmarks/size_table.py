@@ -99,9 +99,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan = size(points, labels, args.seeds, args.epochs, args.iterations_per_epoch, args.seconds, args.startup,
                 args.margin)
     plan.update(mode=mode, measured=points)
+    print(",".join(str(n) for n in plan["labels"]), mode, flush=True)  # the plan first: the explanation is extra
     if args.explain:
+        Path(args.explain).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(args.explain), json.dumps(plan, indent=1) + "\n")
-    print(",".join(str(n) for n in plan["labels"]), mode)
     return 0
 
 

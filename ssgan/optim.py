@@ -56,6 +56,7 @@ class OfficialAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
+                self._averages_of(group, params)  # a fused average still moves (average_into)
                 continue
             for p in params:
                 state = self.state[p]

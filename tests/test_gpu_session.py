@@ -51,6 +51,18 @@ def test_the_gpu_session_dry_run_runs_every_step_and_returns_its_files(tmp_path)
     with tarfile.open(out / "table_runs.tar.gz") as archive:
         names = archive.getnames()
     assert sum(n.endswith("metrics.jsonl") for n in names) == 2 and sum(n.endswith("result.json") for n in names) == 2
+    # A later call on the same machine continues the first call's plan (the table's mode is part of its cache
+    # key, so it is not sized anew): its rows and mode, without a probe.
+    assert progress["plan"] == ["20", "eager_fp32"]
+    again = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run", "--skip", "a,b,c", "--work",
+                            str(tmp_path / "runs")], cwd=ROOT, env={**env, "OUT": str(tmp_path / "out2")},
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    steps = json.loads((tmp_path / "out2" / "summary.json").read_text())["steps"]
+    assert [s["step"] for s in steps if s["status"] != "skipped"] == ["setup", "d"]
+    assert "continues the plan of an earlier call: 20 eager_fp32" in (tmp_path / "out2" / "session.log").read_text()
+    progress = json.loads((tmp_path / "out2" / "table_progress.json").read_text())
+    assert progress["plan"] == ["20", "eager_fp32"] and progress["sizing"] is None and progress["all_finished"]
 
 
 def _size_table():
@@ -96,3 +108,4 @@ def test_size_table_without_rows_of_the_mode_says_so_in_one_line(tmp_path, capsy
                         "--explain", str(tmp_path / "plan.json")]) == 0
     assert capsys.readouterr().out.split() == ["100", "graph_tf32"]  # 90 + 1.1 * 180 * 3.0 = 684 s > 500: one row
     assert json.loads((tmp_path / "plan.json").read_text())["fits"] is False
+

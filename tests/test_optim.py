@@ -238,12 +238,12 @@ def test_the_compiled_update_is_the_capturable_update():
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(run("plain"), compiled))
 
 
-@pytest.mark.parametrize("idle", [False, True])
+@pytest.mark.parametrize("idle", ["none", "one", "group"])
 def test_the_fused_average_is_the_polyak_update_after_the_step(idle):
     """Equivalence kind of ``OfficialAdam.average_into``: the Polyak update fused into the compiled update's
     loop moves each average exactly as ``polyak_update`` after the step does (here bit for bit: the backend
     ``eager`` runs the same operations), whatever the rate tensor holds at each step; an idle parameter (no
-    gradient) is not stepped, its average still moves."""
+    gradient), or a whole parameter group without gradients, is not stepped, its average still moves."""
     from ssgan.optim import polyak_update
 
     torch.manual_seed(0)
@@ -255,14 +255,15 @@ def test_the_fused_average_is_the_polyak_update_after_the_step(idle):
     def run(fused):
         params = [torch.nn.Parameter(t.clone()) for t in start]
         averages = [torch.zeros(s) for s in shapes]
-        opt = OfficialAdam(params, lr=0.003)
+        opt = OfficialAdam([{"params": params[:2]}, {"params": params[2:]}], lr=0.003)
         opt.compile_update("eager")
         rate = torch.zeros(())
         if fused:
             opt.average_into(averages, rate)
         for step_grads, r in zip(grads, rates):
             for i, (p, g) in enumerate(zip(params, step_grads)):
-                p.grad = None if idle and i == 1 else g.clone()
+                idle_here = (idle == "one" and i == 1) or (idle == "group" and i == 2)
+                p.grad = None if idle_here else g.clone()
             rate.fill_(r)
             opt.step()
             if not fused:
