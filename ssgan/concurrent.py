@@ -36,8 +36,6 @@ def check_supported(cfg: Config) -> None:
     """Refuse, with one line, the options the vectorised step does not cover (the schema's
     ``refused_by=("stacked",)``: they need per-model autograd, state or data)."""
     names = refused_options(cfg, "stacked")
-    if cfg.train.compile == "aot_eager":  # torch 2.14: a stride error in the backward of the vmapped objectives
-        names.append("train.compile=aot_eager (use inductor or eager)")
     if names:
         raise ConfigError(f"concurrent seeds do not support {', '.join(names)}; set train.concurrent_seeds=false")
 

@@ -195,8 +195,9 @@ class TrainConfig:
     # torch.compile of the D and G loss computations and of the official Adam update: off | inductor | aot_eager |
     # eager (the backend), for one model or stacked seeds, captured in the step's CUDA graph too; and its mode,
     # e.g. max-autotune-no-cudagraphs; None: the default. The modes that make CUDA graphs of their own
-    # (reduce-overhead, max-autotune) are not captured in the step's graph.
-    compile: str = numerics("off")
+    # (reduce-overhead, max-autotune) are not captured in the step's graph. Stacked seeds refuse aot_eager
+    # (torch 2.14: a stride error in the backward of the vmapped objectives; inductor and eager work).
+    compile: str = numerics("off", refused_by=("stacked",), refused_when="aot_eager")
     compile_mode: Optional[str] = numerics(None, refused_by=("captured",),
                                            refused_when=("reduce-overhead", "max-autotune"))
     # faithful: the official step, pass by pass; lean: fewer passes and kernels for the same distribution of
