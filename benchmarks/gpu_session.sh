@@ -17,8 +17,8 @@
 #      capture where step b ran and found its compiled cases equal; eager TF32 where b found a case unequal.
 #      Checkpointed every 25 epochs and on SIGTERM at the limit (exact position); the next call on the same
 #      machine (runs/ is kept; `--skip a,b,c`) continues it: the first call's plan (rows and mode, in
-#      runs/table_plan; the mode is part of the table's cache key), not sized anew. Its progress, and what was predicted
-#      ("sizing"), go into table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz
+#      runs/table_plan; the mode is part of the table's cache key), not sized anew. Its progress, and what
+#      was predicted ("sizing"), go into table_progress.json; once finished, the table's .md / .json and table_runs.tar.gz
 #      (every seed's metrics.jsonl, result.json, config.yaml) come back too.
 # Everything it returns is under $OUT (default ./out), at most 8 files:
 #   session.log (every step's output), summary.json (each step's status, exit code and seconds),
@@ -237,20 +237,6 @@ cases = sys.argv[2:] or list(compare['cases'])
 sys.exit(0 if all(compare['cases'].get(c, {}).get('ok') for c in cases) else 1)
 " "$OUT/compare.json" "$@" 2>/dev/null
 }
-if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && ! verdict; then
-  MODES=eager_tf32
-elif [ $DRY -eq 0 ] && verdict compiled compiled_stacked_2_seeds; then
-  MODES=graph_tf32_compiled,graph_tf32
-fi
-# A later call continues the plan of the first (its rows and mode: the mode is part of the table's cache key,
-# so another mode would start the rows again); rows continued from mid-training are not sized anew.
-mkdir -p "$WORK"
-PLAN_FILE="$WORK/table_plan"
-if [ -s "$PLAN_FILE" ]; then
-  MODES=$(cut -d' ' -f2 "$PLAN_FILE")
-fi
-FIRST_MODE=${MODES%%,*}
-export FIRST_MODE
 # p: the speed of the first mode where step c did not measure it (10 and 40 stacked models, one timed run each)
 probe() {
   "$PY" -c "
@@ -265,11 +251,22 @@ sys.exit(0 if any(r['mode'] == sys.argv[2] and r['recipe'] == sys.argv[3] and r[
       --modes "$FIRST_MODE" --warmup 10 --iters 50 --repeats 1 --profile-iters 0  # the time only: one compile
   fi
 }
+# A later call continues the plan of the first (its rows and mode: the mode is part of the table's cache key,
+# so another mode would start the rows again); rows continued from mid-training are not sized anew.
+mkdir -p "$WORK"
+PLAN_FILE="$WORK/table_plan"
 rm -f "$WORK/sizing.json"  # an earlier call's prediction is not this call's
 if [ -s "$PLAN_FILE" ]; then
   read -r LABELS MODE < "$PLAN_FILE"
   echo "=== step d continues the plan of an earlier call: $(cat "$PLAN_FILE")" >> "$LOG"
 else
+  if [ $DRY -eq 0 ] && [ -f "$OUT/compare.json" ] && ! verdict; then
+    MODES=eager_tf32
+  elif [ $DRY -eq 0 ] && verdict compiled compiled_stacked_2_seeds; then
+    MODES=graph_tf32_compiled,graph_tf32
+  fi
+  FIRST_MODE=${MODES%%,*}
+  export FIRST_MODE
   if [ "$MODES" != eager_tf32 ]; then
     run_fn p 150 probe
   fi
