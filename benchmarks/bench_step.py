@@ -163,6 +163,11 @@ def ms_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageDat
     return clock.seconds / iters * 1000.0
 
 
+# What launches_per_iteration measures, each a row's field (None where not measured)
+COUNT_KEYS = ("ops_per_iteration", "kernels_per_iteration", "mb_per_iteration", "mflops_per_iteration",
+              "bytes_counted_by")
+
+
 def launches_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: ImageData,
                            device: torch.device) -> Dict[str, Optional[float]]:
     """What one iteration of the row's uncaptured form runs, over ``iters`` iterations after ``warmup``:
@@ -179,9 +184,9 @@ def launches_per_iteration(cfg, n_models: int, warmup: int, iters: int, data: Im
     events = profiler.events()
     ops = compute_operators(events)
     kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    counts = {"ops_per_iteration": round(ops / iters, 1),
-              "kernels_per_iteration": round(kernels / iters, 1) if device.type == "cuda" else None,
-              "mb_per_iteration": None, "mflops_per_iteration": None, "bytes_counted_by": None}
+    counts = dict.fromkeys(COUNT_KEYS)
+    counts.update(ops_per_iteration=round(ops / iters, 1),
+                  kernels_per_iteration=round(kernels / iters, 1) if device.type == "cuda" else None)
     if cfg.train.compile == "off":  # under a dispatch mode compiled code does not run as compiled: not counted
         traffic = Traffic()
         run_loop(eager, n_models, warmup + iters, data, LoopClock(warmup, warmup + iters, device, traffic))
@@ -341,8 +346,7 @@ def bench_rows(recipe: str, models: List[int], modes: List[str], device: torch.d
                 first_run_s = round(time.perf_counter() - started, 1)  # the compile and the capture among them
                 runs = [ms_per_iteration(cfg, n_models, warmup, iters, data, device) for _ in range(repeats)]
             counts = (launches_per_iteration(cfg, n_models, warmup, profile_iters, data, device) if profile_iters
-                      else dict.fromkeys(("ops_per_iteration", "kernels_per_iteration", "mb_per_iteration",
-                                          "mflops_per_iteration", "bytes_counted_by")))  # --profile-iters 0
+                      else dict.fromkeys(COUNT_KEYS))  # --profile-iters 0: the time only
             ms = statistics.median(runs) if runs else None
             row = {"recipe": recipe, "device": device_name(device), "mode": mode, "models": n_models,
                    "ms_per_iteration": None if ms is None else round(ms, 3), "ms_runs": [round(r, 3) for r in runs],

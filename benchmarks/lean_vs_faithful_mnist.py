@@ -21,6 +21,12 @@ from mnist_runs import fit_histories, machine, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("faithful", "lean")
+COLUMNS = ("faithful", "lean", "faithful_raw", "lean_raw")  # the test errors of a row, in the tables' order
+
+
+def table_row(first, row: dict) -> str:
+    """A markdown row: ``first`` (the epoch or the seed), then ``row``'s test errors."""
+    return "| " + " | ".join([str(first)] + [f"{row[k]:.2f}" for k in COLUMNS]) + " |"
 
 
 def summarize() -> None:
@@ -40,11 +46,8 @@ def summarize() -> None:
              "machine and date); this summary:", "", "    python benchmarks/lean_vs_faithful_mnist.py --summarize", "",
              "| seed | faithful, averaged (%) | lean, averaged (%) | faithful, raw D (%) | lean, raw D (%) |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['seed']} | {row['faithful']:.2f} | {row['lean']:.2f} | {row['faithful_raw']:.2f} | "
-              f"{row['lean_raw']:.2f} |" for r, row in zip(records, last)]
-    summary = {}
-    for key in ("faithful", "lean", "faithful_raw", "lean_raw"):
-        summary[key] = mean_se([row[key] for row in last])
+    lines += [table_row(r["seed"], row) for r, row in zip(records, last)]
+    summary = {key: mean_se([row[key] for row in last]) for key in COLUMNS}
     for kind in ("", "_raw"):
         summary["lean - faithful" + kind] = mean_se([row["lean" + kind] - row["faithful" + kind] for row in last])
     cell = {k: f"{m:.2f} +- {se:.2f}" for k, (m, se) in summary.items()}
@@ -89,8 +92,7 @@ def main() -> None:
              f"{record['wall_seconds']} s wall.", "", f"    {command}", "",
              "| epoch | faithful, averaged (%) | lean, averaged (%) | faithful, raw D (%) | lean, raw D (%) |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['epoch']} | {r['faithful']:.2f} | {r['lean']:.2f} | {r['faithful_raw']:.2f} | "
-              f"{r['lean_raw']:.2f} |" for r in rows]
+    lines += [table_row(r["epoch"], r) for r in rows]
     write_report(args.out, record, lines)
 
 
