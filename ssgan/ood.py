@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import plots
-from .config import Config, DataConfig
+from .config import Config, DataConfig, first_line
 from .data import DataError, ImageData
 from .evaluate import float32_precision
 from .rundir import CALIBRATION_NAME, OOD_NAME, OOD_PNG_NAME, RELIABILITY_NAME, RunDirError, atomic_write
@@ -246,7 +246,7 @@ class TemperatureRecord:
             stored = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
             return cls._typed(stored)
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as error:
-            raise RunDirError(f"{path}: not a calibration record written by ssgan ({first_words(error)})") from None
+            raise RunDirError(f"{path}: not a calibration record written by ssgan ({first_line(error)[:120]})") from None
 
     @classmethod
     def _typed(cls, stored) -> "TemperatureRecord":
@@ -268,10 +268,6 @@ class TemperatureRecord:
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number")
-
-
-def first_words(error: Exception) -> str:
-    return str(error).splitlines()[0][:120] if str(error) else type(error).__name__
 
 
 def read_temperature(run_dir: Path, *, required: bool = False) -> Optional[float]:
