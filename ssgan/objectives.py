@@ -132,8 +132,9 @@ def compiled(objective: Callable, train) -> Callable:
     the plain objectives for one model, their vmapped form for stacked models (``concurrent.py``).
 
     On a CPU inductor's random numbers (dropout, Gaussian noise) are PyTorch's own (``fallback_random``):
-    its generated C++ Philox loop took a third of a compiled MNIST iteration (about 120 ms against 82 ms with
-    PyTorch's kernels, one thread); the numbers are then drawn as eager code draws them. On a GPU its fused
+    its generated C++ Philox loop made a compiled MNIST iteration 1.59x slower than eager code (120.5 against
+    75.7 ms; with PyTorch's kernels 79.1 ms: benchmarks/paired_step_time.py, results/benchmarks.md); the
+    numbers are then drawn as eager code draws them. On a GPU its fused
     Triton random numbers are kept (fewer kernels; the same distribution). Not with a ``train.compile_mode``
     (torch.compile takes a mode or options, not both)."""
     if train.compile == "off":
